@@ -21,6 +21,7 @@ from .report import (
     read_results,
     write_summary,
 )
+from .training import AUGMENTATIONS, PRECISIONS, RECIPES, TrainConfig
 from .types import ABSTAIN, DataRequest, ModelRequest
 
 SEED_HELP = "seed; each image's noise is seeded from (seed, index), so reruns and resumed runs agree"
@@ -45,6 +46,13 @@ def _probability(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1); got {text}")
     return value
+
+
+def _epochs(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated epochs like 200,400; got {text}") from None
 
 
 def _options(pairs: list[str], flag: str) -> dict:
@@ -91,11 +99,12 @@ def _add_subset(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit", type=_positive_int, default=None, help="at most this many images")
 
 
-def _add_run(p: argparse.ArgumentParser, *, batch_size: int) -> None:
+def _add_run(p: argparse.ArgumentParser, *, batch_size: int | None) -> None:
     p.add_argument("--sigma", type=_positive_float, required=True, help="noise level in [0, 1] pixel units")
     p.add_argument("--noise", default="gaussian", help="noise sampler (default gaussian)")
     p.add_argument("--noise-option", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--batch-size", type=_positive_int, default=batch_size, help=f"default {batch_size}")
+    default = f"default {batch_size}" if batch_size else "default from --recipe (256; macer 64)"
+    p.add_argument("--batch-size", type=_positive_int, default=batch_size, help=default)
     p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -135,16 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a base classifier with a loss plugin")
     _add_model(p, several=False)
     _add_data(p, "train")
-    _add_run(p, batch_size=256)
-    p.add_argument("--loss", default="gaussian", help="training loss (default gaussian)")
-    p.add_argument("--loss-option", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--epochs", type=_positive_int, default=150)
-    p.add_argument("--lr", type=_positive_float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--lr-step", type=_positive_int, default=50, help="decay the learning rate every this many epochs")
-    p.add_argument("--lr-gamma", type=_positive_float, default=0.1)
-    p.add_argument("--checkpoint-dir", default="checkpoints", help="checkpoint every epoch; rerunning resumes")
+    _add_run(p, batch_size=None)
+    p.add_argument("--loss", default="gaussian", help="training loss (default gaussian); see `rs-plugins plugins`")
+    p.add_argument("--loss-option", action="append", default=[], metavar="KEY=VALUE", help="technique option")
+    g = p.add_argument_group("schedule (SGD; explicit flags override the recipe)")
+    g.add_argument("--recipe", default="cifar10", choices=sorted(RECIPES), help="papers' schedule (default cifar10)")
+    g.add_argument("--epochs", type=_positive_int, help="default 150")
+    g.add_argument("--lr", type=_positive_float, help="default 0.1")
+    g.add_argument("--momentum", type=float, help="default 0.9")
+    g.add_argument("--weight-decay", type=float, help="default 1e-4")
+    g.add_argument("--lr-step", type=_positive_int, help="decay the learning rate every this many epochs (default 50)")
+    g.add_argument("--lr-milestones", type=_epochs, help="comma-separated epochs to decay at, instead of --lr-step")
+    g.add_argument("--lr-gamma", type=_positive_float, help="decay factor (default 0.1)")
+    g = p.add_argument_group("execution")
+    g.add_argument("--augment", default="none", choices=list(AUGMENTATIONS), help="per-batch augmentation")
+    g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast dtype (default fp32)")
+    g.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and inputs")
+    g.add_argument("--deterministic", action="store_true", help="only deterministic kernels (slower on GPU)")
+    g.add_argument("--checkpoint-dir", default="checkpoints", help="checkpoint every epoch; rerunning resumes")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("report", help="tables, plot and summary from certification TSVs")
@@ -186,7 +203,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     plugins = Host().describe()
     if args.json:
         components = [c | {"plugin": p["name"]} for p in plugins for c in p["components"]]
-        print(json.dumps({"plugins": plugins, "components": components}, indent=2))
+        print(json.dumps({"plugins": plugins, "components": components}, indent=2, default=repr))
         return 0
     for p in plugins:
         origin = f"{p['distribution']} {p['version']}".strip() or "(registered directly)"
@@ -200,6 +217,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(f"    {c['kind']:<10} {c['name']:<14} {c['summary']}{state}")
             if c["reference"]:
                 print(f"    {'':<10} {'':<14} {c['reference']}")
+            if c["options"]:
+                options = ", ".join(f"{k}={v!r}" for k, v in c["options"].items())
+                print(f"    {'':<10} {'':<14} options: {options}")
     return 0
 
 
@@ -272,22 +292,37 @@ def cmd_certify(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The --recipe's schedule, overridden by every schedule flag given explicitly."""
+    schedule = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_milestones", "lr_gamma")
+    chosen = {k: getattr(args, k) for k in schedule if getattr(args, k) is not None}
+    execution = {k: getattr(args, k) for k in ("seed", "augment", "precision", "channels_last", "deterministic")}
+    return TrainConfig(**(RECIPES[args.recipe] | chosen | execution))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
+    from .distributed import init_world
     from .runner import resolve_device
-    from .training import TrainConfig, train
+    from .training import train
 
-    config = TrainConfig(
-        args.epochs, args.batch_size, args.lr, args.momentum, args.weight_decay, args.lr_step, args.lr_gamma, args.seed
-    )
-    host = Host()
+    config = train_config(args)
     device = resolve_device(args.device)
-    noise = host.noise(args.noise, sigma=args.sigma, **_options(args.noise_option, "--noise-option"))
-    loss = host.loss(args.loss, **_options(args.loss_option, "--loss-option"))
+    world = init_world(device.type)
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    host = Host()
+    loss_options = _options(args.loss_option, "--loss-option")
+    noise_options = _options(args.noise_option, "--noise-option")
+    noise = host.noise(args.noise, sigma=args.sigma, **noise_options)
+    loss = host.loss(args.loss, **loss_options)
     torch.manual_seed(args.seed)  # the initial weights too depend on --seed alone, not on what ran before
     model = _load_model(host, args, args.model)
     dataset = host.load_data(DataRequest(args.data, args.split))
+    settings = {"loss": args.loss, "loss_option": loss_options, "noise": args.noise, "noise_option": noise_options}
+    settings |= {"sigma": args.sigma, "model": args.model, "data": args.data, "split": args.split}
+    settings["processes"] = world.size  # noise is seeded per process: another count would not resume exactly
     train(
         model,
         dataset,
@@ -297,8 +332,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         device=device,
         progress=not args.no_progress,
+        world=world,
+        settings=settings,
     )
-    print(f"model state dict: {Path(args.checkpoint_dir) / 'model.pt'}")
+    if world.main:
+        print(f"model state dict: {Path(args.checkpoint_dir) / 'model.pt'}")
     return 0
 
 

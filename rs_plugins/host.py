@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import inspect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,20 @@ REGISTRY_HOOKS = {
 }
 # Errors that already speak to the user; anything else a plugin raises is wrapped with the plugin's name.
 USER_ERRORS = (RsPluginError, ValueError, OSError)
+
+
+def build_options(build: Any) -> dict[str, Any]:
+    """The keyword options a factory takes and their defaults ("<required>" if none), for ``rs-plugins plugins``."""
+    try:
+        parameters = inspect.signature(build).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {
+        p.name: ("<required>" if p.default is inspect.Parameter.empty else p.default)
+        for p in parameters
+        if p.kind in keyword and p.name not in ("self", "base_classifiers")
+    }
 
 
 @dataclass(frozen=True)
@@ -134,6 +149,8 @@ class Host:
             raise MissingDependencyError(msg)
         try:
             return component.spec.build(*args, **config)
+        except MissingDependencyError:
+            raise  # an option that needs an extra (e.g. an adversarial scheme); its message has the pip command
         except Exception as err:
             msg = f"{label} from plugin {component.plugin.label} failed to build: {type(err).__name__}: {err}"
             raise PluginBuildError(msg) from err
@@ -215,6 +232,7 @@ class Host:
                     "reference": c.spec.reference,
                     "available": not c.missing,
                     "install": c.install_hint,
+                    "options": build_options(c.spec.build),
                 }
                 for kind in SPEC_TYPES
                 for c in self.components(kind)

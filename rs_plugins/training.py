@@ -2,6 +2,8 @@
 
 Defaults follow the shared harness of the randomized-smoothing papers (Cohen et al. 2019; Jeong & Shin 2020):
 SGD, momentum 0.9, weight decay 1e-4, batch 256, learning rate 0.1 decayed by 0.1 every 50 epochs, 150 epochs.
+A loss may ask for each loader batch to be split into ``loss.chunks`` chunks with one optimiser step each (the
+papers' convention for m noise draws) and may take ``set_epoch(epoch)`` for its warm-up schedule.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .distributed import World, average_buffers, average_gradients, barrier, broadcast_model, sum_over_processes
 from .errors import PluginBuildError
 from .smoothing import check_images
 
@@ -32,11 +35,35 @@ if TYPE_CHECKING:
 CHECKPOINT = "checkpoint.pt"  # everything needed to resume: model, optimizer, scheduler, epoch, config
 FINAL_MODEL = "model.pt"  # the trained model's state dict alone, for --checkpoint
 LOG = "train_log.csv"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUGMENTATIONS = ("none", "crop-flip")
+
+
+def crop_flip(x: torch.Tensor, padding: int = 4) -> torch.Tensor:
+    """The papers' CIFAR-10 augmentation on a batch: a random crop of the zero-padded image and a random
+    horizontal flip, per image (RandomCrop(32, padding=4) + RandomHorizontalFlip), drawn from torch's RNG."""
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    top = torch.randint(0, 2 * padding + 1, (b,), device=x.device)
+    left = torch.randint(0, 2 * padding + 1, (b,), device=x.device)
+    rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    flip = torch.rand(b, device=x.device) < 0.5
+    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings; the defaults are the CIFAR-10 schedule of the papers' shared harness."""
+    """Optimisation settings; the defaults are the CIFAR-10 schedule of the papers' shared harness.
+
+    ``lr_milestones`` (epochs) replaces the every-``lr_step`` decay when given, e.g. MACER's (200, 400).
+    ``augment="crop-flip"`` applies the papers' CIFAR-10 augmentation to every batch (see ``crop_flip``).
+    ``precision`` bf16/fp16 runs the loss under autocast (fp16 with a gradient scaler); ``channels_last``
+    stores the model and inputs in NHWC; ``deterministic`` makes torch refuse non-deterministic kernels.
+    """
 
     epochs: int = 150
     batch_size: int = 256
@@ -46,6 +73,11 @@ class TrainConfig:
     lr_step: int = 50
     lr_gamma: float = 0.1
     seed: int = 0
+    lr_milestones: tuple[int, ...] = ()
+    augment: str = "none"
+    precision: str = "fp32"
+    channels_last: bool = False
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "lr_step"):
@@ -57,10 +89,28 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive; got {getattr(self, name)!r}")
         if self.momentum < 0 or self.weight_decay < 0:
             raise ValueError("--momentum and --weight-decay must be non-negative")
+        milestones = tuple(self.lr_milestones)
+        if any(not isinstance(e, int) or e < 1 for e in milestones) or list(milestones) != sorted(set(milestones)):
+            raise ValueError(f"--lr-milestones must be increasing positive epochs; got {self.lr_milestones!r}")
+        object.__setattr__(self, "lr_milestones", milestones)
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"--augment must be one of {', '.join(AUGMENTATIONS)}; got {self.augment!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+RECIPES: dict[str, dict] = {
+    "cifar10": {},  # the TrainConfig defaults
+    "mnist": dict(epochs=90, lr=0.01, lr_step=30),
+    "imagenet": dict(epochs=90, lr_step=30),
+    "macer": dict(epochs=440, batch_size=64, lr=0.01, weight_decay=5e-4, lr_milestones=(200, 400)),
+}
+"""The papers' schedules by name: the shared harness for CIFAR-10, MNIST and ImageNet (Jeong & Shin 2020 and
+the repos that reuse it), and MACER's own CIFAR-10 recipe (Zhai et al. 2020). Explicit settings override them."""
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
 def train(
@@ -73,70 +123,134 @@ def train(
     checkpoint_dir: str | os.PathLike,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    world: World | None = None,
+    settings: dict | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place with ``loss``; resume from ``checkpoint_dir`` if it holds a checkpoint.
 
-    Every epoch reseeds torch from (seed, epoch), so shuffling and noise depend only on the epoch: a run
-    resumed after epoch k ends with the same weights as one that never stopped. Returns the per-epoch log.
+    Shuffling is seeded from (seed, epoch) and noise from (seed, epoch, process rank), so a run resumed after
+    epoch k ends with the same weights as one that never stopped. With a ``world`` of several torchrun
+    processes each takes its share of every batch of ``config.batch_size`` images and gradients are averaged;
+    the main process alone writes files. ``settings`` (e.g. the loss, its options, sigma) are stored with the
+    checkpoint, and resuming with other settings is refused like resuming with another config. Returns the
+    per-epoch log.
     """
+    if not config.deterministic:
+        return _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress, world, settings)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic matmuls
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        return _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress, world, settings)
+    finally:  # the switch is process-wide; leave it as the caller had it
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark = before[1]
+
+
+def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress, world, settings):
+    world = world or World()
     device = torch.device(device)
     directory = Path(checkpoint_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.to(device)
+    if world.main:
+        directory.mkdir(parents=True, exist_ok=True)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    broadcast_model(model, world)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
-    start_epoch = _resume(directory, config, model, optimizer, scheduler, device)
+    if config.lr_milestones:
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.lr_milestones), config.lr_gamma)
+    else:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    autocast_dtype = PRECISIONS[config.precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    barrier(world)
+    recorded = dataclasses.asdict(config) | (settings or {})
+    start_epoch = _resume(directory, recorded, model, optimizer, scheduler, scaler, device)
     log = _read_log(directory)[:start_epoch]
+    chunks = int(getattr(loss, "chunks", 1))
+    flags = [p.requires_grad for p in model.parameters()]
+    show = progress and world.main
 
     for epoch in range(start_epoch, config.epochs):
-        torch.manual_seed(_epoch_seed(config.seed, epoch))
+        if hasattr(loss, "set_epoch"):
+            loss.set_epoch(epoch)
+        torch.manual_seed(_seed(config.seed, epoch, world.rank))
         loader = DataLoader(
             dataset,
             batch_size=config.batch_size,
             shuffle=True,
-            generator=torch.Generator().manual_seed(_epoch_seed(config.seed, epoch)),
+            generator=torch.Generator().manual_seed(_seed(config.seed, epoch)),
         )
         sums: dict[str, float] = defaultdict(float)
         started = time.perf_counter()
         model.train()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not show, leave=False)
         for step, (x, y) in enumerate(bar):
-            x, y = x.to(device), y.to(device)
+            if len(x) < world.size * chunks:
+                continue  # a tail batch too small to give every process and chunk an image, on every process alike
+            x, y = x[world.rank :: world.size].to(device), y[world.rank :: world.size].to(device)
             if epoch == start_epoch and step == 0:
                 check_images(x, "--data images")
-            out = loss(model, x, y, noise, progress=(epoch + step / len(loader)) / config.epochs)
-            if not model.training:
-                msg = f"training loss {type(loss).__name__} left the model in eval mode; a loss must restore the mode"
-                raise PluginBuildError(msg)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
-            sums["loss"] += float(out.loss.detach()) * len(x)
-            for name, value in out.parts.items():
-                sums[name] += float(value) * len(x)
-            bar.set_postfix({k: f"{v / ((step + 1) * len(x)):.3f}" for k, v in sums.items()}, refresh=False)
+            if config.augment == "crop-flip":
+                x = crop_flip(x)
+            x = x.contiguous(memory_format=memory_format)
+            for cx, cy in zip(x.tensor_split(chunks), y.tensor_split(chunks)):
+                fraction = (epoch + step / len(loader)) / config.epochs
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    out = loss(model, cx, cy, noise, progress=fraction)
+                _check_loss_restored(loss, model, flags)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(out.loss).backward()
+                average_gradients(model, world)
+                scaler.step(optimizer)
+                scaler.update()
+                # Summed as tensors on the device: reading a value every step would stall a GPU.
+                sums["loss"] += out.loss.detach() * len(cx)
+                for name, value in out.parts.items():
+                    sums[name] += (value.detach() if torch.is_tensor(value) else float(value)) * len(cx)
+                sums["images"] += len(cx)
+            if show and sums["images"] and (step % 10 == 0 or step == len(loader) - 1):
+                means = {k: f"{float(v) / sums['images']:.3f}" for k, v in sums.items() if k != "images"}
+                bar.set_postfix(means, refresh=False)
+        average_buffers(model, world)
+        totals = sum_over_processes({k: float(v) for k, v in sums.items()}, world)
+        images = totals.pop("images", 0) or 1
         entry = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        entry |= {k: v / len(dataset) for k, v in sums.items()}
+        entry |= {k: v / images for k, v in totals.items()}
         entry["seconds"] = time.perf_counter() - started
         scheduler.step()
         log.append(entry)
-        _save_checkpoint(directory, epoch + 1, config, model, optimizer, scheduler)
-        _write_log(directory, log)
-        if progress:
+        if world.main:
+            _save_checkpoint(directory, epoch + 1, recorded, model, optimizer, scheduler, scaler)
+            _write_log(directory, log)
+        barrier(world)
+        if show:
             tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
-    torch.save(model.state_dict(), directory / FINAL_MODEL)
+    if world.main:
+        torch.save(model.state_dict(), directory / FINAL_MODEL)
+    barrier(world)
     return log
 
 
-def _resume(directory: Path, config: TrainConfig, model, optimizer, scheduler, device) -> int:
+def _check_loss_restored(loss: TrainingLoss, model: nn.Module, flags: list[bool]) -> None:
+    """A loss must hand the model back in training mode with the requires_grad flags it found."""
+    name = type(loss).__name__
+    if not model.training:
+        raise PluginBuildError(f"training loss {name} left the model in eval mode; a loss must restore the mode")
+    if [p.requires_grad for p in model.parameters()] != flags:
+        raise PluginBuildError(f"training loss {name} changed requires_grad flags; a loss must restore them")
+
+
+def _resume(directory: Path, recorded: dict, model, optimizer, scheduler, scaler, device) -> int:
     path = directory / CHECKPOINT
     if not path.exists():
         return 0
     state = torch.load(path, map_location=device, weights_only=True)
     saved = {k: v for k, v in state["config"].items() if k != "epochs"}
-    wanted = {k: v for k, v in dataclasses.asdict(config).items() if k != "epochs"}
+    wanted = {k: v for k, v in recorded.items() if k != "epochs"}
     if saved != wanted:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k])
         msg = f"{path} was written with other settings ({diff}); use another --checkpoint-dir or the same settings"
@@ -144,16 +258,19 @@ def _resume(directory: Path, config: TrainConfig, model, optimizer, scheduler, d
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
     return int(state["epoch"])
 
 
-def _save_checkpoint(directory: Path, epoch: int, config: TrainConfig, model, optimizer, scheduler) -> None:
+def _save_checkpoint(directory: Path, epoch: int, recorded: dict, model, optimizer, scheduler, scaler) -> None:
     state = {
         "epoch": epoch,
-        "config": dataclasses.asdict(config),
+        "config": recorded,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
     }
     tmp = directory / (CHECKPOINT + ".tmp")
     torch.save(state, tmp)

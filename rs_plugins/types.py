@@ -119,7 +119,12 @@ class LossOutput:
 
 
 class TrainingLoss(Protocol):
-    """One training objective. It must leave ``model.training`` and ``requires_grad`` flags as it found them."""
+    """One training objective. It must leave ``model.training`` and ``requires_grad`` flags as it found them.
+
+    Two optional members the training runner honours: ``chunks`` (int, default 1) splits each loader batch into
+    that many chunks with one optimiser step each, the papers' convention for m noise draws; ``set_epoch(epoch)``
+    is called at the start of every epoch (from 0) for warm-up schedules (see ``rs_plugins.losses.EpochAware``).
+    """
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, noise: NoiseSampler, *, progress: float) -> LossOutput:
         """Loss for a batch.

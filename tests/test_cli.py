@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rs_plugins import cli
-from rs_plugins.cli import build_parser, main
+from rs_plugins.cli import build_parser, main, train_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CERTIFY_HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
@@ -118,6 +118,10 @@ def test_plugins_json_lists_the_builtin_components(capsys):
             assert isinstance(component[key], str) and component[key], (key, component)
     builtin = {(c["kind"], c["name"]) for c in listing["components"] if distribution[c["plugin"]] == "rs-plugins"}
     assert {("noise", "gaussian"), ("loss", "gaussian"), ("certifier", "cohen")} <= builtin
+    techniques = {"consistency", "smoothmix", "smoothadv", "macer", "adre"}
+    assert {("loss", name) for name in techniques} <= builtin
+    options = {c["name"]: c["options"] for c in listing["components"] if c["kind"] == "loss"}
+    assert options["consistency"]["lbd"] == 10 and options["macer"]["k"] == 16  # the papers' defaults, shown
     # every component listed at top level is also listed under its plugin
     nested = {(p["name"], c["kind"], c["name"]) for p in listing["plugins"] for c in p["components"]}
     assert {(c["plugin"], c["kind"], c["name"]) for c in listing["components"]} == nested
@@ -421,3 +425,32 @@ def test_demo_with_fewer_samples_than_the_default_n0(capsys, monkeypatch):
     certify = next(args for args in ran if args.command == "certify")
     assert certify.n == 50
     assert certify.n0 <= certify.n
+
+
+def test_train_recipes_and_explicit_flags():
+    """A recipe sets the whole schedule; an explicit flag wins over it; the default recipe is the CIFAR-10 harness."""
+    base = ["train", *SMALL_MODEL, "--data", "digits", "--sigma", "0.25"]
+    default = train_config(build_parser().parse_args(base))
+    assert (default.epochs, default.lr, default.lr_step, default.batch_size) == (150, 0.1, 50, 256)
+    macer = train_config(build_parser().parse_args([*base, "--recipe", "macer", "--lr", "0.02"]))
+    assert (macer.epochs, macer.batch_size, macer.weight_decay, macer.lr_milestones) == (440, 64, 5e-4, (200, 400))
+    assert macer.lr == 0.02
+    mnist = train_config(build_parser().parse_args([*base, "--recipe", "mnist", "--precision", "bf16"]))
+    assert (mnist.epochs, mnist.lr, mnist.lr_step, mnist.precision) == (90, 0.01, 30, "bf16")
+
+
+def test_train_refuses_to_resume_with_another_technique(tmp_path, capsys):
+    argv = ["train", *SMALL_MODEL, "--data", "digits", "--sigma", "0.25", "--epochs", "1", "--batch-size", "128"]
+    argv += ["--checkpoint-dir", str(tmp_path), *FAST]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--loss", "consistency", "--loss-option", "lbd=20"]) == 2
+    error = capsys.readouterr().err
+    assert "'gaussian' -> 'consistency'" in error and "--checkpoint-dir" in error
+
+
+def test_a_technique_option_error_names_the_option(tmp_path, capsys):
+    argv = ["train", *SMALL_MODEL, "--data", "digits", "--sigma", "0.25", "--loss", "consistency"]
+    assert main([*argv, "--loss-option", "variant=bogus", "--checkpoint-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "consistency" in error and "variant must be one of default, xent, kl, mse" in error

@@ -14,7 +14,7 @@ from rs_plugins.builtin.gaussian import GaussianAugmentation, GaussianNoise
 from rs_plugins.data import load_digits
 from rs_plugins.errors import PluginBuildError
 from rs_plugins.nets import SmallCNN
-from rs_plugins.training import CHECKPOINT, FINAL_MODEL, LOG, TrainConfig, train
+from rs_plugins.training import CHECKPOINT, FINAL_MODEL, LOG, TrainConfig, crop_flip, train
 from rs_plugins.types import LossOutput
 
 # The rate halves after epoch 2: a resume after epoch 1 ends with the wrong rate unless the scheduler state is restored.
@@ -146,3 +146,131 @@ def test_config_errors_name_the_cli_flag(field, value, flag):
     with pytest.raises(ValueError, match=rf"^{flag} must be") as exc:
         TrainConfig(**{field: value})
     assert repr(value) in str(exc.value)
+
+
+class RecordingLoss:
+    """Gaussian augmentation that records what the runner hands it: chunk sizes and the epochs it was told."""
+
+    def __init__(self, chunks: int) -> None:
+        self.chunks = chunks
+        self.sizes: list[int] = []
+        self.epochs: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+    def __call__(self, model, x, y, noise, *, progress):
+        self.sizes.append(len(x))
+        return GaussianAugmentation()(model, x, y, noise, progress=progress)
+
+
+def test_each_batch_is_split_into_the_losses_chunks_with_one_step_each(tmp_path, digits):
+    """256 images, batch 100, chunks 3: batches of 100, 100, 56 give chunks 34+33+33, 34+33+33, 19+19+18."""
+    loss = RecordingLoss(chunks=3)
+    torch.manual_seed(0)
+    model = SmallCNN(width=8)
+    steps = []
+    model.register_forward_pre_hook(lambda module, args: steps.append(len(args[0])))
+    train(
+        model, digits, loss, GaussianNoise(0.25), config=TrainConfig(epochs=2, batch_size=100), checkpoint_dir=tmp_path
+    )
+    assert loss.sizes == [34, 33, 33, 34, 33, 33, 19, 19, 18] * 2
+    assert loss.epochs == [0, 1]
+    assert len(steps) == len(loss.sizes)  # one forward pass (and optimiser step) per chunk
+
+
+def test_a_tail_batch_smaller_than_the_chunks_is_skipped(tmp_path, digits):
+    loss = RecordingLoss(chunks=4)
+    train(
+        SmallCNN(width=8),
+        Subset(digits, range(66)),
+        loss,
+        GaussianNoise(0.25),
+        config=TrainConfig(epochs=1, batch_size=32),
+        checkpoint_dir=tmp_path,
+    )
+    assert loss.sizes == [8] * 8  # batches of 32, 32 and a tail of 2 < 4 chunks
+
+
+class FreezingLoss:
+    """A buggy loss plugin: it freezes the first layer (e.g. for an attack) and forgets to unfreeze it."""
+
+    def __call__(self, model, x, y, noise, *, progress):
+        next(model.parameters()).requires_grad_(False)
+        return LossOutput(F.cross_entropy(model(noise.sample(x)), y), {})
+
+
+def test_a_loss_that_changes_requires_grad_is_reported(tmp_path, digits):
+    with pytest.raises(PluginBuildError, match="FreezingLoss changed requires_grad"):
+        run(tmp_path, digits, epochs=1, loss=FreezingLoss())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_resumes(tmp_path, digits, precision):
+    """Autocast on the CPU: weights stay float32, the loss falls, and a resumed run ends where a straight one does
+    (for fp16 that needs the gradient scaler's state from the checkpoint)."""
+    straight, log = run(tmp_path / "straight", digits, epochs=3, precision=precision, **SCHEDULE)
+    assert all(p.dtype == torch.float32 for p in straight.parameters())
+    assert log[-1]["loss"] < log[0]["loss"]
+    run(tmp_path / "resumed", digits, epochs=1, precision=precision, **SCHEDULE)
+    resumed, _ = run(tmp_path / "resumed", digits, init_seed=1, epochs=3, precision=precision, **SCHEDULE)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    state = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)
+    assert bool(state["scaler"]) == (precision == "fp16")  # a disabled scaler has no state
+
+
+def test_channels_last_gives_the_same_training(tmp_path, digits, straight):
+    """NHWC storage changes the memory layout, not the arithmetic: weights agree with the NCHW run."""
+    model, _ = run(tmp_path, digits, epochs=3, channels_last=True, **SCHEDULE)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for (name, a), b in zip(straight[1].state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_deterministic_mode_is_switched_off_again(tmp_path, digits):
+    assert not torch.are_deterministic_algorithms_enabled()
+    run(tmp_path, digits, epochs=1, deterministic=True, **SCHEDULE)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_milestones_replace_the_step_schedule(tmp_path, digits):
+    _, log = run(tmp_path, digits, epochs=4, batch_size=64, lr=0.1, lr_milestones=(1, 3), lr_gamma=0.5)
+    assert [entry["lr"] for entry in log] == pytest.approx([0.1, 0.05, 0.05, 0.025])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [("precision", "fp8", "--precision"), ("lr_milestones", (3, 2), "--lr-milestones")],
+)
+def test_execution_settings_are_checked(field, value, flag):
+    with pytest.raises(ValueError, match=rf"^{flag} must") as exc:
+        TrainConfig(**{field: value})
+    assert repr(value) in str(exc.value)
+
+
+def test_crop_flip_is_a_padded_crop_and_maybe_a_flip_of_each_image():
+    """Every output image is one of the 81 crops of its zero-padded input, flipped or not, and the draws vary."""
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 8, 8)
+    out = crop_flip(x, padding=4)
+    assert out.shape == x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    seen = set()
+    for i in range(len(x)):
+        matches = [
+            (top, left, flip)
+            for top in range(9)
+            for left in range(9)
+            for flip in (False, True)
+            if torch.equal(
+                out[i],
+                padded[i, :, top : top + 8, left : left + 8].flip(-1)
+                if flip
+                else padded[i, :, top : top + 8, left : left + 8],
+            )
+        ]
+        assert matches, f"image {i} is not a crop of its padded input"
+        seen.add(matches[0])
+    assert len({flip for *_, flip in seen}) == 2 and len({top for top, *_ in seen}) > 4

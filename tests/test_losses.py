@@ -300,3 +300,16 @@ def test_warmup_factor():
     assert warmup_factor(None, 10) == 1.0 and warmup_factor(3, 0) == 1.0
     assert warmup_factor(0, 10) == pytest.approx(0.1) and warmup_factor(4, 10) == pytest.approx(0.5)
     assert warmup_factor(9, 10) == warmup_factor(50, 10) == 1.0
+
+
+def test_macer_gradient_stays_finite_when_soft_probabilities_saturate():
+    """Phi^-1 has an infinite derivative at 0 and 1; images dropped for that reason must not turn the gradient
+    into NaN (0 times infinity), which would wreck training at the first saturated batch."""
+    logits = torch.tensor([[[60.0, 0.0, 0.0], [0.0, 1.0, 0.5]], [[60.0, 0.0, 0.0], [0.0, 0.8, 0.4]]])
+    logits.requires_grad_(True)
+    y = torch.tensor([0, 1])
+    classification, robustness, kept = macer_terms(logits, y, sigma=0.25, beta=16.0, gamma=8.0)
+    assert int(kept) == 1  # the saturated first image is dropped, the second kept
+    (classification + 12 * robustness).backward()
+    assert torch.isfinite(logits.grad).all(), logits.grad
+    assert logits.grad[:, 1].abs().sum() > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Subset, TensorDataset
 
+from rs_plugins import Host
 from rs_plugins.builtin.gaussian import GaussianAugmentation, GaussianNoise
 from rs_plugins.data import load_digits
 from rs_plugins.errors import PluginBuildError
@@ -274,3 +276,13 @@ def test_crop_flip_is_a_padded_crop_and_maybe_a_flip_of_each_image():
         assert matches, f"image {i} is not a crop of its padded input"
         seen.add(matches[0])
     assert len({flip for *_, flip in seen}) == 2 and len({top for top, *_ in seen}) > 4
+
+
+@pytest.mark.parametrize("name", ["consistency", "smoothmix", "macer", "adre"])
+def test_technique_losses_train_under_bf16_autocast(tmp_path, digits, name):
+    """The techniques' soft targets, attacks and Phi^-1 run under autocast and give a finite, falling loss."""
+    options = {"smoothmix": {"m": 2, "steps": 2}, "macer": {"k": 4}, "adre": {"k": 4}}.get(name, {})
+    loss = Host().loss(name, **options)
+    _, log = run(tmp_path, Subset(digits, range(128)), epochs=3, loss=loss, precision="bf16", batch_size=32, lr=0.1)
+    assert all(math.isfinite(entry["loss"]) for entry in log)
+    assert log[-1]["loss"] < log[0]["loss"], [entry["loss"] for entry in log]

@@ -31,9 +31,14 @@ def macer_terms(logits: Tensor, y: Tensor, sigma: float, beta: float, gamma: flo
     classification = F.nll_loss((p + 1e-10).log(), y, reduction="sum")
     p_beta = F.softmax(beta * logits.float(), dim=-1).mean(0)
     top, top_class = p_beta.topk(2, dim=1)
-    xi = torch.special.ndtri(top[:, 0]) - torch.special.ndtri(top[:, 1])
-    keep = (top_class[:, 0] == y) & torch.isfinite(xi) & (xi <= gamma)
-    robustness = (sigma / 2) * (gamma - xi[keep]).sum()
+    with torch.no_grad():
+        xi = torch.special.ndtri(top[:, 0]) - torch.special.ndtri(top[:, 1])
+        keep = (top_class[:, 0] == y) & torch.isfinite(xi) & (xi <= gamma)
+    # Phi^-1 again on the kept images only: its derivative is infinite at 0 and 1, and a zero gradient times an
+    # infinite derivative on a dropped image would be NaN (the reference code filters before Phi^-1 too).
+    kept = top[keep]
+    xi_kept = torch.special.ndtri(kept[:, 0]) - torch.special.ndtri(kept[:, 1])
+    robustness = (sigma / 2) * (gamma - xi_kept).sum()
     return classification, robustness, keep.sum()
 
 

@@ -35,3 +35,7 @@ class SourceError(RsPluginError, ValueError):
 
 class ResultsFileError(RsPluginError, ValueError):
     """A results file that cannot be read, or cannot be resumed by this run (other columns or settings)."""
+
+
+class TrainingDivergedError(RsPluginError):
+    """The training loss became NaN or infinite; the checkpoint of the last finite epoch is kept."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
 import time
 from collections import defaultdict
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .distributed import World, average_buffers, average_gradients, barrier, broadcast_model, sum_over_processes
-from .errors import PluginBuildError
+from .errors import PluginBuildError, TrainingDivergedError
 from .smoothing import check_images
 
 if TYPE_CHECKING:
@@ -221,6 +222,10 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
         entry = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         entry |= {k: v / images for k, v in totals.items()}
         entry["seconds"] = time.perf_counter() - started
+        if not math.isfinite(entry["loss"]):
+            msg = f"training loss {type(loss).__name__} became {entry['loss']} in epoch {epoch + 1}; "
+            msg += f"{directory / CHECKPOINT} still holds epoch {epoch} (try a lower --lr or other loss options)"
+            raise TrainingDivergedError(msg)
         scheduler.step()
         log.append(entry)
         if world.main:

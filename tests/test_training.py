@@ -14,7 +14,7 @@ from torch.utils.data import Subset, TensorDataset
 from rs_plugins import Host
 from rs_plugins.builtin.gaussian import GaussianAugmentation, GaussianNoise
 from rs_plugins.data import load_digits
-from rs_plugins.errors import PluginBuildError
+from rs_plugins.errors import PluginBuildError, TrainingDivergedError
 from rs_plugins.nets import SmallCNN
 from rs_plugins.training import CHECKPOINT, FINAL_MODEL, LOG, TrainConfig, crop_flip, train
 from rs_plugins.types import LossOutput
@@ -286,3 +286,24 @@ def test_technique_losses_train_under_bf16_autocast(tmp_path, digits, name):
     _, log = run(tmp_path, Subset(digits, range(128)), epochs=3, loss=loss, precision="bf16", batch_size=32, lr=0.1)
     assert all(math.isfinite(entry["loss"]) for entry in log)
     assert log[-1]["loss"] < log[0]["loss"], [entry["loss"] for entry in log]
+
+
+class ExplodingLoss:
+    """A loss that turns NaN in the second epoch, as a diverging run does."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __call__(self, model, x, y, noise, *, progress):
+        loss = F.cross_entropy(model(noise.sample(x)), y)
+        return LossOutput(loss * float("nan") if self.epoch == 1 else loss, {})
+
+
+def test_a_diverging_loss_stops_training_and_keeps_the_last_finite_checkpoint(tmp_path, digits):
+    with pytest.raises(TrainingDivergedError, match=r"ExplodingLoss became nan in epoch 2.*holds epoch 1"):
+        run(tmp_path, digits, epochs=3, loss=ExplodingLoss(), **SCHEDULE)
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["epoch"] == 1
+    assert len(read_log(tmp_path)) == 1

@@ -13,10 +13,10 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import MissingDependencyError
+from .losses import soft_smoothed
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -38,7 +38,7 @@ class SmoothedSoftClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         m = len(self.deltas)
         logits = self.model((x.unsqueeze(0) + self.deltas).flatten(0, 1)).view(m, len(x), -1)
-        return F.softmax(logits, dim=-1).mean(0).clamp(min=1e-20).log()
+        return soft_smoothed(logits).clamp(min=1e-20).log()
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import rs_plugins
-from rs_plugins.losses import EpochAware, check_float, check_int, draw_deltas, noisy_logits
+from rs_plugins.losses import EpochAware, check_float, check_int, draw_deltas, noisy_logits, soft_smoothed
 from rs_plugins.types import LossOutput, LossSpec, NoiseSampler
 
 ZHAI = "Zhai et al., ICLR 2020, arXiv:2001.02378"
@@ -27,9 +27,9 @@ ZHAI = "Zhai et al., ICLR 2020, arXiv:2001.02378"
 
 def macer_terms(logits: Tensor, y: Tensor, sigma: float, beta: float, gamma: float) -> tuple[Tensor, Tensor, Tensor]:
     """(sum of L_cls, L_rob, number of images in L_rob) for logits of shape (k, B, K)."""
-    p = F.softmax(logits.float(), dim=-1).mean(0)
+    p = soft_smoothed(logits.float())
     classification = F.nll_loss((p + 1e-10).log(), y, reduction="sum")
-    p_beta = F.softmax(beta * logits.float(), dim=-1).mean(0)
+    p_beta = soft_smoothed(beta * logits.float())
     top, top_class = p_beta.topk(2, dim=1)
     with torch.no_grad():
         xi = torch.special.ndtri(top[:, 0]) - torch.special.ndtri(top[:, 1])

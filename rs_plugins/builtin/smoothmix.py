@@ -24,7 +24,16 @@ from torch import Tensor, nn
 
 import rs_plugins
 from rs_plugins.attacks import NO_BALL, import_torchattacks, smoothed_pgd
-from rs_plugins.losses import EpochAware, check_bool, check_float, check_int, draw_deltas, noisy_logits, warmup_factor
+from rs_plugins.losses import (
+    EpochAware,
+    check_bool,
+    check_float,
+    check_int,
+    draw_deltas,
+    noisy_logits,
+    soft_smoothed,
+    warmup_factor,
+)
 from rs_plugins.types import LossOutput, LossSpec, NoiseSampler
 
 JEONG_2021 = "Jeong et al., NeurIPS 2021, arXiv:2111.09277"
@@ -96,7 +105,7 @@ class SmoothMixLoss(EpochAware):
 
         logits = noisy_logits(model, clean, deltas)
         xent = F.cross_entropy(logits.flatten(0, 1), y.repeat(self.m))
-        p_clean = F.softmax(logits, dim=-1).mean(0)
+        p_clean = soft_smoothed(logits)
 
         lam = torch.rand(len(x), device=x.device, dtype=x.dtype) / 2
         lam_x = lam.view(-1, *([1] * (x.dim() - 1)))

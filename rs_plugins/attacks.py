@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import MissingDependencyError
-from .losses import soft_smoothed
+from .losses import noisy_logits, soft_smoothed
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -36,9 +36,7 @@ class SmoothedSoftClassifier(nn.Module):
         self.deltas = deltas
 
     def forward(self, x: Tensor) -> Tensor:
-        m = len(self.deltas)
-        logits = self.model((x.unsqueeze(0) + self.deltas).flatten(0, 1)).view(m, len(x), -1)
-        return soft_smoothed(logits).clamp(min=1e-20).log()
+        return soft_smoothed(noisy_logits(self.model, x, self.deltas)).clamp(min=1e-20).log()
 
 
 @contextlib.contextmanager

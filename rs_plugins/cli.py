@@ -6,9 +6,10 @@ import argparse
 import json
 import shlex
 import sys
+import traceback
 from pathlib import Path
 
-from . import __version__
+from . import __version__, provenance, validation
 from .data import select_indices
 from .errors import RsPluginError
 from .host import Host
@@ -16,9 +17,11 @@ from .report import (
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
     ResultsFile,
+    format_provenance,
     format_table,
     plot_certified_accuracy,
     read_results,
+    read_sidecar,
     write_summary,
 )
 from .training import AUGMENTATIONS, PRECISIONS, RECIPES, TrainConfig
@@ -27,25 +30,9 @@ from .types import ABSTAIN, DataRequest, ModelRequest
 SEED_HELP = "seed; each image's noise is seeded from (seed, index), so reruns and resumed runs agree"
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0; got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1); got {text}")
-    return value
+_positive_int = validation.positive_int
+_positive_float = validation.positive_float
+_probability = validation.probability
 
 
 def _epochs(text: str) -> tuple[int, ...]:
@@ -83,6 +70,12 @@ def _add_model(p: argparse.ArgumentParser, *, several: bool) -> None:
     g.add_argument("--dataset", default="cifar10", help="RobustBench data set (default cifar10)")
     g.add_argument("--threat-model", default="L2", help="RobustBench threat model (default L2)")
     g.add_argument("--model-dir", default="./models", help="RobustBench checkpoint folder (default ./models)")
+    g.add_argument(
+        validation.TRUST_FLAG,
+        action="store_true",
+        help="allow model files whose loading can run code they carry: .pt2, torchscript:, and checkpoints "
+        "that need full unpickling; only for files you made or whose author you trust",
+    )
 
 
 def _add_data(p: argparse.ArgumentParser, split: str) -> None:
@@ -93,8 +86,8 @@ def _add_data(p: argparse.ArgumentParser, split: str) -> None:
 
 def _add_subset(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("subset (as in the paper repos)")
-    g.add_argument("--start", type=int, default=0, help="first data-set index")
-    g.add_argument("--max", type=int, default=None, help="stop before this data-set index")
+    g.add_argument("--start", type=validation.nonnegative_int, default=0, help="first data-set index")
+    g.add_argument("--max", type=_positive_int, default=None, help="stop before this data-set index")
     g.add_argument("--every", "--skip", dest="every", type=_positive_int, default=1, help="every k-th index (--skip k)")
     g.add_argument("--limit", type=_positive_int, default=None, help="at most this many images")
 
@@ -106,7 +99,7 @@ def _add_run(p: argparse.ArgumentParser, *, batch_size: int | None) -> None:
     default = f"default {batch_size}" if batch_size else "default from --recipe (256; macer 64)"
     p.add_argument("--batch-size", type=_positive_int, default=batch_size, help=default)
     p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
-    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    p.add_argument("--seed", type=validation.seed, default=0, help=SEED_HELP)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -151,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--recipe", default="cifar10", choices=sorted(RECIPES), help="papers' schedule (default cifar10)")
     g.add_argument("--epochs", type=_positive_int, help="default 150")
     g.add_argument("--lr", type=_positive_float, help="default 0.1")
-    g.add_argument("--momentum", type=float, help="default 0.9")
-    g.add_argument("--weight-decay", type=float, help="default 1e-4")
+    g.add_argument("--momentum", type=validation.nonnegative_float, help="default 0.9")
+    g.add_argument("--weight-decay", type=validation.nonnegative_float, help="default 1e-4")
     g.add_argument("--lr-step", type=_positive_int, help="decay the learning rate every this many epochs (default 50)")
     g.add_argument("--lr-milestones", type=_epochs, help="comma-separated epochs to decay at, instead of --lr-step")
     g.add_argument("--lr-gamma", type=_positive_float, help="decay factor (default 0.1)")
@@ -177,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive_int, default=10_000)
     p.add_argument("--every", type=_positive_int, default=4)
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=validation.seed, default=0)
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -194,9 +187,22 @@ def _model_kwargs(args: argparse.Namespace) -> dict:
 
 def _load_model(host: Host, args: argparse.Namespace, source: str):
     request = ModelRequest(
-        source, args.checkpoint, _model_kwargs(args), args.dataset, args.threat_model, args.model_dir
+        source,
+        args.checkpoint,
+        _model_kwargs(args),
+        args.dataset,
+        args.threat_model,
+        args.model_dir,
+        trust=args.trust_model_file,
     )
     return host.load_model(request)
+
+
+def _noise_options(args: argparse.Namespace) -> dict:
+    options = _options(args.noise_option, "--noise-option")
+    if "sigma" in options:
+        raise ValueError(f"--noise-option sigma={options['sigma']}: give the noise level with --sigma")
+    return options
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -224,11 +230,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
-    from .runner import certify_dataset, predict_dataset, resolve_device
+    from .runner import certify_dataset, check_dataset, predict_dataset, resolve_device
 
     certify = args.command == "certify"
     if certify and args.n0 > args.n:
         raise ValueError(f"--n0 ({args.n0}) must not exceed --n ({args.n})")
+    for option in ("out", "plot", "summary"):  # before any work: a bad path must not cost a finished run
+        validation.check_output_file(getattr(args, option), f"--{option}")
     # Everything that changes the rows is stored with --out, so a resumed file never mixes configurations.
     settings = {
         k: getattr(args, k)
@@ -236,7 +244,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     }
     settings |= {
         "model_kwargs": _model_kwargs(args),
-        "noise_option": _options(args.noise_option, "--noise-option"),
+        "noise_option": _noise_options(args),
         "mixer_option": _options(args.mixer_option, "--mixer-option"),
     }
     if certify:
@@ -258,6 +266,20 @@ def cmd_certify(args: argparse.Namespace) -> int:
         model = models[0]
     dataset = host.load_data(DataRequest(args.data, args.split))
     indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
+    num_classes = check_dataset(model, dataset, indices, device)
+    settings["model_sha256"] = provenance.weights_sha256(model)  # other weights would change the rows
+    record = provenance.environment(device) | {
+        "models": args.model,
+        "num_classes": num_classes,
+        "subset": {"start": args.start, "max": args.max, "every": args.every, "limit": args.limit},
+        "images": len(indices),
+        "precision": "fp32",
+        "noise": provenance.component(host, "noise", args.noise, settings["noise_option"]),
+    }
+    if args.mixer:
+        record["mixer"] = provenance.component(host, "mixer", args.mixer, settings["mixer_option"])
+    if certify:
+        record["certifier"] = provenance.component(host, "certifier", args.certifier, settings["certifier_option"])
     common = dict(
         indices=indices,
         n=args.n,
@@ -270,10 +292,10 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if certify:
         host.check_compatible(args.certifier, args.noise)
         certifier = host.certifier(args.certifier, **settings["certifier_option"])
-        with ResultsFile(args.out, CERTIFY_COLUMNS, settings) as results:
+        with ResultsFile(args.out, CERTIFY_COLUMNS, settings, record) as results:
             rows = certify_dataset(model, dataset, noise, certifier, results, n0=args.n0, **common)
     else:
-        with ResultsFile(args.out, PREDICT_COLUMNS, settings) as results:
+        with ResultsFile(args.out, PREDICT_COLUMNS, settings, record) as results:
             rows = predict_dataset(model, dataset, noise, results, **common)
     norm = noise.norm
     if certify:
@@ -287,7 +309,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
         plot_certified_accuracy({f"{args.noise} sigma={args.sigma}": rows}, args.plot, title=str(args.out), norm=norm)
         print(f"plot: {args.plot}")
     if args.summary:
-        write_summary(rows, args.summary)
+        write_summary(rows, args.summary, record=read_sidecar(args.out))
         print(f"summary: {args.summary}")
     return 0
 
@@ -308,13 +330,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
     config = train_config(args)
+    validation.check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
     device = resolve_device(args.device)
     world = init_world(device.type)
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     host = Host()
     loss_options = _options(args.loss_option, "--loss-option")
-    noise_options = _options(args.noise_option, "--noise-option")
+    noise_options = _noise_options(args)
     noise = host.noise(args.noise, sigma=args.sigma, **noise_options)
     loss = host.loss(args.loss, **loss_options)
     torch.manual_seed(args.seed)  # the initial weights too depend on --seed alone, not on what ran before
@@ -341,21 +364,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.summary and len(args.results) != 1:
+        raise ValueError("--summary takes exactly one results file")
+    for option in ("plot", "summary"):
+        validation.check_output_file(getattr(args, option), f"--{option}")
     curves = {path: read_results(path) for path in args.results}
     for path, rows in curves.items():
         print(format_table(rows, title=path))
+        sidecar = read_sidecar(path)
+        print(format_provenance(sidecar) if sidecar else f"provenance: none ({path}.json is missing)\n")
     if args.plot:
         plot_certified_accuracy(curves, args.plot)
         print(f"plot: {args.plot}")
     if args.summary:
-        if len(curves) != 1:
-            raise ValueError("--summary takes exactly one results file")
-        write_summary(next(iter(curves.values())), args.summary)
+        path, rows = next(iter(curves.items()))
+        write_summary(rows, args.summary, record=read_sidecar(path))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the two real commands a user would type, and show them."""
+    validation.check_output_dir(args.out_dir, "--out-dir")
     out = Path(args.out_dir)
     common = [
         "--model",
@@ -409,12 +438,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. Mistakes in the input (RsPluginError, ValueError, OSError such as a missing or unwritable
+    file) print one line and exit 2; Ctrl-C exits 130 (finished rows and checkpoints are kept); anything else is
+    a bug, shown with its traceback and exit 3."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (RsPluginError, ValueError, FileNotFoundError) as err:
+    except (RsPluginError, ValueError, OSError) as err:
         print(f"rs-plugins: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("rs-plugins: interrupted; finished results are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print(
+            "rs-plugins: internal error: the traceback above is a bug in rs-plugins or in a plugin it names, not a "
+            "mistake in your input; please report it with the command line",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Every source returns a torch ``Dataset`` of ``(x, y)`` items: ``x`` a float32 (C
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from torch.utils.data import TensorDataset
 
 from rs_plugins.errors import MissingDependencyError, SourceError
 from rs_plugins.smoothing import check_images
+from rs_plugins.validation import load_weights_only
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -70,15 +72,17 @@ def load_tensor_file(path: str) -> TensorDataset:
     if not Path(path).is_file():
         msg = f"--data: no such file: {path}"
         raise FileNotFoundError(msg)
-    try:
-        if path.lower().endswith(".npz"):
-            with np.load(path) as archive:
+    if Path(path).stat().st_size == 0:
+        raise SourceError(f"--data: {path} is empty; {expected}")
+    if path.lower().endswith(".npz"):
+        try:  # allow_pickle=False: object arrays would be unpickled, which can run code
+            with np.load(path, allow_pickle=False) as archive:
                 found = {key: torch.from_numpy(archive[key]) for key in archive.files}
-        else:
-            found = torch.load(path, weights_only=True, map_location="cpu")
-    except (OSError, ValueError, TypeError, EOFError, pickle.UnpicklingError, RuntimeError) as err:
-        msg = f"--data: cannot read {path}: {err}"
-        raise SourceError(msg) from err
+        except (OSError, ValueError, TypeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+            msg = f"--data: cannot read {path}; it is truncated, damaged, not an .npz of numeric arrays ({err})"
+            raise SourceError(msg) from err
+    else:
+        found = load_weights_only(path, "--data", expected)
     if not isinstance(found, dict) or not {"x", "y"} <= found.keys():
         what = f"keys {sorted(map(str, found))}" if isinstance(found, dict) else type(found).__name__
         msg = f"--data: {path} holds {what}; {expected}"
@@ -94,11 +98,17 @@ def load_tensor_file(path: str) -> TensorDataset:
     if len(y) != len(x):
         msg = f"--data: {path} has {len(x)} images but {len(y)} labels; expected one label per image"
         raise SourceError(msg)
+    if len(y) and int(y.min()) < 0:
+        msg = f"--data: {path} has label {int(y.min())}; labels are class indices 0..K-1 (-1 means abstain)"
+        raise SourceError(msg)
     return TensorDataset(x.float(), y.long())
 
 
 def load_cifar10(root: str, split: str) -> Dataset:
     """CIFAR-10 from ``root/cifar-10-batches-py`` through torchvision; never downloads.
+
+    torchvision unpickles the batch files, but only after checking each file's MD5 against the published
+    data set's, so a crafted file is refused before it is unpickled.
 
     Args:
         root: the folder that holds ``cifar-10-batches-py``.

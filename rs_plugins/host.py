@@ -23,7 +23,9 @@ from .errors import (
     UnknownComponentError,
 )
 from .manager import DISABLE_ENV, PluginRecord, make_plugin_manager
+from .provenance import remember
 from .types import NAME_PATTERN, SPEC_TYPES, ComponentSpec, DataRequest, ModelRequest
+from .validation import accepted_options
 
 if TYPE_CHECKING:
     from torch import nn
@@ -37,6 +39,7 @@ REGISTRY_HOOKS = {
     "mixer": "rs_mixers",
     "certifier": "rs_certifiers",
 }
+OPTION_FLAGS = {kind: f"--{kind}-option" for kind in REGISTRY_HOOKS}  # how the CLI passes each kind's options
 # Errors that already speak to the user; anything else a plugin raises is wrapped with the plugin's name.
 USER_ERRORS = (RsPluginError, ValueError, OSError)
 
@@ -147,13 +150,22 @@ class Host:
         if component.missing:
             msg = f"{label} needs {', '.join(component.missing)}, which is not installed: {component.install_hint}"
             raise MissingDependencyError(msg)
+        accepted = accepted_options(component.spec.build)
+        unknown = sorted(set(config) - set(accepted[len(args) :])) if accepted is not None else []
+        if unknown:
+            msg = (
+                f"{label} from plugin {component.plugin.label} has no option {', '.join(map(repr, unknown))} "
+                f"({OPTION_FLAGS[kind]}); accepted: {', '.join(accepted[len(args) :]) or 'none'}"
+            )
+            raise ValueError(msg)
         try:
-            return component.spec.build(*args, **config)
+            built = component.spec.build(*args, **config)
         except MissingDependencyError:
             raise  # an option that needs an extra (e.g. an adversarial scheme); its message has the pip command
         except Exception as err:
             msg = f"{label} from plugin {component.plugin.label} failed to build: {type(err).__name__}: {err}"
             raise PluginBuildError(msg) from err
+        return remember(built, f"{label} from plugin {component.plugin.label}")
 
     def noise(self, name: str, **config: Any) -> NoiseSampler:
         """A noise sampler, e.g. ``host.noise("gaussian", sigma=0.25)``."""
@@ -193,7 +205,7 @@ class Host:
         from .models import MODEL_FORMS
 
         request = ModelRequest(request) if isinstance(request, str) else request
-        return self._first_result("rs_load_model", request, "--model", MODEL_FORMS)
+        return remember(self._first_result("rs_load_model", request, "--model", MODEL_FORMS), repr(request.source))
 
     def load_data(self, request: DataRequest | str) -> Dataset:
         """The data set a ``--data`` string names, from the first plugin that recognises its form."""

@@ -7,6 +7,7 @@ all of them together, as in the reference code of Jeong & Shin (2020) and Jeong 
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -66,10 +67,10 @@ def check_int(name: str, value: object, minimum: int) -> int:
 
 def check_float(name: str, value: object, minimum: float = 0.0, *, strict: bool = False) -> float:
     """``value`` as a float >= minimum (> minimum when ``strict``), or a ValueError naming the option."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or not (value > minimum if strict else value >= minimum):
         bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ValueError(f"{name} must be a number {bound}; got {value!r}")
+        raise ValueError(f"{name} must be a finite number {bound}; got {value!r}")
     return float(value)
 
 

@@ -6,10 +6,12 @@ returns logits (B, K); any input normalization is inside the model, after the sm
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import importlib.resources
 import importlib.util
+import os
 import pickle
 import re
 import sys
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from rs_plugins.errors import MissingDependencyError, SourceError
+from rs_plugins.validation import STATE_DICT_HINT, check_option_keys, load_weights_only, untrusted
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -74,7 +77,9 @@ def import_robustbench() -> types.ModuleType:
     return robustbench.utils
 
 
-def load_robustbench(name: str, *, dataset: str, threat_model: str, model_dir: str) -> nn.Module:
+def load_robustbench(
+    name: str, *, dataset: str, threat_model: str, model_dir: str, trust: bool = False
+) -> nn.Module:
     """A RobustBench model-zoo model from a checkpoint already in ``model_dir``; never downloads.
 
     Args:
@@ -82,6 +87,10 @@ def load_robustbench(name: str, *, dataset: str, threat_model: str, model_dir: s
         dataset: ``"cifar10"``, ``"cifar100"`` or ``"imagenet"``.
         threat_model: ``"L2"``, ``"Linf"`` or ``"corruptions"``.
         model_dir: holds ``<dataset>/<threat_model>/<name>.pt``, RobustBench's own layout.
+        trust: let robustbench unpickle a checkpoint that does not load with ``weights_only=True``.
+
+    robustbench calls ``torch.load`` without ``weights_only``; every checkpoint file is therefore first read
+    here with ``weights_only=True``, and one that needs full unpickling is refused unless ``trust``.
     """
     utils = import_robustbench()
     from robustbench.model_zoo import model_dicts
@@ -116,27 +125,44 @@ def load_robustbench(name: str, *, dataset: str, threat_model: str, model_dir: s
             f"models/{dataset}/{threat}/ into {model_dir}/{dataset}/{threat}/."
         )
         raise SourceError(msg)
+    if not trust:
+        for file in files if gdrive_id is not None else []:
+            try:
+                load_weights_only(file, f"--model robustbench:{name}", "a RobustBench checkpoint of tensors")
+            except SourceError as err:
+                raise untrusted(f"robustbench:{name}", f"{err}; loading it fully would unpickle it") from err
     try:
-        model = utils.load_model(model_name=name, model_dir=model_dir, dataset=dataset, threat_model=threat_model)
+        with _torch_load_default(weights_only=not trust):
+            model = utils.load_model(model_name=name, model_dir=model_dir, dataset=dataset, threat_model=threat_model)
     except LOAD_ERRORS as err:
         msg = f"robustbench model {name!r}: cannot load {', '.join(map(str, files))}: {err}"
         raise SourceError(msg) from err
     return model.eval()
 
 
+@contextlib.contextmanager
+def _torch_load_default(*, weights_only: bool):
+    """Make ``torch.load`` calls that do not pass ``weights_only`` (robustbench's) use this value."""
+    names = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    saved = {name: os.environ.pop(name, None) for name in names}
+    os.environ[names[0] if weights_only else names[1]] = "1"
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+
+
 def load_state_dict_file(path: str) -> dict[str, Tensor]:
     """A state dict from a checkpoint: bare, or under ``"model"`` (our training checkpoints) or ``"state_dict"``.
 
+    Read with ``weights_only=True``: a whole pickled ``nn.Module`` is refused, with how to save a state dict.
     A leading ``"module."`` (left by DistributedDataParallel) is removed from every key.
     """
-    if not Path(path).is_file():
-        msg = f"--checkpoint: no such file: {path}"
-        raise FileNotFoundError(msg)
-    try:
-        found = torch.load(path, map_location="cpu", weights_only=True)
-    except LOAD_ERRORS as err:
-        msg = f"--checkpoint: cannot read {path}: {err}"
-        raise SourceError(msg) from err
+    expected = f"a state dict (parameter names to tensors); {STATE_DICT_HINT}"
+    found = load_weights_only(path, "--checkpoint", expected)
     for key in ("model", "state_dict"):
         if isinstance(found, dict) and isinstance(found.get(key), dict):
             found = found[key]
@@ -144,7 +170,7 @@ def load_state_dict_file(path: str) -> dict[str, Tensor]:
     if not isinstance(found, dict) or not all(isinstance(k, str) for k in found):
         msg = (
             f"--checkpoint: {path} holds a {type(found).__name__}; expected a state dict (parameter names to "
-            "tensors), bare or under 'model' or 'state_dict'"
+            f"tensors), bare or under 'model' or 'state_dict'; {STATE_DICT_HINT}"
         )
         raise SourceError(msg)
     return {key.removeprefix("module."): value for key, value in found.items()}
@@ -166,6 +192,7 @@ def load_factory(target: str, *, checkpoint: str | None, kwargs: dict[str, Any])
             msg = f"--model {target}: module {module_name!r} has no attribute {attr!r}"
             raise SourceError(msg)
         factory = getattr(factory, part)
+    check_option_keys(factory, kwargs, what=f"--model {target}", flag="--model-kwargs")
     try:
         model = factory(**kwargs)
     except TypeError as err:
@@ -189,9 +216,15 @@ def _check_file(path: str, form: str) -> None:
         raise FileNotFoundError(msg)
 
 
-def load_torchscript(path: str) -> nn.Module:
-    """A TorchScript model saved with ``torch.jit.save``."""
+def load_torchscript(path: str, *, trust: bool = False) -> nn.Module:
+    """A TorchScript model saved with ``torch.jit.save``; only with ``trust``.
+
+    The archive is a program: its code runs when the model is called, with TorchScript ops that can read files
+    (``torch.from_file``), and torch.jit.load's C++ deserializer is not hardened against crafted archives.
+    """
     _check_file(path, f"torchscript:{path}")
+    if not trust:
+        raise untrusted(f"torchscript:{path}", "a TorchScript archive is a program that runs when the model is called")
     try:
         return torch.jit.load(path, map_location="cpu")
     except LOAD_ERRORS as err:
@@ -206,9 +239,11 @@ class ExportedModule(nn.Module):
     NotImplementedError, so ``train()`` here only sets the flag, letting callers use ``model.eval()`` as usual.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, trust: bool = False) -> None:
         super().__init__()
         _check_file(path, path)
+        if not trust:
+            raise untrusted(path, "torch.export.load unpickles parts of the archive with weights_only=False")
         try:
             self.exported = torch.export.load(path).module()
         except LOAD_ERRORS as err:
@@ -241,9 +276,10 @@ def load_model(request: ModelRequest) -> nn.Module | None:
             dataset=request.dataset,
             threat_model=request.threat_model,
             model_dir=request.model_dir,
+            trust=request.trust,
         )
     elif source.startswith("torchscript:"):
-        model = load_torchscript(source.removeprefix("torchscript:"))
+        model = load_torchscript(source.removeprefix("torchscript:"), trust=request.trust)
     else:
-        model = ExportedModule(source)
+        model = ExportedModule(source, trust=request.trust)
     return model.eval().cpu()

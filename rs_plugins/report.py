@@ -28,6 +28,8 @@ _TIME = re.compile(r"^(?:(-?\d+) days?, )?(\d+):(\d+):(\d+(?:\.\d*)?)$")
 _BOOL = {"1": True, "0": False, "True": True, "False": False}
 StrPath = str | os.PathLike[str]
 log = logging.getLogger(__name__)
+RECORD_KEYS = ("provenance", "resumed")
+"""Sidecar keys that describe runs; every other key is a setting compared on resume."""
 
 
 @dataclass(frozen=True)
@@ -94,12 +96,86 @@ def _load(path: Path) -> tuple[tuple[str, ...], list[Row], int]:
 
 
 def read_results(path: StrPath) -> list[Row]:
-    """Rows of a CERTIFY or PREDICT TSV; an unfinished last line (a run still writing) is skipped."""
+    """Rows of a CERTIFY or PREDICT TSV; an unfinished last line (a run still writing) is skipped.
+
+    Rows that no certifier writes are refused rather than scored (see ``check_rows``).
+    """
     header, rows, _ = _load(Path(path))  # a missing file raises FileNotFoundError naming the path
     if not header:
         msg = f"{path} has no header line; expected {CERTIFY_COLUMNS!r} or {PREDICT_COLUMNS!r}"
         raise ResultsFileError(msg)
+    sidecar = read_sidecar(path)
+    num_classes = (sidecar or {}).get("provenance", {}).get("num_classes")
+    check_rows(path, rows, num_classes if isinstance(num_classes, int) else None)
     return rows
+
+
+def check_rows(path: StrPath, rows: Sequence[Row], num_classes: int | None = None) -> None:
+    """Refuse rows whose metrics would be wrong: a label that is not a class (e.g. -1, the abstention value),
+    a prediction below -1, ``correct`` that disagrees with ``predict == label``, a negative or non-finite
+    radius, an abstention with a radius; and, when the sidecar records the model's number of classes K,
+    labels or predictions >= K."""
+    for row in rows:
+        problem = ""
+        if row.label < 0:
+            problem = f"label {row.label} is not a class index (-1 means abstain, never a label)"
+        elif num_classes is not None and max(row.label, row.predict) >= num_classes:
+            problem = f"label {row.label} / predict {row.predict} is not one of the model's {num_classes} classes"
+        elif row.predict < ABSTAIN:
+            problem = f"predict {row.predict} is neither a class nor -1 (abstain)"
+        elif row.correct != (row.predict == row.label):
+            problem = f"correct={int(row.correct)} disagrees with predict {row.predict} and label {row.label}"
+        elif not (math.isfinite(row.radius) and row.radius >= 0) or (row.predict == ABSTAIN and row.radius):
+            problem = f"radius {row.radius} is not a finite radius >= 0 (0 when abstaining)"
+        if problem:
+            msg = f"{path}, image {row.idx}: {problem}; the file was not written by a certifier, or was edited"
+            raise ResultsFileError(msg)
+
+
+def sidecar_path(path: StrPath) -> Path:
+    """Where the settings and provenance of a results file are kept: ``<path>.json``."""
+    return Path(path).with_name(Path(path).name + ".json")
+
+
+def read_sidecar(path: StrPath) -> dict[str, Any] | None:
+    """The settings and provenance stored next to a results file, or None if it has none (e.g. a paper repo's)."""
+    try:
+        found = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def format_provenance(sidecar: dict[str, Any]) -> str:
+    """A few lines for a terminal: what produced the rows (model, data, smoothing) and where and with what."""
+    settings = {k: v for k, v in sidecar.items() if k not in RECORD_KEYS}
+    prov = sidecar.get("provenance", {})
+
+    def run(p: dict[str, Any]) -> str:
+        parts = [f"rs-plugins {p.get('rs_plugins', '?')}", f"torch {p.get('torch', '?')}"]
+        parts += [f"python {p.get('python', '?')}", str(p.get("device", "?")), str(p.get("date", "?"))]
+        return ", ".join(parts) + (f", {p['images']} images" if "images" in p else "")
+
+    def plugin(c: dict[str, Any] | None) -> str:
+        return f" [{c.get('distribution') or c.get('plugin')} {c.get('version') or ''}]".rstrip() if c else ""
+
+    sha = str(settings.get("model_sha256", "?"))[:16]
+    has_certifier = "certifier" in settings
+    lines = [
+        f"model: {settings.get('model')} checkpoint={settings.get('checkpoint')} sha256={sha}..."
+        + (f" ({prov['num_classes']} classes)" if "num_classes" in prov else ""),
+        f"data: {settings.get('data')} {settings.get('split', '')} subset={json.dumps(prov.get('subset'))}",
+        f"smoothing: {settings.get('noise')} sigma={settings.get('sigma')} {json.dumps(settings.get('noise_option'))}"
+        + plugin(prov.get("noise"))
+        + (f"; certifier {settings.get('certifier')} {json.dumps(settings.get('certifier_option'))}" * has_certifier)
+        + plugin(prov.get("certifier"))
+        + f"; n0={settings.get('n0')} n={settings.get('n')} alpha={settings.get('alpha')} seed={settings.get('seed')}"
+        + f"; precision {prov.get('precision', '?')}",
+    ]
+    if prov:
+        lines.append("run: " + run(prov))
+    lines += ["resumed: " + run(p) for p in sidecar.get("resumed", [])]
+    return "\n".join(lines) + "\n"
 
 
 class ResultsFile:
@@ -109,21 +185,28 @@ class ResultsFile:
         path: the TSV; created with its header if missing, otherwise its finished rows are read back.
         columns: ``CERTIFY_COLUMNS`` or ``PREDICT_COLUMNS``.
         settings: CLI options (names without dashes) that produced the rows; stored as ``<path>.json``
-            when the file is created and compared on resume, so rows from different runs never mix.
+            when the file is created and compared on resume, so rows from different runs never mix. A file
+            with rows but no sidecar (an older or foreign file) is refused then: nothing proves its settings.
+        provenance: what describes the run but does not change its rows (versions, device, date, subset):
+            stored in the sidecar under ``"provenance"``, and under ``"resumed"`` for each later run.
 
     Raises:
-        ResultsFileError: (a ValueError) the existing file has other columns or other settings.
+        ResultsFileError: (a ValueError) the existing file has other columns or other settings, or no sidecar.
     """
 
     def __init__(
-        self, path: StrPath, columns: Sequence[str] = CERTIFY_COLUMNS, settings: dict[str, Any] | None = None
+        self,
+        path: StrPath,
+        columns: Sequence[str] = CERTIFY_COLUMNS,
+        settings: dict[str, Any] | None = None,
+        provenance: dict[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.columns = tuple(columns)
         if self.columns not in (CERTIFY_COLUMNS, PREDICT_COLUMNS):
             msg = f"columns must be {CERTIFY_COLUMNS!r} or {PREDICT_COLUMNS!r}; got {self.columns!r}"
             raise ValueError(msg)
-        settings_path = self.path.with_name(self.path.name + ".json")
+        settings_path = sidecar_path(self.path)
         # JSON round trip so that tuples, paths etc. compare equal to what was stored.
         settings = None if settings is None else json.loads(json.dumps(settings, default=str))
         header, self.rows, cut = _load(self.path) if self.path.is_file() else ((), [], 0)
@@ -131,16 +214,28 @@ class ResultsFile:
         if header and header != self.columns:
             msg = f"{self.path} has columns {header!r}, but this run writes {self.columns!r}. "
             raise ResultsFileError(msg + "Use another --out or delete the file")
-        if header and settings is not None and settings_path.is_file():
-            _check_settings(self.path, json.loads(settings_path.read_text(encoding="utf-8")), settings)
+        provenance = None if provenance is None else json.loads(json.dumps(provenance, default=str))
+        stored = read_sidecar(self.path) if header and settings is not None else None
+        if header and settings is not None and (stored is not None or self.rows):
+            if stored is None:
+                msg = (
+                    f"--out {self.path} has {len(self.rows)} rows but no settings file {settings_path.name} (or an "
+                    "unreadable one), so nothing shows they were computed with this run's settings: they could be "
+                    "from another model, sigma or n. Use another --out, or move the file away to start over"
+                )
+                raise ResultsFileError(msg)
+            _check_settings(self.path, {k: v for k, v in stored.items() if k not in RECORD_KEYS}, settings)
+            if provenance is not None:
+                stored["resumed"] = [*stored.get("resumed", []), provenance]
+                _write_atomic(settings_path, json.dumps(stored, indent=2, sort_keys=True) + "\n")
         if self.path.is_file() and self.path.stat().st_size > cut:
             os.truncate(self.path, cut)  # so the next row starts on a line of its own
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8", newline="")
+        if settings is not None and stored is None:
+            record = settings | ({"provenance": provenance} if provenance is not None else {})
+            _write_atomic(settings_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
         if not header:
-            if settings is not None:
-                text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
-                settings_path.write_text(text, encoding="utf-8")
             self._write("\t".join(self.columns) + "\n")
 
     @property
@@ -168,6 +263,12 @@ class ResultsFile:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _check_settings(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
@@ -266,7 +367,13 @@ def plot_certified_accuracy(
     fig.savefig(path)
 
 
-def write_summary(rows: Sequence[Row], path: StrPath, radii: Sequence[float] | None = None) -> None:
-    """Write ``summarize(rows, radii)`` as indented JSON, creating parent directories."""
+def write_summary(
+    rows: Sequence[Row], path: StrPath, radii: Sequence[float] | None = None, record: dict[str, Any] | None = None
+) -> None:
+    """Write ``summarize(rows, radii)`` as indented JSON, creating parent directories.
+
+    ``record`` (a results file's sidecar: settings and provenance) is included under ``"run"``.
+    """
+    summary = summarize(rows, radii) | ({"run": record} if record is not None else {})
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(summarize(rows, radii), indent=2) + "\n", encoding="utf-8")
+    Path(path).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")

@@ -11,7 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .report import ResultsFile, Row
-from .smoothing import check_images, cohen_predict
+from .smoothing import call_model, check_images, cohen_predict, eval_mode
+from .validation import check_labels, check_logits
 
 if TYPE_CHECKING:
     from torch import nn
@@ -42,11 +43,39 @@ def image_generator(seed: int, idx: int, device: torch.device) -> torch.Generato
     return torch.Generator(device=device).manual_seed(int(state))
 
 
-def _images(dataset: Dataset, chunk: Sequence[int], device: torch.device) -> tuple[torch.Tensor, list[int]]:
+def _images(
+    dataset: Dataset, chunk: Sequence[int], device: torch.device, num_classes: int
+) -> tuple[torch.Tensor, list[int]]:
     items = [dataset[i] for i in chunk]
     x = torch.stack([torch.as_tensor(item[0]) for item in items]).to(device)
     check_images(x, "--data images")
-    return x, [int(item[1]) for item in items]
+    labels = [int(item[1]) for item in items]
+    check_labels(labels, num_classes, f"--data (images {chunk[0]}..{chunk[-1]})")
+    return x, labels
+
+
+@torch.no_grad()
+def check_dataset(model: nn.Module, dataset: Dataset, indices: Sequence[int], device: torch.device | str) -> int:
+    """Before any sampling: the model takes these images, and their labels are its classes. Returns K.
+
+    One clean forward pass of the first image, in eval mode; the labels are checked here when the data set
+    holds them apart from its images (TensorDataset, torchvision), otherwise as each image is read.
+    """
+    if not indices:
+        raise ValueError("the subset (--start, --max, --every, --limit) selects no image of --data")
+    device = torch.device(device)
+    x = torch.as_tensor(dataset[indices[0]][0])[None].to(device)
+    check_images(x, "--data images")
+    with eval_mode(model):
+        logits = call_model(model, x, first=True)
+    check_logits(logits, model, 1)
+    num_classes = logits.shape[1]
+    labels = getattr(dataset, "targets", None)
+    if isinstance(dataset, torch.utils.data.TensorDataset) and len(dataset.tensors) > 1:
+        labels = dataset.tensors[1]
+    if labels is not None:
+        check_labels(torch.as_tensor(labels)[list(indices)], num_classes, "--data")
+    return num_classes
 
 
 def _batches(indices: Sequence[int], size: int):
@@ -54,14 +83,15 @@ def _batches(indices: Sequence[int], size: int):
         yield indices[start : start + size]
 
 
-def _run(decide, dataset, results, indices, *, group, desc, seed, device, progress) -> list[Row]:
+def _run(decide, model, dataset, results, indices, *, group, desc, seed, device, progress) -> list[Row]:
     """Apply ``decide(x, generators) -> [(prediction, radius)]`` to pending images in groups, appending rows."""
+    num_classes = check_dataset(model, dataset, indices, device)
     pending = [i for i in indices if i not in results.done]
     with tqdm(
         total=len(indices), initial=len(indices) - len(pending), desc=desc, unit="img", disable=not progress
     ) as bar:
         for chunk in _batches(pending, group):
-            x, labels = _images(dataset, chunk, device)
+            x, labels = _images(dataset, chunk, device, num_classes)
             generators = [image_generator(seed, i, device) for i in chunk]
             start = time.perf_counter()
             outcomes = decide(x, generators)
@@ -103,9 +133,8 @@ def certify_dataset(
         return [(c.prediction, c.radius) for c in certificates]
 
     group = max(1, min(MAX_IMAGES_PER_CALL, batch_size // n0))
-    return _run(
-        decide, dataset, results, indices, group=group, desc="certify", seed=seed, device=device, progress=progress
-    )
+    options = dict(group=group, desc="certify", seed=seed, device=device, progress=progress)
+    return _run(decide, model, dataset, results, indices, **options)
 
 
 def predict_dataset(
@@ -131,6 +160,5 @@ def predict_dataset(
         return [(p, 0.0) for p in predictions]
 
     group = max(1, min(MAX_IMAGES_PER_CALL, batch_size // n))
-    return _run(
-        decide, dataset, results, indices, group=group, desc="predict", seed=seed, device=device, progress=progress
-    )
+    options = dict(group=group, desc="predict", seed=seed, device=device, progress=progress)
+    return _run(decide, model, dataset, results, indices, **options)

@@ -17,6 +17,8 @@ import torch
 
 from .stats import binomial_pvalue, clopper_pearson_lower, min_samples_to_certify, min_samples_to_predict
 from .types import ABSTAIN, Certificate
+from .provenance import describe
+from .validation import check_finite_logits, check_integer, check_logits, check_noise_output, check_number, check_tensor
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -32,6 +34,7 @@ def check_images(x: Tensor, what: str = "x") -> None:
         what: how the message names their origin, e.g. ``"--data"`` or ``"x"``.
     """
     expected = "expected float images (N, C, H, W) with values in [0, 1]; scale uint8 images by 1/255"
+    check_tensor(what, x)
     if not x.dtype.is_floating_point or x.dim() != 4:
         msg = f"{what}: got images of shape {tuple(x.shape)} and dtype {x.dtype}; {expected}"
         raise ValueError(msg)
@@ -45,17 +48,25 @@ def check_images(x: Tensor, what: str = "x") -> None:
 
 
 def check_sampling(*, n0: int | None = None, n: int, alpha: float, batch_size: int) -> None:
-    """Raise ValueError naming the first invalid sampling argument."""
-    if n0 is not None and not (isinstance(n0, int) and n0 >= 1):
-        raise ValueError(f"n0 must be a positive integer; got {n0!r}")
-    if not (isinstance(n, int) and n >= 1):
-        raise ValueError(f"n must be a positive integer; got {n!r}")
+    """Raise ValueError naming the first invalid sampling argument (strings, NaN and inf included)."""
+    if n0 is not None:
+        check_integer("n0", n0)
+    check_integer("n", n)
     if n0 is not None and n0 > n:
         raise ValueError(f"n0 must not exceed n (n0 selects the class, n estimates it); got n0={n0}, n={n}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1); got {alpha!r}")
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    check_number("alpha", alpha, above=0, below=1)
+    check_integer("batch_size", batch_size)
+
+
+def check_smoothing(model: object, noise: object) -> None:
+    """Refuse a model that cannot be called or a noise that is not a ``NoiseSampler`` (e.g. None)."""
+    from .types import NoiseSampler
+
+    if not callable(model):
+        raise ValueError(f"model must be a torch.nn.Module (or a callable returning logits); got {model!r}")
+    if not isinstance(noise, NoiseSampler):
+        msg = "noise must be a NoiseSampler with sample(), radius(), sigma and norm, e.g. "
+        raise ValueError(msg + f"Host().noise('gaussian', sigma=0.25); got {noise!r}")
 
 
 @contextlib.contextmanager
@@ -107,16 +118,18 @@ def sample_counts(
     """
     generators = _per_image(generator, len(x))
     counts = None
-    for segments in _plan(len(x), num, batch_size):
-        noisy = torch.cat([noise.sample(x[i].expand(c, *x.shape[1:]), generator=generators[i]) for i, c in segments])
-        logits = model(noisy)  # (M, K)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != len(noisy):
-            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            msg = f"the model must return logits of shape (batch, num_classes); for {len(noisy)} inputs got {got}"
-            raise ValueError(msg)
+    finite = torch.ones((), dtype=torch.bool)
+    for number, segments in enumerate(_plan(len(x), num, batch_size)):
+        noisy = []
+        for i, c in segments:
+            clean = x[i].expand(c, *x.shape[1:])
+            noisy.append(noise.sample(clean, generator=generators[i]))
+            check_noise_output(noisy[-1], clean, noise, values=number == 0)  # values: once per call suffices
+        noisy = torch.cat(noisy)
+        logits = call_model(model, noisy, first=number == 0)  # (M, K)
+        check_logits(logits, model, len(noisy))
+        finite = finite.to(logits.device) & torch.isfinite(logits).all()
         num_classes = logits.shape[1]
-        if num_classes < 2:
-            raise ValueError(f"the model must return at least 2 class scores; got {num_classes}")
         if counts is None:
             counts = torch.zeros(len(x) * num_classes, dtype=torch.int64, device=logits.device)
         owner = torch.repeat_interleave(
@@ -124,7 +137,27 @@ def sample_counts(
             torch.tensor([c for _, c in segments], device=logits.device),
         )
         counts += torch.bincount(owner * num_classes + logits.argmax(1), minlength=len(counts))
+    check_finite_logits(finite, model)
     return counts.view(len(x), -1).cpu()
+
+
+def call_model(model: nn.Module, noisy: Tensor, *, first: bool) -> Tensor:
+    """The model on a batch; on the first pass (``first``) a RuntimeError, typically images of the wrong
+    channels or size, is re-raised as a ValueError naming the model and the image shape."""
+    if not first:
+        return model(noisy)
+    try:
+        return model(noisy)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as err:
+        name = describe(model, type(model).__name__)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = (
+            f"model {name} failed on images of shape {tuple(noisy.shape[1:])} (channels, height, width): {reason}. "
+            "Check that the images (--data, or x) have the channels and size the model (--model) was built for"
+        )
+        raise ValueError(msg) from err
 
 
 def cohen_certify(
@@ -139,6 +172,7 @@ def cohen_certify(
     generator=None,
 ) -> list[Certificate]:
     """CERTIFY of Cohen et al. for each image of ``x`` (B, C, H, W); abstains below a bound of 1/2."""
+    check_smoothing(model, noise)
     check_images(x)
     check_sampling(n0=n0, n=n, alpha=alpha, batch_size=batch_size)
     if n < min_samples_to_certify(alpha):
@@ -168,6 +202,7 @@ def cohen_predict(
     generator=None,
 ) -> list[int]:
     """PREDICT of Cohen et al.: the top class where a binomial test tells it from the runner-up, else ABSTAIN."""
+    check_smoothing(model, noise)
     check_images(x)
     check_sampling(n=n, alpha=alpha, batch_size=batch_size)
     if n < min_samples_to_predict(alpha):
@@ -191,6 +226,10 @@ class SmoothedClassifier:
     """
 
     def __init__(self, model: nn.Module, noise: NoiseSampler, certifier: Certifier | None = None) -> None:
+        check_smoothing(model, noise)
+        if certifier is not None and not callable(getattr(certifier, "certify", None)):
+            msg = f"certifier must have a certify() method, e.g. Host().certifier('cohen'); got {certifier!r}"
+            raise ValueError(msg)
         self.model = model
         self.noise = noise
         self.certifier = certifier
@@ -215,7 +254,8 @@ class SmoothedClassifier:
 
 
 def _one_image(x: Tensor) -> Tensor:
-    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+    check_tensor("x", x)
+    if x.dim() != 3:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"expected one image of shape (C, H, W); got {got} (use the *_batch method for batches)")
     return x.unsqueeze(0)

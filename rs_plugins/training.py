@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 
 from .distributed import World, average_buffers, average_gradients, barrier, broadcast_model, sum_over_processes
 from .errors import PluginBuildError, TrainingDivergedError
-from .smoothing import check_images
+from .provenance import describe
+from .smoothing import check_images, eval_mode
+from .validation import MAX_SEED, check_integer, check_labels, check_number, load_weights_only
 
 if TYPE_CHECKING:
     from torch import nn
@@ -86,10 +88,10 @@ class TrainConfig:
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
         for name in ("lr", "lr_gamma"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive; got {getattr(self, name)!r}")
-        if self.momentum < 0 or self.weight_decay < 0:
-            raise ValueError("--momentum and --weight-decay must be non-negative")
+            check_number(f"--{name.replace('_', '-')}", getattr(self, name), above=0)
+        for name in ("momentum", "weight_decay"):
+            check_number(f"--{name.replace('_', '-')}", getattr(self, name), at_least=0)
+        check_integer("--seed", self.seed, minimum=0, maximum=MAX_SEED)
         milestones = tuple(self.lr_milestones)
         if any(not isinstance(e, int) or e < 1 for e in milestones) or list(milestones) != sorted(set(milestones)):
             raise ValueError(f"--lr-milestones must be increasing positive epochs; got {self.lr_milestones!r}")
@@ -169,6 +171,7 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     barrier(world)
     recorded = dataclasses.asdict(config) | (settings or {})
+    _check_data_fits_model(model, dataset, device, memory_format)
     start_epoch = _resume(directory, recorded, model, optimizer, scheduler, scaler, device)
     log = _read_log(directory)[:start_epoch]
     chunks = int(getattr(loss, "chunks", 1))
@@ -240,6 +243,42 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
     return log
 
 
+def _check_data_fits_model(model, dataset, device, memory_format) -> None:
+    """Before the first epoch: the model takes the images, and every label is one of its classes.
+
+    One clean forward pass in eval mode without gradients: it changes no weights, statistics or RNG state.
+    """
+    x, _ = dataset[0]
+    x = torch.as_tensor(x)[None].to(device).contiguous(memory_format=memory_format)
+    check_images(x, "--data images")
+    name = describe(model, type(model).__name__)
+    try:
+        with torch.no_grad(), eval_mode(model):
+            logits = model(x)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = (
+            f"model {name} failed on --data images of shape {tuple(x.shape[1:])} (channels, height, width): "
+            f"{reason}. Check that --data has the channels and size --model was built for"
+        )
+        raise ValueError(msg) from err
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError(f"model {name} must return logits of shape (batch, num_classes)")
+    labels = _labels(dataset)
+    if labels is not None:
+        check_labels(labels, logits.shape[1], "--data")
+
+
+def _labels(dataset) -> torch.Tensor | None:
+    """All labels of a data set when they can be read without loading its images, else None."""
+    if isinstance(dataset, torch.utils.data.TensorDataset) and len(dataset.tensors) > 1:
+        return dataset.tensors[1]
+    targets = getattr(dataset, "targets", None)
+    return torch.as_tensor(targets) if targets is not None else None
+
+
 def _check_loss_restored(loss: TrainingLoss, model: nn.Module, flags: list[bool]) -> None:
     """A loss must hand the model back in training mode with the requires_grad flags it found."""
     name = type(loss).__name__
@@ -253,16 +292,22 @@ def _resume(directory: Path, recorded: dict, model, optimizer, scheduler, scaler
     path = directory / CHECKPOINT
     if not path.exists():
         return 0
-    state = torch.load(path, map_location=device, weights_only=True)
+    damaged = f"it is not a checkpoint this command wrote, or it is damaged; delete {path} to start over"
+    state = load_weights_only(path, "--checkpoint-dir", f"a training checkpoint ({damaged})")
+    if not isinstance(state, dict) or not {"config", "model", "optimizer", "scheduler", "epoch"} <= state.keys():
+        raise ValueError(f"--checkpoint-dir: {path} holds no training state; {damaged}")
     saved = {k: v for k, v in state["config"].items() if k != "epochs"}
     wanted = {k: v for k, v in recorded.items() if k != "epochs"}
     if saved != wanted:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k])
         msg = f"{path} was written with other settings ({diff}); use another --checkpoint-dir or the same settings"
         raise ValueError(msg)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ValueError(f"--checkpoint-dir: {path} does not fit this model ({err}); {damaged}") from err
     if "scaler" in state:
         scaler.load_state_dict(state["scaler"])
     return int(state["epoch"])

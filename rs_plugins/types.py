@@ -174,7 +174,12 @@ class Certifier(Protocol):
 
 @dataclass(frozen=True)
 class ModelRequest:
-    """What the user asked for with ``--model`` and its companion options."""
+    """What the user asked for with ``--model`` and its companion options.
+
+    ``trust`` (``--trust-model-file``) allows files whose loading can run code they carry: torch.export
+    archives (unpickled with ``weights_only=False``), TorchScript programs, and checkpoints that do not load
+    with ``weights_only=True``. Leave it False for files you did not make.
+    """
 
     source: str
     checkpoint: str | None = None
@@ -182,6 +187,7 @@ class ModelRequest:
     dataset: str = "cifar10"
     threat_model: str = "L2"
     model_dir: str = "./models"
+    trust: bool = False
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 import rs_plugins
 from rs_plugins.smoothing import cohen_certify
 from rs_plugins.types import Certificate, CertifierSpec, LossOutput, LossSpec, NoiseSampler, NoiseSpec
+from rs_plugins.validation import check_number
 
 COHEN = "Cohen et al., ICML 2019, arXiv:1902.02918"
 
@@ -23,9 +24,7 @@ class GaussianNoise:
     norm = "l2"
 
     def __init__(self, sigma: float) -> None:
-        if not (isinstance(sigma, (int, float)) and sigma > 0):
-            raise ValueError(f"sigma must be a positive number; got {sigma!r}")
-        self.sigma = float(sigma)
+        self.sigma = check_number("sigma", sigma, above=0)
 
     def sample(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -1,0 +1,292 @@
+"""Checks at the boundary, shared by every command and public function: numbers, labels, logits, noise, paths,
+option keys and files.
+
+Each check raises ``ValueError`` (or an ``RsPluginError``) whose message names the option or argument, the
+value, and what is accepted, so the CLI can print it as one line. The argparse types here name their option
+through argparse itself ("argument --sigma: must be a finite number > 0; got inf").
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import numbers
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import PluginBuildError, SourceError
+from .provenance import describe
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+MAX_SEED = 2**63 - 1
+TRUST_FLAG = "--trust-model-file"
+STATE_DICT_HINT = "save one with torch.save(model.state_dict(), path)"
+LOAD_ERRORS = (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+# -- numbers -------------------------------------------------------------------------------------------------
+
+
+def check_number(
+    name: str,
+    value: object,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    below: float | None = None,
+) -> float:
+    """``value`` as a finite float within the bounds, or a ValueError naming ``name``.
+
+    Strings, booleans, None, arrays and tensors with more than one element are refused, so ``alpha='0.01'``
+    fails here and not deep inside a comparison.
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    bounds = [f"> {above:g}" if above is not None else "", f">= {at_least:g}" if at_least is not None else ""]
+    bounds.append(f"< {below:g}" if below is not None else "")
+    wanted = "a finite number" + (" " + " and ".join(b for b in bounds if b) if any(bounds) else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be {wanted}; got {value!r} ({type(value).__name__})")
+    number = float(value)
+    if (
+        not math.isfinite(number)
+        or (above is not None and not number > above)
+        or (at_least is not None and not number >= at_least)
+        or (below is not None and not number < below)
+    ):
+        raise ValueError(f"{name} must be {wanted}; got {value!r}")
+    return number
+
+
+def check_integer(name: str, value: object, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` as an int in [minimum, maximum], or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an integer <= {maximum}; got {value!r}")
+    return int(value)
+
+
+def _argparse_type(check, **bounds):
+    def parse(text: str):
+        try:
+            value = int(text) if check is check_integer else float(text)
+        except ValueError:
+            kind = "an integer" if check is check_integer else "a number"
+            raise argparse.ArgumentTypeError(f"must be {kind}; got {text!r}") from None
+        try:
+            return check("value", value, **bounds)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).removeprefix("value ")) from None
+
+    return parse
+
+
+positive_int = _argparse_type(check_integer, minimum=1)
+nonnegative_int = _argparse_type(check_integer, minimum=0)
+seed = _argparse_type(check_integer, minimum=0, maximum=MAX_SEED)
+positive_float = _argparse_type(check_number, above=0)
+nonnegative_float = _argparse_type(check_number, at_least=0)
+probability = _argparse_type(check_number, above=0, below=1)
+
+
+# -- tensors -------------------------------------------------------------------------------------------------
+
+
+def check_tensor(name: str, value: object) -> Tensor:
+    """``value`` if it is a torch.Tensor; numpy arrays and lists get the conversion to use."""
+    if isinstance(value, torch.Tensor):
+        return value
+    hint = " (convert with torch.from_numpy(x).float())" if type(value).__module__ == "numpy" else ""
+    raise ValueError(f"{name} must be a torch.Tensor; got {type(value).__name__}{hint}")
+
+
+def check_labels(labels: Tensor | list[int], num_classes: int, where: str) -> None:
+    """Refuse labels outside [0, num_classes): scoring them would silently count wrong results.
+
+    Args:
+        labels: integer labels.
+        num_classes: the number of logits the model returns.
+        where: how the message names their origin, e.g. ``"--data digits"``.
+    """
+    labels = torch.as_tensor(labels)
+    bad = (labels < 0) | (labels >= num_classes)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        label = int(labels.flatten()[first])
+        note = " (-1 is the abstention value, never a class)" if label == -1 else ""
+        raise ValueError(
+            f"{where}: label {label} (position {first}) is outside 0..{num_classes - 1}, the classes of a model "
+            f"with {num_classes} logits{note}; labels must be class indices of this model"
+        )
+
+
+def check_logits(logits: Tensor, model: object, count: int) -> None:
+    """Refuse a model output that is not logits of shape (count, K >= 2); see ``check_finite_logits``."""
+    name = describe(model, type(model).__name__)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != count:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        msg = f"model {name} must return logits of shape (batch, num_classes); for {count} inputs got {got}"
+        raise ValueError(msg)
+    if logits.shape[1] < 2:
+        raise ValueError(f"model {name} must return at least 2 class scores; got {logits.shape[1]}")
+
+
+def check_finite_logits(all_finite: Tensor | bool, model: object) -> None:
+    """Refuse NaN or infinite logits: argmax would count them as class 0 and certify a meaningless answer.
+
+    ``all_finite`` is ``torch.isfinite(logits).all()``, possibly and-ed over several passes on the device so
+    that checking costs one synchronisation per call, not one per pass.
+    """
+    if not bool(all_finite):
+        name = describe(model, type(model).__name__)
+        raise ValueError(
+            f"model {name} returned non-finite logits (NaN or inf) on noisy inputs; its predictions would be "
+            "meaningless, so nothing is certified (check the weights, e.g. a diverged checkpoint)"
+        )
+
+
+def check_noise_output(noisy: object, x: Tensor, noise: object, *, values: bool) -> None:
+    """The noise sampler contract: ``sample(x)`` keeps shape, dtype and device, and (``values``) is finite.
+
+    The message names the plugin that built the sampler, since the fault is the plugin's, not the user's.
+    """
+    name = describe(noise, type(noise).__name__)
+    if not isinstance(noisy, torch.Tensor):
+        problem = f"returned a {type(noisy).__name__}"
+    elif noisy.shape != x.shape:
+        problem = f"returned shape {tuple(noisy.shape)} for input shape {tuple(x.shape)}"
+    elif noisy.dtype != x.dtype:
+        problem = f"returned dtype {noisy.dtype} for input dtype {x.dtype}"
+    elif noisy.device != x.device:
+        problem = f"returned a tensor on {noisy.device} for an input on {x.device}"
+    elif values and not bool(torch.isfinite(noisy).all()):
+        problem = "returned NaN or infinite values"
+    else:
+        return
+    msg = f"{name} broke the noise sampler contract: sample() {problem}; it must return x plus noise, same "
+    raise PluginBuildError(msg + "shape, dtype and device, finite")
+
+
+# -- paths ---------------------------------------------------------------------------------------------------
+
+
+def _creatable(path: Path, option: str) -> None:
+    """The nearest existing ancestor of ``path`` must be a writable folder."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ValueError(f"{option} {path}: cannot create it, {parent} is not writable")
+            return
+
+
+def check_output_file(path: str | os.PathLike | None, option: str) -> None:
+    """Before any work: ``path`` can be written as a file (not a folder, not under a file, writable)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file path, e.g. {path / 'results.tsv'}")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{option} {path} is not writable")
+        return
+    _creatable(path, option)
+
+
+def check_output_dir(path: str | os.PathLike, option: str) -> None:
+    """Before any work: ``path`` is or can become a writable folder."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{option} {path} is a file; give a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"{option} {path} is not writable")
+        return
+    _creatable(path, option)
+
+
+# -- options -------------------------------------------------------------------------------------------------
+
+
+def accepted_options(build: Any, skip: tuple[str, ...] = ()) -> list[str] | None:
+    """The keyword options a factory takes, or None when it takes ``**kwargs`` (anything) or has no signature."""
+    try:
+        parameters = inspect.signature(build).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in parameters if p.kind in keyword and p.name not in ("self", *skip)]
+
+
+def check_option_keys(build: Any, options: Mapping[str, Any], *, what: str, flag: str, skip=()) -> None:
+    """Refuse option keys ``build`` does not take, listing the ones it does.
+
+    Args:
+        build: the factory (a component spec's ``build`` or a model factory).
+        options: the given options.
+        what: the component, e.g. ``"noise sampler 'gaussian'"``.
+        flag: the option that carried them, e.g. ``"--noise-option"``.
+        skip: parameters set by the host, not by the user (e.g. ``sigma``).
+    """
+    accepted = accepted_options(build, skip)
+    if accepted is None:
+        return
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        listed = ", ".join(accepted) or "none"
+        raise ValueError(f"{flag} {', '.join(unknown)}: not an option of {what}; accepted: {listed}")
+
+
+# -- files ---------------------------------------------------------------------------------------------------
+
+
+def load_weights_only(path: str | os.PathLike, what: str, expected: str) -> Any:
+    """``torch.load(path, weights_only=True)`` with a message for an empty, truncated or pickled-object file.
+
+    ``weights_only=True`` unpickles tensors and plain containers only, so a crafted file cannot run code.
+
+    Args:
+        path: the file.
+        what: the option or role, e.g. ``"--checkpoint"``.
+        expected: what the file should hold, for the message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no such file: {path}")
+    if path.stat().st_size == 0:
+        raise SourceError(f"{what}: {path} is empty; expected {expected}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = str(err).partition("Unsupported global: ")[2].split("\n")[0].strip() or "Python objects"
+        msg = (
+            f"{what}: {path} holds pickled Python objects ({found}), which are never unpickled because that can "
+            f"run code; expected {expected}"
+        )
+        raise SourceError(msg) from err
+    except LOAD_ERRORS as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = f"{what}: cannot read {path}; it is truncated, damaged or not a torch.save file ({first})"
+        raise SourceError(msg) from err
+
+
+def untrusted(path: str, why: str) -> SourceError:
+    """The refusal for a file that only loads with code execution, naming the trust flag."""
+    return SourceError(
+        f"--model {path}: {why}, so a crafted file can run code on this machine. Load it only if you made it or "
+        f"trust who did: pass {TRUST_FLAG} (Python: ModelRequest(..., trust=True))"
+    )

@@ -82,7 +82,7 @@ def load_tensor_file(path: str) -> TensorDataset:
             msg = f"--data: cannot read {path}; it is truncated, damaged, not an .npz of numeric arrays ({err})"
             raise SourceError(msg) from err
     else:
-        found = load_weights_only(path, "--data", expected)
+        found = load_weights_only(path, "--data", expected.removeprefix("expected "))
     if not isinstance(found, dict) or not {"x", "y"} <= found.keys():
         what = f"keys {sorted(map(str, found))}" if isinstance(found, dict) else type(found).__name__
         msg = f"--data: {path} holds {what}; {expected}"

@@ -192,7 +192,7 @@ def load_factory(target: str, *, checkpoint: str | None, kwargs: dict[str, Any])
             msg = f"--model {target}: module {module_name!r} has no attribute {attr!r}"
             raise SourceError(msg)
         factory = getattr(factory, part)
-    check_option_keys(factory, kwargs, what=f"--model {target}", flag="--model-kwargs")
+    check_option_keys(factory, kwargs, what=f"--model {target}", flag="--model-kwargs", error=SourceError)
     try:
         model = factory(**kwargs)
     except TypeError as err:

@@ -54,6 +54,8 @@ def check_number(
     bounds = [f"> {above:g}" if above is not None else "", f">= {at_least:g}" if at_least is not None else ""]
     bounds.append(f"< {below:g}" if below is not None else "")
     wanted = "a finite number" + (" " + " and ".join(b for b in bounds if b) if any(bounds) else "")
+    if above is not None and below is not None:
+        wanted = f"a finite number in ({above:g}, {below:g})"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be {wanted}; got {value!r} ({type(value).__name__})")
     number = float(value)
@@ -70,7 +72,8 @@ def check_number(
 def check_integer(name: str, value: object, *, minimum: int = 1, maximum: int | None = None) -> int:
     """``value`` as an int in [minimum, maximum], or a ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {wanted}; got {value!r}")
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be an integer <= {maximum}; got {value!r}")
     return int(value)
@@ -86,7 +89,8 @@ def _argparse_type(check, **bounds):
         try:
             return check("value", value, **bounds)
         except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err).removeprefix("value ")) from None
+            wanted = str(err).removeprefix("value ").rpartition("; got ")[0]
+            raise argparse.ArgumentTypeError(f"{wanted}; got {text}") from None
 
     return parse
 
@@ -232,7 +236,9 @@ def accepted_options(build: Any, skip: tuple[str, ...] = ()) -> list[str] | None
     return [p.name for p in parameters if p.kind in keyword and p.name not in ("self", *skip)]
 
 
-def check_option_keys(build: Any, options: Mapping[str, Any], *, what: str, flag: str, skip=()) -> None:
+def check_option_keys(
+    build: Any, options: Mapping[str, Any], *, what: str, flag: str, skip=(), error: type[ValueError] = ValueError
+) -> None:
     """Refuse option keys ``build`` does not take, listing the ones it does.
 
     Args:
@@ -241,6 +247,7 @@ def check_option_keys(build: Any, options: Mapping[str, Any], *, what: str, flag
         what: the component, e.g. ``"noise sampler 'gaussian'"``.
         flag: the option that carried them, e.g. ``"--noise-option"``.
         skip: parameters set by the host, not by the user (e.g. ``sigma``).
+        error: the ValueError subclass to raise.
     """
     accepted = accepted_options(build, skip)
     if accepted is None:
@@ -248,7 +255,7 @@ def check_option_keys(build: Any, options: Mapping[str, Any], *, what: str, flag
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         listed = ", ".join(accepted) or "none"
-        raise ValueError(f"{flag} {', '.join(unknown)}: not an option of {what}; accepted: {listed}")
+        raise error(f"{flag} {', '.join(unknown)}: not an option of {what}; accepted: {listed}")
 
 
 # -- files ---------------------------------------------------------------------------------------------------
@@ -272,16 +279,23 @@ def load_weights_only(path: str | os.PathLike, what: str, expected: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = str(err).partition("Unsupported global: ")[2].split("\n")[0].strip() or "Python objects"
+        found = str(err).partition("Unsupported global: ")[2].split("\n")[0].strip()
+        if not found:
+            msg = f"{what}: cannot read {path}; it is damaged or not a torch.save file ({_first_line(err)})"
+            raise SourceError(msg) from err
         msg = (
             f"{what}: {path} holds pickled Python objects ({found}), which are never unpickled because that can "
             f"run code; expected {expected}"
         )
         raise SourceError(msg) from err
     except LOAD_ERRORS as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        msg = f"{what}: cannot read {path}; it is truncated, damaged or not a torch.save file ({first})"
+        msg = f"{what}: cannot read {path}; it is truncated, damaged or not a torch.save file ({_first_line(err)})"
         raise SourceError(msg) from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def untrusted(path: str, why: str) -> SourceError:

@@ -261,10 +261,10 @@ def test_report_prints_the_table_and_plots(capsys, tmp_path):
 @pytest.mark.parametrize(
     ("flag", "value", "expected"),
     [
-        ("--sigma", "0", "must be > 0"),
-        ("--sigma", "-1", "must be > 0"),
-        ("--alpha", "0", "must be in (0, 1)"),
-        ("--alpha", "1.5", "must be in (0, 1)"),
+        ("--sigma", "0", "must be a finite number > 0"),
+        ("--sigma", "-1", "must be a finite number > 0"),
+        ("--alpha", "0", "must be a finite number in (0, 1)"),
+        ("--alpha", "1.5", "must be a finite number in (0, 1)"),
     ],
 )
 def test_out_of_range_numbers_are_argparse_errors(capsys, tmp_path, flag, value, expected):

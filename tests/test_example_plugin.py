@@ -263,7 +263,7 @@ def test_cli_certifies_an_ensemble_with_uniform_noise(rs_example, monkeypatch, t
         "certify", *models, "--mixer", "ensemble", "--mixer-option", "weights=[2,1]",
         "--noise", "uniform", "--sigma", "0.25", "--data", "digits", "--limit", "2",
         "--n0", "10", "--n", "200", "--alpha", "0.01", "--batch-size", "100",
-        "--device", "cpu", "--no-progress", "--out", str(out),
+        "--device", "cpu", "--no-progress", "--out", str(out), "--trust-model-file",
     ]  # fmt: skip
     assert cli.main(argv) == 0, capsys.readouterr().err
     assert len(read_results(out)) == 2

@@ -142,8 +142,8 @@ def test_smoothed_classifier_single_image_api(linear):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(alpha=0.0), "alpha must be in"),
-        (dict(alpha=1.5), "alpha must be in"),
+        (dict(alpha=0.0), "alpha must be a finite number in"),
+        (dict(alpha=1.5), "alpha must be a finite number in"),
         (dict(n0=200, n=100), "n0 must not exceed n"),
         (dict(n=0), "n must be a positive integer"),
         (dict(batch_size=0), "batch_size must be a positive integer"),
@@ -170,7 +170,7 @@ def test_bad_images_sigma_and_models_are_named(linear):
     with pytest.raises(ValueError, match=r"got values in \[2, 2\].*with values in \[0, 1\]"):
         cohen_certify(model, at(0.2) * 0 + 2.0, noise, n=100)
     for sigma in (0, -0.5):
-        with pytest.raises(ValueError, match="sigma must be a positive number"):
+        with pytest.raises(ValueError, match="sigma must be a finite number > 0"):
             GaussianNoise(sigma)
     with pytest.raises(ValueError, match=r"logits of shape \(batch, num_classes\).*inputs got \(10,\)"):
         cohen_certify(Scores(), at(0.2), noise, n0=10, n=100, batch_size=100)

@@ -178,7 +178,8 @@ def test_each_batch_is_split_into_the_losses_chunks_with_one_step_each(tmp_path,
     )
     assert loss.sizes == [34, 33, 33, 34, 33, 33, 19, 19, 18] * 2
     assert loss.epochs == [0, 1]
-    assert len(steps) == len(loss.sizes)  # one forward pass (and optimiser step) per chunk
+    assert steps[0] == 1  # the one-image check that --data fits the model, in eval mode without gradients
+    assert len(steps[1:]) == len(loss.sizes)  # one forward pass (and optimiser step) per chunk
 
 
 def test_a_tail_batch_smaller_than_the_chunks_is_skipped(tmp_path, digits):

@@ -147,7 +147,9 @@ def _torch_load_default(*, weights_only: bool):
     saved = {name: os.environ.pop(name, None) for name in names}
     os.environ[names[0] if weights_only else names[1]] = "1"
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+            yield
     finally:
         for name, value in saved.items():
             os.environ.pop(name, None)
@@ -246,7 +248,7 @@ class ExportedModule(nn.Module):
             raise untrusted(path, "torch.export.load unpickles parts of the archive with weights_only=False")
         try:
             self.exported = torch.export.load(path).module()
-        except LOAD_ERRORS as err:
+        except Exception as err:  # torch.export raises many kinds (SpecViolationError...) on a damaged archive
             msg = f"--model {path}: cannot load it with torch.export.load: {err}"
             raise SourceError(msg) from err
 

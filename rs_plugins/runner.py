@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .report import ResultsFile, Row
 from .smoothing import call_model, check_images, cohen_predict, eval_mode
-from .validation import check_labels, check_logits
+from .validation import MAX_SEED, check_integer, check_labels, check_logits
 
 if TYPE_CHECKING:
     from torch import nn
@@ -85,6 +85,7 @@ def _batches(indices: Sequence[int], size: int):
 
 def _run(decide, model, dataset, results, indices, *, group, desc, seed, device, progress) -> list[Row]:
     """Apply ``decide(x, generators) -> [(prediction, radius)]`` to pending images in groups, appending rows."""
+    check_integer("seed", seed, minimum=0, maximum=MAX_SEED)
     num_classes = check_dataset(model, dataset, indices, device)
     pending = [i for i in indices if i not in results.done]
     with tqdm(

@@ -25,9 +25,8 @@ from tqdm.auto import tqdm
 
 from .distributed import World, average_buffers, average_gradients, barrier, broadcast_model, sum_over_processes
 from .errors import PluginBuildError, TrainingDivergedError
-from .provenance import describe
-from .smoothing import check_images, eval_mode
-from .validation import MAX_SEED, check_integer, check_labels, check_number, load_weights_only
+from .smoothing import call_model, check_images, eval_mode
+from .validation import MAX_SEED, check_integer, check_labels, check_logits, check_number, load_weights_only
 
 if TYPE_CHECKING:
     from torch import nn
@@ -171,7 +170,7 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     barrier(world)
     recorded = dataclasses.asdict(config) | (settings or {})
-    _check_data_fits_model(model, dataset, device, memory_format)
+    num_classes = _check_data_fits_model(model, dataset, device, memory_format)
     start_epoch = _resume(directory, recorded, model, optimizer, scheduler, scaler, device)
     log = _read_log(directory)[:start_epoch]
     chunks = int(getattr(loss, "chunks", 1))
@@ -195,6 +194,7 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
         for step, (x, y) in enumerate(bar):
             if len(x) < world.size * chunks:
                 continue  # a tail batch too small to give every process and chunk an image, on every process alike
+            check_labels(y, num_classes, "--data")  # on the CPU, before the copy: no synchronisation
             x, y = x[world.rank :: world.size].to(device), y[world.rank :: world.size].to(device)
             if epoch == start_epoch and step == 0:
                 check_images(x, "--data images")
@@ -243,32 +243,20 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
     return log
 
 
-def _check_data_fits_model(model, dataset, device, memory_format) -> None:
-    """Before the first epoch: the model takes the images, and every label is one of its classes.
+def _check_data_fits_model(model, dataset, device, memory_format) -> int:
+    """Before the first epoch: the model takes the images, and every label is one of its classes. Returns K.
 
     One clean forward pass in eval mode without gradients: it changes no weights, statistics or RNG state.
     """
-    x, _ = dataset[0]
-    x = torch.as_tensor(x)[None].to(device).contiguous(memory_format=memory_format)
+    x = torch.as_tensor(dataset[0][0])[None].to(device).contiguous(memory_format=memory_format)
     check_images(x, "--data images")
-    name = describe(model, type(model).__name__)
-    try:
-        with torch.no_grad(), eval_mode(model):
-            logits = model(x)
-    except torch.OutOfMemoryError:
-        raise
-    except RuntimeError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        msg = (
-            f"model {name} failed on --data images of shape {tuple(x.shape[1:])} (channels, height, width): "
-            f"{reason}. Check that --data has the channels and size --model was built for"
-        )
-        raise ValueError(msg) from err
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ValueError(f"model {name} must return logits of shape (batch, num_classes)")
+    with torch.no_grad(), eval_mode(model):
+        logits = call_model(model, x, first=True)
+    check_logits(logits, model, 1)
     labels = _labels(dataset)
     if labels is not None:
         check_labels(labels, logits.shape[1], "--data")
+    return logits.shape[1]
 
 
 def _labels(dataset) -> torch.Tensor | None:

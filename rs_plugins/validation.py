@@ -14,6 +14,7 @@ import math
 import numbers
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -279,12 +280,12 @@ def load_weights_only(path: str | os.PathLike, what: str, expected: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = str(err).partition("Unsupported global: ")[2].split("\n")[0].strip()
+        found = re.search(r"Unsupported global: (?:GLOBAL )?([\w.]+)", str(err))
         if not found:
             msg = f"{what}: cannot read {path}; it is damaged or not a torch.save file ({_first_line(err)})"
             raise SourceError(msg) from err
         msg = (
-            f"{what}: {path} holds pickled Python objects ({found}), which are never unpickled because that can "
+            f"{what}: {path} holds pickled Python objects ({found[1]}), which are never unpickled because that can "
             f"run code; expected {expected}"
         )
         raise SourceError(msg) from err

@@ -1,0 +1,469 @@
+"""The bad-input table of docs/guarantees.md, one test per row: each mistake gets one clean message, never a
+traceback and never a silently wrong result.
+
+``CASES`` is the table. The doc must list exactly these rows (``test_the_doc_lists_every_case``); after
+changing a case, regenerate the rows with ``python tests/test_bad_input.py`` and paste them into the doc.
+A CLI case must exit with status 2 and print the excerpt on stderr without a traceback; an API case must
+raise a ValueError, an ``RsPluginError`` or an OSError whose message holds the excerpt.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rs_plugins
+from rs_plugins import ABSTAIN, NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict
+from rs_plugins.builtin import consistency, gaussian, sources
+from rs_plugins.builtin.gaussian import GaussianNoise
+from rs_plugins.errors import RsPluginError
+from rs_plugins.models import load_model
+from rs_plugins.nets import SmallCNN
+from rs_plugins.report import CERTIFY_COLUMNS, ResultsFile, read_results
+from rs_plugins.runner import certify_dataset
+from rs_plugins.training import TrainConfig
+from rs_plugins.types import MixerSpec, ModelRequest
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "guarantees.md"
+MODEL = ["--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 4}']
+FAST = ["--device", "cpu", "--no-progress"]
+
+
+# -- components that break their contract, contributed by a plugin ---------------------------------------------
+
+
+class BadNoise(GaussianNoise):
+    """Gaussian noise whose ``sample`` breaks the contract in one way: shape, dtype, device or values."""
+
+    def __init__(self, sigma: float, fault: str = "shape") -> None:
+        super().__init__(sigma)
+        self.fault = fault
+
+    def sample(self, x, *, generator=None):
+        noisy = super().sample(x, generator=generator)
+        if self.fault == "shape":
+            return noisy[:, :, 1:]
+        if self.fault == "dtype":
+            return noisy.double()
+        if self.fault == "device":
+            return noisy.to("meta")
+        return noisy * float("nan")
+
+
+class MeanMixer(nn.Module):
+    def __init__(self, base_classifiers, weights=None):
+        super().__init__()
+        self.models = nn.ModuleList(base_classifiers)
+
+    def forward(self, x):
+        return torch.stack([m(x) for m in self.models]).mean(0)
+
+
+class BrokenPlugin:
+    """A third-party plugin with a noise sampler per contract fault, and a well-behaved mixer."""
+
+    name = "broken_plugin"
+
+    @rs_plugins.hookimpl
+    def rs_noise_samplers(self):
+        for fault in ("shape", "dtype", "device", "nan"):
+            yield NoiseSpec(f"bad_{fault}", functools.partial(BadNoise, fault=fault), f"breaks {fault}")
+
+    @rs_plugins.hookimpl
+    def rs_mixers(self):
+        yield MixerSpec("mean", MeanMixer, "mean of logits")
+
+
+def host() -> rs_plugins.Host:
+    return rs_plugins.Host(entry_points=False, plugins=[gaussian, consistency, sources, BrokenPlugin()])
+
+
+class NaNModel(nn.Module):
+    """A model whose weights diverged: every logit is NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float("nan")))
+
+    def forward(self, x):
+        return x.flatten(1)[:, :10] * self.scale
+
+
+class Payload:
+    """Unpickling this creates the file ``marker``: what a crafted file could do instead."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+# -- the files the cases use, made once ---------------------------------------------------------------------------
+
+
+class Files:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        torch.manual_seed(0)
+        small = SmallCNN(width=4)
+        self.ckpt = root / "model.pt"
+        torch.save(small.state_dict(), self.ckpt)
+        self.module = root / "module.pt"
+        torch.save(small, self.module)  # a whole pickled nn.Module
+        self.empty = root / "empty.pt"
+        self.empty.write_bytes(b"")
+        self.truncated = root / "truncated.pt"
+        self.truncated.write_bytes(self.ckpt.read_bytes()[:200])
+        x = torch.rand(6, 1, 8, 8)
+        self.rgb = self._data("rgb.pt", torch.rand(6, 3, 8, 8), torch.zeros(6, dtype=torch.long))
+        self.minus_one = self._data("minus_one.pt", x, torch.tensor([0, 1, -1, 2, 3, 4]))
+        self.label_42 = self._data("label_42.pt", x, torch.tensor([0, 42, 1, 2, 3, 4]))
+        self.npz_truncated = root / "truncated.npz"
+        np.savez(root / "ok.npz", x=x.numpy(), y=np.zeros(6, dtype=np.int64))
+        self.npz_truncated.write_bytes((root / "ok.npz").read_bytes()[:100])
+        self.npz_object = root / "object.npz"
+        np.savez(self.npz_object, x=np.array([Payload(root / "npz_marker")], dtype=object), y=np.zeros(1))
+        self.folder = root / "a_folder"
+        self.folder.mkdir()
+        self.file = root / "a_file.txt"
+        self.file.write_text("x")
+        self.pt2 = root / "m.pt2"
+        self.pt2.write_bytes(b"refused before it is read")
+        self.ts = root / "m.ts"
+        self.ts.write_bytes(b"refused before it is read")
+        self.foreign = root / "foreign.tsv"  # a paper repo's log, or one written before sidecars existed
+        self.foreign.write_text("\t".join(CERTIFY_COLUMNS) + "\n0\t3\t3\t0.5\t1\t0:00:01\n")
+        self.bad_label = self._tsv("bad_label.tsv", "0\t-1\t-1\t0.0\t1\t0:00:01\n")
+        self.bad_correct = self._tsv("bad_correct.tsv", "0\t3\t5\t0.5\t1\t0:00:01\n")
+        self.bad_class = self._tsv("bad_class.tsv", "0\t3\t42\t0.5\t0\t0:00:01\n")
+        (root / "bad_class.tsv.json").write_text('{"provenance": {"num_classes": 10}}')
+        self.ckpt_dir_corrupt = root / "corrupt_ckpt"
+        self.ckpt_dir_corrupt.mkdir()
+        (self.ckpt_dir_corrupt / "checkpoint.pt").write_bytes(b"PK\x03\x04 half a zip")
+        self.ckpt_dir_foreign = root / "foreign_ckpt"
+        self.ckpt_dir_foreign.mkdir()
+        torch.save({"weights": torch.zeros(1)}, self.ckpt_dir_foreign / "checkpoint.pt")
+
+    def _data(self, name, x, y) -> Path:
+        torch.save({"x": x, "y": y}, self.root / name)
+        return self.root / name
+
+    def _tsv(self, name, row) -> Path:
+        (self.root / name).write_text("\t".join(CERTIFY_COLUMNS) + "\n" + row)
+        return self.root / name
+
+    def resumed_with_other_sigma(self) -> Path:
+        out = self.root / "resume.tsv"
+        if not out.exists():
+            argv = ["certify", *MODEL, "--checkpoint", self.ckpt, "--data", "digits", "--sigma", "0.25"]
+            assert cli.main([str(a) for a in [*argv, "--n", "20", "--n0", "10", "--limit", "1", "--out", out, *FAST]]) == 0
+        return out
+
+
+# -- the cases ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    where: str  # the command or function
+    given: str  # the bad input, as the doc shows it
+    expect: str  # an excerpt of the message the user sees
+    run: Callable[[Files], object]  # a CLI case returns its argv; an API case raises
+
+
+def cli_case(id, command, given, expect, *argv):
+    return Case(id, f"`rs-plugins {command}`", given, expect, lambda f: [command, *(a(f) if callable(a) else a for a in argv)])
+
+
+def api_case(id, where, given, expect, run):
+    return Case(id, where, given, expect, run)
+
+
+CERTIFY = [*MODEL, "--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "2"]
+PREDICT = [*MODEL, "--data", "digits", "--sigma", "0.25", "--n", "20", "--limit", "2"]
+TRAIN = [*MODEL, "--data", "digits", "--sigma", "0.25", "--epochs", "1", "--checkpoint-dir", lambda f: f.root / "t"]
+
+
+def certify_args(f: Files, *extra) -> list:
+    return [*CERTIFY, "--checkpoint", f.ckpt, "--out", f.root / "unused.tsv", *extra]
+
+
+def x1() -> torch.Tensor:
+    return torch.rand(1, 1, 8, 8)
+
+
+def small() -> nn.Module:
+    return SmallCNN(width=4).eval()
+
+
+def tensor_dataset(labels):
+    return torch.utils.data.TensorDataset(torch.rand(len(labels), 1, 8, 8), torch.tensor(labels))
+
+
+CASES: list[Case] = [
+    # numbers: every float finite, every range check names its option
+    cli_case("sigma-inf", "certify", "`--sigma inf`", "argument --sigma: must be a finite number > 0; got inf",
+             *CERTIFY[:-2], "--sigma", "inf"),
+    cli_case("sigma-nan", "predict", "`--sigma nan`", "argument --sigma: must be a finite number > 0; got nan",
+             *PREDICT[:-2], "--sigma", "nan"),
+    cli_case("alpha-nan", "certify", "`--alpha nan`", "argument --alpha: must be a finite number in (0, 1); got nan",
+             *CERTIFY, "--alpha", "nan"),
+    cli_case("seed-negative", "certify", "`--seed -1`", "argument --seed: must be an integer >= 0; got -1",
+             *CERTIFY, "--seed", "-1"),
+    cli_case("n-zero", "certify", "`--n 0`", "argument --n: must be a positive integer; got 0", *CERTIFY, "--n", "0"),
+    cli_case("start-negative", "certify", "`--start -3`", "argument --start: must be an integer >= 0; got -3",
+             *CERTIFY, "--start", "-3"),
+    cli_case("batch-size-text", "predict", "`--batch-size abc`", "argument --batch-size: must be an integer; got 'abc'",
+             *PREDICT, "--batch-size", "abc"),
+    cli_case("lr-inf", "train", "`--lr inf`", "argument --lr: must be a finite number > 0; got inf", *TRAIN, "--lr", "inf"),
+    cli_case("momentum-nan", "train", "`--momentum nan`", "argument --momentum: must be a finite number >= 0; got nan",
+             *TRAIN, "--momentum", "nan"),
+    cli_case("weight-decay-negative", "train", "`--weight-decay -1`",
+             "argument --weight-decay: must be a finite number >= 0; got -1", *TRAIN, "--weight-decay", "-1"),
+    cli_case("lr-gamma-inf", "train", "`--lr-gamma inf`", "argument --lr-gamma: must be a finite number > 0; got inf",
+             *TRAIN, "--lr-gamma", "inf"),
+    cli_case("demo-sigma-inf", "demo", "`--sigma inf`", "argument --sigma: must be a finite number > 0; got inf",
+             "--sigma", "inf"),
+    cli_case("loss-option-infinity", "train", "`--loss consistency --loss-option lbd=Infinity`",
+             "lbd must be a finite number >= 0.0; got inf", *TRAIN, "--loss", "consistency", "--loss-option", "lbd=Infinity"),
+    api_case("api-sigma-inf", "`GaussianNoise`", "`GaussianNoise(sigma=float('inf'))`",
+             "sigma must be a finite number > 0; got inf", lambda f: GaussianNoise(float("inf"))),
+    api_case("api-host-sigma-nan", "`Host.noise`", "`host.noise('gaussian', sigma=float('nan'))`",
+             "failed to build: ValueError: sigma must be a finite number > 0; got nan",
+             lambda f: host().noise("gaussian", sigma=float("nan"))),
+    api_case("api-alpha-string", "`cohen_certify`", "`alpha='0.01'`",
+             "alpha must be a finite number in (0, 1); got '0.01' (str)",
+             lambda f: cohen_certify(small(), x1(), GaussianNoise(0.25), n0=10, n=20, alpha="0.01")),
+    api_case("api-n-float", "`cohen_predict`", "`n=1.5`", "n must be a positive integer; got 1.5",
+             lambda f: cohen_predict(small(), x1(), GaussianNoise(0.25), n=1.5)),
+    api_case("api-lr-inf", "`TrainConfig`", "`TrainConfig(lr=float('inf'))`", "--lr must be a finite number > 0; got inf",
+             lambda f: TrainConfig(lr=float("inf"))),
+    api_case("api-seed-negative", "`certify_dataset`", "`seed=-1`", "seed must be an integer >= 0; got -1",
+             lambda f: certify_dataset(small(), tensor_dataset([0]), GaussianNoise(0.25), gaussian.CohenCertifier(),
+                                       ResultsFile(f.root / "api_seed.tsv"), indices=[0], n0=10, n=20, alpha=0.01,
+                                       batch_size=10, seed=-1)),
+    api_case("api-loss-option-nan", "`Host.loss`", "`host.loss('consistency', lbd=float('nan'))`",
+             "lbd must be a finite number >= 0.0; got nan", lambda f: host().loss("consistency", lbd=float("nan"))),
+    # labels: checked against the model's number of classes
+    cli_case("data-label-minus-one", "certify", "`--data` file with a label -1",
+             "has label -1; labels are class indices 0..K-1 (-1 means abstain)",
+             *MODEL, "--data", lambda f: f.minus_one, "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
+    cli_case("data-label-42", "certify", "`--data` file with a label 42, 10-class model",
+             "label 42 (position 1) is outside 0..9, the classes of a model with 10 logits",
+             *CERTIFY[:-2], "--data", lambda f: f.label_42, "--out", lambda f: f.root / "u.tsv"),
+    cli_case("train-label-42", "train", "`--data` file with a label 42, 10-class model",
+             "label 42 (position 1) is outside 0..9", *MODEL, "--data", lambda f: f.label_42, "--sigma", "0.25",
+             "--epochs", "1", "--checkpoint-dir", lambda f: f.root / "train_42"),
+    api_case("api-label-minus-one", "`certify_dataset`", "a data set with label -1",
+             "label -1 (position 1) is outside 0..9, the classes of a model with 10 logits (-1 is the abstention value",
+             lambda f: certify_dataset(small(), tensor_dataset([0, -1]), GaussianNoise(0.25), gaussian.CohenCertifier(),
+                                       ResultsFile(f.root / "api_minus_one.tsv"), indices=[0, 1], n0=10, n=20,
+                                       alpha=0.01, batch_size=10)),
+    cli_case("report-label-minus-one", "report", "a TSV row with label -1 (an abstention scored as correct)",
+             "label -1 is not a class index (-1 means abstain, never a label)", lambda f: f.bad_label),
+    cli_case("report-correct-mismatch", "report", "a TSV row with `correct` 1 but predict != label",
+             "correct=1 disagrees with predict 5 and label 3", lambda f: f.bad_correct),
+    cli_case("report-class-out-of-range", "report", "a TSV row predicting class 42; sidecar says 10 classes",
+             "label 3 / predict 42 is not one of the model's 10 classes", lambda f: f.bad_class),
+    # models that misbehave
+    cli_case("nan-logits", "certify", "a model whose logits are NaN",
+             "returned non-finite logits (NaN or inf) on noisy inputs", "--model", "test_bad_input:NaNModel",
+             "--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "1",
+             "--out", lambda f: f.root / "nan.tsv"),
+    api_case("api-nan-logits", "`cohen_certify`", "a model whose logits are NaN",
+             "model NaNModel returned non-finite logits",
+             lambda f: cohen_certify(NaNModel(), x1(), GaussianNoise(0.25), n0=10, n=20)),
+    cli_case("wrong-channels", "certify", "3-channel `--data` for a 1-channel model",
+             "failed on images of shape (3, 8, 8) (channels, height, width)", *CERTIFY[:-2],
+             "--data", lambda f: f.rgb, "--checkpoint", lambda f: f.ckpt, "--out", lambda f: f.root / "rgb.tsv"),
+    cli_case("train-wrong-channels", "train", "3-channel `--data` for a 1-channel model",
+             "failed on images of shape (3, 8, 8)", *MODEL, "--data", lambda f: f.rgb, "--sigma", "0.25",
+             "--epochs", "1", "--checkpoint-dir", lambda f: f.root / "train_rgb"),
+    api_case("api-wrong-channels", "`SmoothedClassifier.certify`", "a 3-channel image for a 1-channel model",
+             "model SmallCNN failed on images of shape (3, 8, 8)",
+             lambda f: SmoothedClassifier(small(), GaussianNoise(0.25)).certify(torch.rand(3, 8, 8), n0=10, n=20)),
+    # noise samplers that break the contract, named by plugin
+    api_case("noise-wrong-shape", "`cohen_certify`", "a plugin's noise returning another shape",
+             "noise sampler 'bad_shape' from plugin broken_plugin broke the noise sampler contract: sample() returned "
+             "shape (10, 1, 7, 8) for input shape (10, 1, 8, 8)",
+             lambda f: cohen_certify(small(), x1(), host().noise("bad_shape", sigma=0.25), n0=10, n=20)),
+    api_case("noise-wrong-dtype", "`cohen_predict`", "a plugin's noise returning float64 for float32",
+             "noise sampler 'bad_dtype' from plugin broken_plugin broke the noise sampler contract: sample() returned "
+             "dtype torch.float64 for input dtype torch.float32",
+             lambda f: cohen_predict(small(), x1(), host().noise("bad_dtype", sigma=0.25), n=20)),
+    api_case("noise-wrong-device", "`cohen_certify`", "a plugin's noise returning a tensor on another device",
+             "sample() returned a tensor on meta for an input on cpu",
+             lambda f: cohen_certify(small(), x1(), host().noise("bad_device", sigma=0.25), n0=10, n=20)),
+    cli_case("noise-nan", "certify", "a plugin's noise returning NaN (`--noise bad_nan`)",
+             "noise sampler 'bad_nan' from plugin broken_plugin broke the noise sampler contract: sample() returned "
+             "NaN or infinite values", *CERTIFY, "--noise", "bad_nan", "--checkpoint", lambda f: f.ckpt,
+             "--out", lambda f: f.root / "nan_noise.tsv"),
+    # API arguments of the wrong kind
+    api_case("api-numpy-images", "`cohen_certify`", "a numpy array as `x`",
+             "x must be a torch.Tensor; got ndarray (convert with torch.from_numpy(x).float())",
+             lambda f: cohen_certify(small(), np.zeros((1, 1, 8, 8), np.float32), GaussianNoise(0.25))),
+    api_case("api-numpy-image", "`SmoothedClassifier.predict`", "a numpy array as the image",
+             "x must be a torch.Tensor; got ndarray",
+             lambda f: SmoothedClassifier(small(), GaussianNoise(0.25)).predict(np.zeros((1, 8, 8), np.float32))),
+    api_case("api-noise-none", "`SmoothedClassifier`", "`noise=None`",
+             "noise must be a NoiseSampler with sample(), radius(), sigma and norm",
+             lambda f: SmoothedClassifier(small(), None)),
+    api_case("api-noise-none-certify", "`cohen_certify`", "`noise=None`", "noise must be a NoiseSampler",
+             lambda f: cohen_certify(small(), x1(), None)),
+    # options: unknown keys list the accepted ones
+    cli_case("noise-option-unknown", "certify", "`--noise-option scale=2`",
+             "noise sampler 'gaussian' from plugin rs_plugins.builtin.gaussian has no option 'scale' (--noise-option); accepted: sigma",
+             *CERTIFY, "--noise-option", "scale=2", "--checkpoint", lambda f: f.ckpt, "--out", lambda f: f.root / "o.tsv"),
+    cli_case("noise-option-sigma", "train", "`--noise-option sigma=0.5`",
+             "--noise-option sigma=0.5: give the noise level with --sigma", *TRAIN, "--noise-option", "sigma=0.5",
+             "--checkpoint-dir", lambda f: f.root / "train_sigma"),
+    cli_case("certifier-option-unknown", "certify", "`--certifier-option n1=5`",
+             "certifier 'cohen' from plugin rs_plugins.builtin.gaussian has no option 'n1' (--certifier-option); accepted: none",
+             *CERTIFY, "--certifier-option", "n1=5", "--checkpoint", lambda f: f.ckpt, "--out", lambda f: f.root / "o.tsv"),
+    cli_case("loss-option-unknown", "train", "`--loss consistency --loss-option lambda=20`",
+             "has no option 'lambda' (--loss-option); accepted: m, lbd, eta, variant, adversarial, epsilon, steps",
+             *TRAIN, "--loss", "consistency", "--loss-option", "lambda=20", "--checkpoint-dir", lambda f: f.root / "t"),
+    cli_case("mixer-option-unknown", "certify", "`--mixer mean --mixer-option weight=2`",
+             "mixer 'mean' from plugin broken_plugin has no option 'weight' (--mixer-option); accepted: weights",
+             "--model", "rs_plugins.nets:SmallCNN", "--model", "rs_plugins.nets:SmallCNN", "--mixer", "mean",
+             "--mixer-option", "weight=2", "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "o.tsv"),
+    cli_case("model-kwargs-unknown", "certify", "`--model-kwargs '{\"depth\": 3}'`",
+             "--model-kwargs depth: not an option of --model rs_plugins.nets:SmallCNN; accepted: in_channels, "
+             "num_classes, width", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"depth": 3}',
+             "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "o.tsv"),
+    api_case("api-noise-option-unknown", "`Host.noise`", "`host.noise('gaussian', sigma=0.25, scale=2)`",
+             "has no option 'scale' (--noise-option); accepted: sigma",
+             lambda f: host().noise("gaussian", sigma=0.25, scale=2)),
+    # output paths, checked before any work
+    cli_case("out-is-folder", "certify", "`--out` an existing folder", "is a folder; give a file path",
+             *CERTIFY, "--out", lambda f: f.folder),
+    cli_case("out-under-file", "predict", "`--out` under a regular file", "is a file, not a folder; choose another path",
+             *PREDICT, "--out", lambda f: f.file / "x.tsv"),
+    cli_case("plot-is-folder", "certify", "`--plot` an existing folder", "is a folder; give a file path",
+             *CERTIFY, "--out", lambda f: f.root / "o.tsv", "--plot", lambda f: f.folder),
+    cli_case("summary-under-file", "certify", "`--summary` under a regular file", "is a file, not a folder",
+             *CERTIFY, "--out", lambda f: f.root / "o.tsv", "--summary", lambda f: f.file / "s.json"),
+    cli_case("checkpoint-dir-is-file", "train", "`--checkpoint-dir` a regular file", "is a file; give a folder",
+             *TRAIN, "--checkpoint-dir", lambda f: f.file),
+    cli_case("report-plot-folder", "report", "`--plot` an existing folder", "is a folder; give a file path",
+             lambda f: f.foreign, "--plot", lambda f: f.folder),
+    cli_case("demo-out-dir-file", "demo", "`--out-dir` a regular file", "is a file; give a folder", "--out-dir",
+             lambda f: f.file),
+    # files: missing, empty, truncated, the wrong kind
+    cli_case("checkpoint-module", "certify", "a whole pickled `nn.Module` as `--checkpoint`",
+             "holds pickled Python objects (rs_plugins.nets.SmallCNN), which are never unpickled because that can "
+             "run code; expected a state dict (parameter names to tensors); save one with "
+             "torch.save(model.state_dict(), path)", *CERTIFY, "--checkpoint", lambda f: f.module,
+             "--out", lambda f: f.root / "o.tsv"),
+    cli_case("checkpoint-empty", "certify", "an empty `--checkpoint` file", "is empty; expected a state dict",
+             *CERTIFY, "--checkpoint", lambda f: f.empty, "--out", lambda f: f.root / "o.tsv"),
+    cli_case("checkpoint-truncated", "predict", "a truncated `--checkpoint` file",
+             "it is truncated, damaged or not a torch.save file", *PREDICT, "--checkpoint", lambda f: f.truncated,
+             "--out", lambda f: f.root / "o.tsv"),
+    cli_case("data-empty", "certify", "an empty `--data` .pt file", "is empty; expected a dict with tensors 'x'",
+             *CERTIFY[:-2], "--data", lambda f: f.empty, "--out", lambda f: f.root / "o.tsv"),
+    cli_case("data-npz-truncated", "certify", "a truncated `--data` .npz file", "it is truncated, damaged",
+             *CERTIFY[:-2], "--data", lambda f: f.npz_truncated, "--out", lambda f: f.root / "o.tsv"),
+    cli_case("data-npz-object", "train", "an .npz holding a pickled object array",
+             "Object arrays cannot be loaded when allow_pickle=False", *MODEL, "--data", lambda f: f.npz_object,
+             "--sigma", "0.25", "--checkpoint-dir", lambda f: f.root / "t"),
+    cli_case("train-resume-corrupt", "train", "a damaged `checkpoint.pt` in `--checkpoint-dir`",
+             "--checkpoint-dir: cannot read", *TRAIN, "--checkpoint-dir", lambda f: f.ckpt_dir_corrupt),
+    cli_case("train-resume-foreign", "train", "a `checkpoint.pt` that holds no training state",
+             "holds no training state; it is not a checkpoint this command wrote, or it is damaged",
+             *TRAIN, "--checkpoint-dir", lambda f: f.ckpt_dir_foreign),
+    cli_case("subset-empty", "certify", "`--start 5 --max 6 --every 4` (no index)",
+             "the subset (--start, --max, --every, --limit) selects no image", *CERTIFY,
+             "--start", "5", "--max", "6", "--every", "4", "--out", lambda f: f.root / "o.tsv"),
+    # files that would run code
+    cli_case("pt2-untrusted", "certify", "`--model m.pt2` without `--trust-model-file`",
+             "torch.export.load unpickles parts of the archive with weights_only=False, so a crafted file can run "
+             "code on this machine. Load it only if you made it or trust who did: pass --trust-model-file",
+             "--model", lambda f: f.pt2, "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "o.tsv"),
+    cli_case("torchscript-untrusted", "predict", "`--model torchscript:m.ts` without `--trust-model-file`",
+             "a TorchScript archive is a program that runs when the model is called",
+             "--model", lambda f: f"torchscript:{f.ts}", "--data", "digits", "--sigma", "0.25",
+             "--out", lambda f: f.root / "o.tsv"),
+    api_case("api-pt2-untrusted", "`Host.load_model`", "`ModelRequest('m.pt2')` (trust=False)",
+             "Python: ModelRequest(..., trust=True)", lambda f: host().load_model(ModelRequest(str(f.pt2)))),
+    # results files that cannot be proven to be ours
+    cli_case("resume-no-sidecar", "certify", "`--out` a TSV with rows but no settings sidecar",
+             "has 1 rows but no settings file foreign.tsv.json", *CERTIFY, "--checkpoint", lambda f: f.ckpt,
+             "--out", lambda f: f.foreign),
+    cli_case("resume-other-sigma", "certify", "`--out` written with --sigma 0.25, rerun with --sigma 0.5",
+             "was written with sigma=0.25; this run has sigma=0.5. Use another --out or delete the file",
+             *MODEL, "--data", "digits", "--sigma", "0.5", "--n", "20", "--n0", "10", "--limit", "1",
+             "--checkpoint", lambda f: f.ckpt, "--out", lambda f: f.resumed_with_other_sigma()),
+    api_case("api-resume-no-sidecar", "`ResultsFile`", "a foreign TSV with `settings=`",
+             "no settings file", lambda f: ResultsFile(f.foreign, CERTIFY_COLUMNS, {"sigma": 0.25})),
+]
+
+
+# -- the tests ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Files:
+    return Files(tmp_path_factory.mktemp("bad_input"))
+
+
+def message_of(case: Case, files: Files, capsys, monkeypatch) -> str:
+    """The message the user sees; asserts a clean failure (exit 2 and no traceback, or a user-facing error)."""
+    monkeypatch.chdir(files.root)  # a default output path (certify.tsv, checkpoints/) lands there, if anywhere
+    if case.where.startswith("`rs-plugins"):
+        monkeypatch.setattr(cli, "Host", host)
+        monkeypatch.syspath_prepend(str(Path(__file__).parent))  # for --model test_bad_input:NaNModel
+        argv = [str(a) for a in case.run(files)]
+        try:
+            code = cli.main([*argv, *FAST] if argv[0] in ("certify", "predict", "train") else argv)
+        except SystemExit as exit_:  # argparse
+            code = exit_.code
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "Traceback" not in err
+        return err
+    with pytest.raises((ValueError, RsPluginError, OSError)) as info:
+        case.run(files)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_gets_one_clear_message(case, files, capsys, monkeypatch):
+    message = message_of(case, files, capsys, monkeypatch)
+    assert case.expect in " ".join(message.split()), message
+
+
+def test_no_work_and_no_marker_after_refusals(files):
+    """The refused cases left nothing behind: no results file, no unpickled payload."""
+    assert not (files.root / "npz_marker").exists()
+    assert not (files.root / "u.tsv").exists() and not (files.root / "unused.tsv").exists()
+
+
+def markdown_rows() -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["| id | where | bad input | message the user sees (excerpt) |", "|---|---|---|---|"]
+    lines += [f"| {c.id} | {c.where} | {cell(c.given)} | {cell(c.expect)} |" for c in CASES]
+    return "\n".join(lines) + "\n"
+
+
+def test_the_doc_lists_every_case():
+    assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
+    assert markdown_rows() in DOC.read_text(encoding="utf-8"), "regenerate with python tests/test_bad_input.py"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_rows())

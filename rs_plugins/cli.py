@@ -235,8 +235,9 @@ def cmd_certify(args: argparse.Namespace) -> int:
     certify = args.command == "certify"
     if certify and args.n0 > args.n:
         raise ValueError(f"--n0 ({args.n0}) must not exceed --n ({args.n})")
-    for option in ("out", "plot", "summary"):  # before any work: a bad path must not cost a finished run
+    for option in ("out", "summary"):  # before any work: a bad path must not cost a finished run
         validation.check_output_file(getattr(args, option), f"--{option}")
+    validation.check_plot_path(args.plot)
     # Everything that changes the rows is stored with --out, so a resumed file never mixes configurations.
     settings = {
         k: getattr(args, k)
@@ -366,8 +367,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     if args.summary and len(args.results) != 1:
         raise ValueError("--summary takes exactly one results file")
-    for option in ("plot", "summary"):
-        validation.check_output_file(getattr(args, option), f"--{option}")
+    validation.check_output_file(args.summary, "--summary")
+    validation.check_plot_path(args.plot)
     curves = {path: read_results(path) for path in args.results}
     for path, rows in curves.items():
         print(format_table(rows, title=path))

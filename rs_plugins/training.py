@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from .distributed import World, average_buffers, average_gradients, barrier, broadcast_model, sum_over_processes
 from .errors import PluginBuildError, TrainingDivergedError
 from .smoothing import call_model, check_images, eval_mode
-from .validation import MAX_SEED, check_integer, check_labels, check_logits, check_number, load_weights_only
+from .provenance import describe
+from .validation import MAX_SEED, CheckedNoise, check_integer, check_labels, check_logits, check_number, load_weights_only
 
 if TYPE_CHECKING:
     from torch import nn
@@ -153,6 +154,7 @@ def train(
 def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress, world, settings):
     world = world or World()
     device = torch.device(device)
+    noise = CheckedNoise(noise)  # a loss plugin calls the sampler; a broken one is named, not crashed on
     directory = Path(checkpoint_dir)
     if world.main:
         directory.mkdir(parents=True, exist_ok=True)
@@ -226,7 +228,7 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
         entry |= {k: v / images for k, v in totals.items()}
         entry["seconds"] = time.perf_counter() - started
         if not math.isfinite(entry["loss"]):
-            msg = f"training loss {type(loss).__name__} became {entry['loss']} in epoch {epoch + 1}; "
+            msg = f"{describe(loss, 'training loss ' + type(loss).__name__)} became {entry['loss']} in epoch {epoch + 1}; "
             msg += f"{directory / CHECKPOINT} still holds epoch {epoch} (try a lower --lr or other loss options)"
             raise TrainingDivergedError(msg)
         scheduler.step()
@@ -269,11 +271,11 @@ def _labels(dataset) -> torch.Tensor | None:
 
 def _check_loss_restored(loss: TrainingLoss, model: nn.Module, flags: list[bool]) -> None:
     """A loss must hand the model back in training mode with the requires_grad flags it found."""
-    name = type(loss).__name__
+    name = describe(loss, f"training loss {type(loss).__name__}")
     if not model.training:
-        raise PluginBuildError(f"training loss {name} left the model in eval mode; a loss must restore the mode")
+        raise PluginBuildError(f"{name} left the model in eval mode; a loss must restore the mode")
     if [p.requires_grad for p in model.parameters()] != flags:
-        raise PluginBuildError(f"training loss {name} changed requires_grad flags; a loss must restore them")
+        raise PluginBuildError(f"{name} changed requires_grad flags; a loss must restore them")
 
 
 def _resume(directory: Path, recorded: dict, model, optimizer, scheduler, scaler, device) -> int:

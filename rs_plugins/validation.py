@@ -182,6 +182,28 @@ def check_noise_output(noisy: object, x: Tensor, noise: object, *, values: bool)
     raise PluginBuildError(msg + "shape, dtype and device, finite")
 
 
+class CheckedNoise:
+    """A noise sampler whose every ``sample`` is checked against the contract (shape, dtype, device: free) and
+    whose first ``sample`` is also checked for finite values, for the places where plugin code (a training loss)
+    calls the sampler; everything else is the wrapped sampler's."""
+
+    def __init__(self, noise: object) -> None:
+        self._noise = noise
+        self._values_checked = False
+
+    def sample(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        noisy = self._noise.sample(x, generator=generator)
+        check_noise_output(noisy, x, self._noise, values=not self._values_checked)
+        self._values_checked = True
+        return noisy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._noise, name)
+
+    def __repr__(self) -> str:
+        return repr(self._noise)
+
+
 # -- paths ---------------------------------------------------------------------------------------------------
 
 
@@ -208,6 +230,18 @@ def check_output_file(path: str | os.PathLike | None, option: str) -> None:
             raise ValueError(f"{option} {path} is not writable")
         return
     _creatable(path, option)
+
+
+PLOT_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".tif", ".tiff", ".webp")
+
+
+def check_plot_path(path: str | os.PathLike | None, option: str = "--plot") -> None:
+    """Before any work: a writable file whose extension names an image format matplotlib writes."""
+    if path is None:
+        return
+    check_output_file(path, option)
+    if Path(path).suffix.lower() not in PLOT_FORMATS:
+        raise ValueError(f"{option} {path}: the extension must name an image format, one of {', '.join(PLOT_FORMATS)}")
 
 
 def check_output_dir(path: str | os.PathLike, option: str) -> None:

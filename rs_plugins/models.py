@@ -77,9 +77,7 @@ def import_robustbench() -> types.ModuleType:
     return robustbench.utils
 
 
-def load_robustbench(
-    name: str, *, dataset: str, threat_model: str, model_dir: str, trust: bool = False
-) -> nn.Module:
+def load_robustbench(name: str, *, dataset: str, threat_model: str, model_dir: str, trust: bool = False) -> nn.Module:
     """A RobustBench model-zoo model from a checkpoint already in ``model_dir``; never downloads.
 
     Args:

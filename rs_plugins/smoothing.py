@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .provenance import describe
 from .stats import binomial_pvalue, clopper_pearson_lower, min_samples_to_certify, min_samples_to_predict
 from .types import ABSTAIN, Certificate
-from .provenance import describe
 from .validation import check_finite_logits, check_integer, check_logits, check_noise_output, check_number, check_tensor
 
 if TYPE_CHECKING:

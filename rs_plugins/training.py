@@ -25,9 +25,17 @@ from tqdm.auto import tqdm
 
 from .distributed import World, average_buffers, average_gradients, barrier, broadcast_model, sum_over_processes
 from .errors import PluginBuildError, TrainingDivergedError
-from .smoothing import call_model, check_images, eval_mode
 from .provenance import describe
-from .validation import MAX_SEED, CheckedNoise, check_integer, check_labels, check_logits, check_number, load_weights_only
+from .smoothing import call_model, check_images, eval_mode
+from .validation import (
+    MAX_SEED,
+    CheckedNoise,
+    check_integer,
+    check_labels,
+    check_logits,
+    check_number,
+    load_weights_only,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -228,7 +236,8 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
         entry |= {k: v / images for k, v in totals.items()}
         entry["seconds"] = time.perf_counter() - started
         if not math.isfinite(entry["loss"]):
-            msg = f"{describe(loss, 'training loss ' + type(loss).__name__)} became {entry['loss']} in epoch {epoch + 1}; "
+            name = describe(loss, f"training loss {type(loss).__name__}")
+            msg = f"{name} became {entry['loss']} in epoch {epoch + 1}; "
             msg += f"{directory / CHECKPOINT} still holds epoch {epoch} (try a lower --lr or other loss options)"
             raise TrainingDivergedError(msg)
         scheduler.step()

@@ -10,8 +10,6 @@ raise a ValueError, an ``RsPluginError`` or an OSError whose message holds the e
 from __future__ import annotations
 
 import functools
-import io
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,13 +21,12 @@ import torch
 from torch import nn
 
 import rs_plugins
-from rs_plugins import ABSTAIN, NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict
+from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict
 from rs_plugins.builtin import consistency, gaussian, sources
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.errors import RsPluginError
-from rs_plugins.models import load_model
 from rs_plugins.nets import SmallCNN
-from rs_plugins.report import CERTIFY_COLUMNS, ResultsFile, read_results
+from rs_plugins.report import CERTIFY_COLUMNS, ResultsFile
 from rs_plugins.runner import certify_dataset
 from rs_plugins.training import TrainConfig
 from rs_plugins.types import MixerSpec, ModelRequest
@@ -167,7 +164,9 @@ class Files:
         out = self.root / "resume.tsv"
         if not out.exists():
             argv = ["certify", *MODEL, "--checkpoint", self.ckpt, "--data", "digits", "--sigma", "0.25"]
-            assert cli.main([str(a) for a in [*argv, "--n", "20", "--n0", "10", "--limit", "1", "--out", out, *FAST]]) == 0
+            assert (
+                cli.main([str(a) for a in [*argv, "--n", "20", "--n0", "10", "--limit", "1", "--out", out, *FAST]]) == 0
+            )
         return out
 
 
@@ -184,7 +183,9 @@ class Case:
 
 
 def cli_case(id, command, given, expect, *argv):
-    return Case(id, f"`rs-plugins {command}`", given, expect, lambda f: [command, *(a(f) if callable(a) else a for a in argv)])
+    return Case(
+        id, f"`rs-plugins {command}`", given, expect, lambda f: [command, *(a(f) if callable(a) else a for a in argv)]
+    )
 
 
 def api_case(id, where, given, expect, run):
@@ -212,6 +213,7 @@ def tensor_dataset(labels):
     return torch.utils.data.TensorDataset(torch.rand(len(labels), 1, 8, 8), torch.tensor(labels))
 
 
+# fmt: off
 CASES: list[Case] = [
     # numbers: every float finite, every range check names its option
     cli_case("sigma-inf", "certify", "`--sigma inf`", "argument --sigma: must be a finite number > 0; got inf",
@@ -227,7 +229,8 @@ CASES: list[Case] = [
              *CERTIFY, "--start", "-3"),
     cli_case("batch-size-text", "predict", "`--batch-size abc`", "argument --batch-size: must be an integer; got 'abc'",
              *PREDICT, "--batch-size", "abc"),
-    cli_case("lr-inf", "train", "`--lr inf`", "argument --lr: must be a finite number > 0; got inf", *TRAIN, "--lr", "inf"),
+    cli_case("lr-inf", "train", "`--lr inf`", "argument --lr: must be a finite number > 0; got inf",
+             *TRAIN, "--lr", "inf"),
     cli_case("momentum-nan", "train", "`--momentum nan`", "argument --momentum: must be a finite number >= 0; got nan",
              *TRAIN, "--momentum", "nan"),
     cli_case("weight-decay-negative", "train", "`--weight-decay -1`",
@@ -237,7 +240,8 @@ CASES: list[Case] = [
     cli_case("demo-sigma-inf", "demo", "`--sigma inf`", "argument --sigma: must be a finite number > 0; got inf",
              "--sigma", "inf"),
     cli_case("loss-option-infinity", "train", "`--loss consistency --loss-option lbd=Infinity`",
-             "lbd must be a finite number >= 0.0; got inf", *TRAIN, "--loss", "consistency", "--loss-option", "lbd=Infinity"),
+             "lbd must be a finite number >= 0.0; got inf",
+             *TRAIN, "--loss", "consistency", "--loss-option", "lbd=Infinity"),
     api_case("api-sigma-inf", "`GaussianNoise`", "`GaussianNoise(sigma=float('inf'))`",
              "sigma must be a finite number > 0; got inf", lambda f: GaussianNoise(float("inf"))),
     api_case("api-host-sigma-nan", "`Host.noise`", "`host.noise('gaussian', sigma=float('nan'))`",
@@ -248,7 +252,8 @@ CASES: list[Case] = [
              lambda f: cohen_certify(small(), x1(), GaussianNoise(0.25), n0=10, n=20, alpha="0.01")),
     api_case("api-n-float", "`cohen_predict`", "`n=1.5`", "n must be a positive integer; got 1.5",
              lambda f: cohen_predict(small(), x1(), GaussianNoise(0.25), n=1.5)),
-    api_case("api-lr-inf", "`TrainConfig`", "`TrainConfig(lr=float('inf'))`", "--lr must be a finite number > 0; got inf",
+    api_case("api-lr-inf", "`TrainConfig`", "`TrainConfig(lr=float('inf'))`",
+             "--lr must be a finite number > 0; got inf",
              lambda f: TrainConfig(lr=float("inf"))),
     api_case("api-seed-negative", "`certify_dataset`", "`seed=-1`", "seed must be an integer >= 0; got -1",
              lambda f: certify_dataset(small(), tensor_dataset([0]), GaussianNoise(0.25), gaussian.CohenCertifier(),
@@ -310,6 +315,9 @@ CASES: list[Case] = [
              "noise sampler 'bad_nan' from plugin broken_plugin broke the noise sampler contract: sample() returned "
              "NaN or infinite values", *CERTIFY, "--noise", "bad_nan", "--checkpoint", lambda f: f.ckpt,
              "--out", lambda f: f.root / "nan_noise.tsv"),
+    cli_case("train-noise-wrong-dtype", "train", "a plugin's noise returning float64, called by the loss",
+             "noise sampler 'bad_dtype' from plugin broken_plugin broke the noise sampler contract: sample() returned "
+             "dtype torch.float64", *TRAIN, "--noise", "bad_dtype"),
     # API arguments of the wrong kind
     api_case("api-numpy-images", "`cohen_certify`", "a numpy array as `x`",
              "x must be a torch.Tensor; got ndarray (convert with torch.from_numpy(x).float())",
@@ -324,14 +332,18 @@ CASES: list[Case] = [
              lambda f: cohen_certify(small(), x1(), None)),
     # options: unknown keys list the accepted ones
     cli_case("noise-option-unknown", "certify", "`--noise-option scale=2`",
-             "noise sampler 'gaussian' from plugin rs_plugins.builtin.gaussian has no option 'scale' (--noise-option); accepted: sigma",
-             *CERTIFY, "--noise-option", "scale=2", "--checkpoint", lambda f: f.ckpt, "--out", lambda f: f.root / "o.tsv"),
+             "noise sampler 'gaussian' from plugin rs_plugins.builtin.gaussian has no option 'scale' "
+             "(--noise-option); accepted: sigma",
+             *CERTIFY, "--noise-option", "scale=2", "--checkpoint", lambda f: f.ckpt,
+             "--out", lambda f: f.root / "o.tsv"),
     cli_case("noise-option-sigma", "train", "`--noise-option sigma=0.5`",
              "--noise-option sigma=0.5: give the noise level with --sigma", *TRAIN, "--noise-option", "sigma=0.5",
              "--checkpoint-dir", lambda f: f.root / "train_sigma"),
     cli_case("certifier-option-unknown", "certify", "`--certifier-option n1=5`",
-             "certifier 'cohen' from plugin rs_plugins.builtin.gaussian has no option 'n1' (--certifier-option); accepted: none",
-             *CERTIFY, "--certifier-option", "n1=5", "--checkpoint", lambda f: f.ckpt, "--out", lambda f: f.root / "o.tsv"),
+             "certifier 'cohen' from plugin rs_plugins.builtin.gaussian has no option 'n1' (--certifier-option); "
+             "accepted: none",
+             *CERTIFY, "--certifier-option", "n1=5", "--checkpoint", lambda f: f.ckpt,
+             "--out", lambda f: f.root / "o.tsv"),
     cli_case("loss-option-unknown", "train", "`--loss consistency --loss-option lambda=20`",
              "has no option 'lambda' (--loss-option); accepted: m, lbd, eta, variant, adversarial, epsilon, steps",
              *TRAIN, "--loss", "consistency", "--loss-option", "lambda=20", "--checkpoint-dir", lambda f: f.root / "t"),
@@ -349,12 +361,15 @@ CASES: list[Case] = [
     # output paths, checked before any work
     cli_case("out-is-folder", "certify", "`--out` an existing folder", "is a folder; give a file path",
              *CERTIFY, "--out", lambda f: f.folder),
-    cli_case("out-under-file", "predict", "`--out` under a regular file", "is a file, not a folder; choose another path",
+    cli_case("out-under-file", "predict", "`--out` under a regular file",
+             "is a file, not a folder; choose another path",
              *PREDICT, "--out", lambda f: f.file / "x.tsv"),
     cli_case("plot-is-folder", "certify", "`--plot` an existing folder", "is a folder; give a file path",
              *CERTIFY, "--out", lambda f: f.root / "o.tsv", "--plot", lambda f: f.folder),
     cli_case("summary-under-file", "certify", "`--summary` under a regular file", "is a file, not a folder",
              *CERTIFY, "--out", lambda f: f.root / "o.tsv", "--summary", lambda f: f.file / "s.json"),
+    cli_case("plot-extension", "certify", "`--plot curve.txt`", "the extension must name an image format, one of .png",
+             *CERTIFY, "--out", lambda f: f.root / "o.tsv", "--plot", lambda f: f.root / "curve.txt"),
     cli_case("checkpoint-dir-is-file", "train", "`--checkpoint-dir` a regular file", "is a file; give a folder",
              *TRAIN, "--checkpoint-dir", lambda f: f.file),
     cli_case("report-plot-folder", "report", "`--plot` an existing folder", "is a folder; give a file path",
@@ -409,6 +424,7 @@ CASES: list[Case] = [
     api_case("api-resume-no-sidecar", "`ResultsFile`", "a foreign TSV with `settings=`",
              "no settings file", lambda f: ResultsFile(f.foreign, CERTIFY_COLUMNS, {"sigma": 0.25})),
 ]
+# fmt: on
 
 
 # -- the tests ------------------------------------------------------------------------------------------------------

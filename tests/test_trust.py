@@ -76,9 +76,9 @@ def test_checkpoint_with_a_payload_is_refused(tmp_path):
 
 
 def test_training_resume_never_unpickles(tmp_path):
+    from rs_plugins.builtin.gaussian import GaussianAugmentation, GaussianNoise
     from rs_plugins.nets import SmallCNN
     from rs_plugins.training import TrainConfig, train
-    from rs_plugins.builtin.gaussian import GaussianAugmentation, GaussianNoise
 
     marker = tmp_path / "marker"
     torch.save({"epoch": 1, "config": {}, "model": Payload(marker)}, tmp_path / "checkpoint.pt")

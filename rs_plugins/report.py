@@ -161,6 +161,7 @@ def format_provenance(sidecar: dict[str, Any]) -> str:
 
     sha = str(settings.get("model_sha256", "?"))[:16]
     has_certifier = "certifier" in settings
+    n0 = f"n0={settings['n0']} " if "n0" in settings else ""
     lines = [
         f"model: {settings.get('model')} checkpoint={settings.get('checkpoint')} sha256={sha}..."
         + (f" ({prov['num_classes']} classes)" if "num_classes" in prov else ""),
@@ -169,7 +170,7 @@ def format_provenance(sidecar: dict[str, Any]) -> str:
         + plugin(prov.get("noise"))
         + (f"; certifier {settings.get('certifier')} {json.dumps(settings.get('certifier_option'))}" * has_certifier)
         + plugin(prov.get("certifier"))
-        + f"; n0={settings.get('n0')} n={settings.get('n')} alpha={settings.get('alpha')} seed={settings.get('seed')}"
+        + f"; {n0}n={settings.get('n')} alpha={settings.get('alpha')} seed={settings.get('seed')}"
         + f"; precision {prov.get('precision', '?')}",
     ]
     if prov:

@@ -50,7 +50,7 @@ def _images(
     x = torch.stack([torch.as_tensor(item[0]) for item in items]).to(device)
     check_images(x, "--data images")
     labels = [int(item[1]) for item in items]
-    check_labels(labels, num_classes, f"--data (images {chunk[0]}..{chunk[-1]})")
+    check_labels(labels, num_classes, "--data", indices=chunk)
     return x, labels
 
 
@@ -74,7 +74,7 @@ def check_dataset(model: nn.Module, dataset: Dataset, indices: Sequence[int], de
     if isinstance(dataset, torch.utils.data.TensorDataset) and len(dataset.tensors) > 1:
         labels = dataset.tensors[1]
     if labels is not None:
-        check_labels(torch.as_tensor(labels)[list(indices)], num_classes, "--data")
+        check_labels(torch.as_tensor(labels)[list(indices)], num_classes, "--data", indices=indices)
     return num_classes
 
 

@@ -266,7 +266,7 @@ def _check_data_fits_model(model, dataset, device, memory_format) -> int:
     check_logits(logits, model, 1)
     labels = _labels(dataset)
     if labels is not None:
-        check_labels(labels, logits.shape[1], "--data")
+        check_labels(labels, logits.shape[1], "--data", indices=range(len(labels)))
     return logits.shape[1]
 
 

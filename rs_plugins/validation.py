@@ -16,7 +16,7 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,22 +115,26 @@ def check_tensor(name: str, value: object) -> Tensor:
     raise ValueError(f"{name} must be a torch.Tensor; got {type(value).__name__}{hint}")
 
 
-def check_labels(labels: Tensor | list[int], num_classes: int, where: str) -> None:
+def check_labels(
+    labels: Tensor | list[int], num_classes: int, where: str, indices: Sequence[int] | None = None
+) -> None:
     """Refuse labels outside [0, num_classes): scoring them would silently count wrong results.
 
     Args:
         labels: integer labels.
         num_classes: the number of logits the model returns.
-        where: how the message names their origin, e.g. ``"--data digits"``.
+        where: how the message names their origin, e.g. ``"--data"``.
+        indices: the data-set index of each label, for the message; else its position is given.
     """
-    labels = torch.as_tensor(labels)
+    labels = torch.as_tensor(labels).flatten()
     bad = (labels < 0) | (labels >= num_classes)
     if bool(bad.any()):
         first = int(bad.nonzero()[0, 0])
-        label = int(labels.flatten()[first])
+        label = int(labels[first])
+        which = f"of image {indices[first]}" if indices is not None else f"(position {first})"
         note = " (-1 is the abstention value, never a class)" if label == -1 else ""
         raise ValueError(
-            f"{where}: label {label} (position {first}) is outside 0..{num_classes - 1}, the classes of a model "
+            f"{where}: label {label} {which} is outside 0..{num_classes - 1}, the classes of a model "
             f"with {num_classes} logits{note}; labels must be class indices of this model"
         )
 

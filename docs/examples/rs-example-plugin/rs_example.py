@@ -79,8 +79,8 @@ class UniformNoise:
     norm = "l1"
 
     def __init__(self, sigma: float) -> None:
-        if not (isinstance(sigma, (int, float)) and sigma > 0):
-            raise ValueError(f"sigma must be a positive number; got {sigma!r}")
+        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be a finite number > 0; got {sigma!r}")
         self.sigma = float(sigma)
         self.lambd = math.sqrt(3) * self.sigma  # the half-width; `lambda` is reserved
 

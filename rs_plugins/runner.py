@@ -11,8 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .report import ResultsFile, Row
-from .smoothing import call_model, check_images, cohen_predict, eval_mode
-from .validation import MAX_SEED, check_integer, check_labels, check_logits
+from .smoothing import call_model, check_images, check_sampling, cohen_predict, eval_mode
+from .validation import MAX_SEED, check_certificates, check_integer, check_labels, check_logits
 
 if TYPE_CHECKING:
     from torch import nn
@@ -84,7 +84,8 @@ def _batches(indices: Sequence[int], size: int):
 
 
 def _run(decide, model, dataset, results, indices, *, group, desc, seed, device, progress) -> list[Row]:
-    """Apply ``decide(x, generators) -> [(prediction, radius)]`` to pending images in groups, appending rows."""
+    """Apply ``decide(x, generators, num_classes) -> [(prediction, radius)]`` to pending images in groups,
+    appending rows."""
     check_integer("seed", seed, minimum=0, maximum=MAX_SEED)
     num_classes = check_dataset(model, dataset, indices, device)
     pending = [i for i in indices if i not in results.done]
@@ -95,7 +96,7 @@ def _run(decide, model, dataset, results, indices, *, group, desc, seed, device,
             x, labels = _images(dataset, chunk, device, num_classes)
             generators = [image_generator(seed, i, device) for i in chunk]
             start = time.perf_counter()
-            outcomes = decide(x, generators)
+            outcomes = decide(x, generators, num_classes)
             seconds = (time.perf_counter() - start) / len(chunk)
             for i, label, (prediction, radius) in zip(chunk, labels, outcomes):
                 results.append(Row(i, label, prediction, radius, prediction == label, seconds))
@@ -127,10 +128,13 @@ def certify_dataset(
     device = torch.device(device)
     model = model.to(device)
 
-    def decide(x, generators):
+    check_sampling(n0=n0, n=n, alpha=alpha, batch_size=batch_size)  # a plugin certifier may not check them
+
+    def decide(x, generators, num_classes):
         certificates = certifier.certify(
             model, x, noise, n0=n0, n=n, alpha=alpha, batch_size=batch_size, generator=generators
         )
+        check_certificates(certificates, len(x), num_classes, certifier)
         return [(c.prediction, c.radius) for c in certificates]
 
     group = max(1, min(MAX_IMAGES_PER_CALL, batch_size // n0))
@@ -156,7 +160,7 @@ def predict_dataset(
     device = torch.device(device)
     model = model.to(device)
 
-    def decide(x, generators):
+    def decide(x, generators, num_classes):
         predictions = cohen_predict(model, x, noise, n=n, alpha=alpha, batch_size=batch_size, generator=generators)
         return [(p, 0.0) for p in predictions]
 

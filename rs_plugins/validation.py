@@ -164,6 +164,30 @@ def check_finite_logits(all_finite: Tensor | bool, model: object) -> None:
         )
 
 
+def check_certificates(certificates: object, count: int, num_classes: int, certifier: object) -> None:
+    """A certifier's answer for ``count`` images: one Certificate each, a class of the model or -1 (abstain),
+    and a finite radius >= 0 that is 0 when abstaining. The message names the plugin that built the certifier."""
+    name = describe(certifier, type(certifier).__name__)
+    items = list(certificates) if isinstance(certificates, (list, tuple)) else None
+    problem = ""
+    if items is None or len(items) != count:
+        got = len(items) if items is not None else type(certificates).__name__
+        problem = f"returned {got} certificates for {count} images"
+    else:
+        for c in items:
+            prediction, radius = getattr(c, "prediction", None), getattr(c, "radius", None)
+            if not isinstance(prediction, numbers.Integral) or not -1 <= prediction < num_classes:
+                problem = f"returned prediction {prediction!r}, not -1 or a class 0..{num_classes - 1}"
+            elif not isinstance(radius, numbers.Real) or not math.isfinite(radius) or radius < 0:
+                problem = f"returned radius {radius!r}, not a finite number >= 0"
+            elif prediction == -1 and radius != 0:
+                problem = f"returned radius {radius!r} for an abstention (must be 0)"
+            if problem:
+                break
+    if problem:
+        raise PluginBuildError(f"{name} broke the certifier contract: certify() {problem}")
+
+
 def check_noise_output(noisy: object, x: Tensor, noise: object, *, values: bool) -> None:
     """The noise sampler contract: ``sample(x)`` keeps shape, dtype and device, and (``values``) is finite.
 

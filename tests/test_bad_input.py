@@ -29,7 +29,7 @@ from rs_plugins.nets import SmallCNN
 from rs_plugins.report import CERTIFY_COLUMNS, ResultsFile
 from rs_plugins.runner import certify_dataset
 from rs_plugins.training import TrainConfig
-from rs_plugins.types import MixerSpec, ModelRequest
+from rs_plugins.types import Certificate, CertifierSpec, MixerSpec, ModelRequest
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "guarantees.md"
 MODEL = ["--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 4}']
@@ -66,8 +66,15 @@ class MeanMixer(nn.Module):
         return torch.stack([m(x) for m in self.models]).mean(0)
 
 
+class NaNRadiusCertifier:
+    """A certifier that answers class 0 with a NaN radius for every image."""
+
+    def certify(self, model, x, noise, **sampling):
+        return [Certificate(0, float("nan"), 0.9) for _ in x]
+
+
 class BrokenPlugin:
-    """A third-party plugin with a noise sampler per contract fault, and a well-behaved mixer."""
+    """A third-party plugin with a noise sampler per contract fault, a broken certifier and a good mixer."""
 
     name = "broken_plugin"
 
@@ -79,6 +86,10 @@ class BrokenPlugin:
     @rs_plugins.hookimpl
     def rs_mixers(self):
         yield MixerSpec("mean", MeanMixer, "mean of logits")
+
+    @rs_plugins.hookimpl
+    def rs_certifiers(self):
+        yield CertifierSpec("nan_radius", NaNRadiusCertifier, "radius NaN")
 
 
 def host() -> rs_plugins.Host:
@@ -315,6 +326,10 @@ CASES: list[Case] = [
              "noise sampler 'bad_nan' from plugin broken_plugin broke the noise sampler contract: sample() returned "
              "NaN or infinite values", *CERTIFY, "--noise", "bad_nan", "--checkpoint", lambda f: f.ckpt,
              "--out", lambda f: f.root / "nan_noise.tsv"),
+    cli_case("certifier-nan-radius", "certify", "a plugin's certifier returning a NaN radius",
+             "certifier 'nan_radius' from plugin broken_plugin broke the certifier contract: certify() returned "
+             "radius nan, not a finite number >= 0", *CERTIFY, "--certifier", "nan_radius",
+             "--checkpoint", lambda f: f.ckpt, "--out", lambda f: f.root / "nan_radius.tsv"),
     cli_case("train-noise-wrong-dtype", "train", "a plugin's noise returning float64, called by the loss",
              "noise sampler 'bad_dtype' from plugin broken_plugin broke the noise sampler contract: sample() returned "
              "dtype torch.float64", *TRAIN, "--noise", "bad_dtype"),

@@ -41,6 +41,7 @@ def describe(obj: Any, default: str) -> str:
 
 
 def package_version(name: str) -> str:
+    """The installed version of distribution ``name``, or "unknown"."""
     try:
         return version(name)
     except PackageNotFoundError:

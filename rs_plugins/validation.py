@@ -81,6 +81,8 @@ def check_integer(name: str, value: object, *, minimum: int = 1, maximum: int | 
 
 
 def _argparse_type(check, **bounds):
+    """An argparse ``type=`` that parses the text and applies ``check``; argparse prefixes the option's name."""
+
     def parse(text: str):
         try:
             value = int(text) if check is check_integer else float(text)

@@ -58,12 +58,33 @@ def attack_mode(model: nn.Module) -> Iterator[None]:
             param.requires_grad_(flag)
 
 
-def import_torchattacks(extra: str):
+class EOTSoftClassifier(SmoothedSoftClassifier):
+    """``SmoothedSoftClassifier`` for attacks that may query part of the batch.
+
+    On the batch the draws ``deltas`` (m, B, C, H, W) were made for, they are used as they are: fixed draws, as in
+    SmoothAdv-PGD. An attack that queries another number of images (APGD restarting on the points it has not yet
+    broken) gets m fresh draws of ``noise`` per image and call instead, from the global RNG: the expectation over
+    transformation that APGD's ``eot_iter`` assumes.
+    """
+
+    def __init__(self, model: nn.Module, deltas: Tensor, noise) -> None:
+        super().__init__(model, deltas)
+        self.noise = noise
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape == self.deltas.shape[1:]:
+            return super().forward(x)
+        zeros = torch.zeros((len(self.deltas) * len(x), *x.shape[1:]), device=x.device, dtype=x.dtype)
+        fresh = self.noise.sample(zeros).view(len(self.deltas), *x.shape)
+        return soft_smoothed(noisy_logits(self.model, x, fresh)).clamp(min=1e-20).log()
+
+
+def import_torchattacks(extra: str, who: str = "this loss attacks the smoothed classifier"):
     """torchattacks, or a MissingDependencyError with the pip command that installs it."""
     try:
         import torchattacks
     except ImportError:
-        msg = "this loss attacks the smoothed classifier with torchattacks, which is not installed: "
+        msg = f"{who} with torchattacks, which is not installed: "
         msg += f"pip install 'rs-plugins[{extra}]'"
         raise MissingDependencyError(msg) from None
     return torchattacks

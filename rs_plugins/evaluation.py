@@ -130,15 +130,21 @@ class Adversary:
 
 
 def _autoattack_standard(target: nn.Module, x: Tensor, y: Tensor, eps: float, *, norm: str, seed: int) -> Tensor:
-    """``autoattack.AutoAttack(version="standard")``, as ``robustbench.eval.benchmark`` runs it (plus a seed)."""
+    """``autoattack.AutoAttack(version="standard")``, as ``robustbench.eval.benchmark`` runs it (plus a seed).
+
+    Written for pyautoattack 0.2 (the package robustbench 1.1.1 depends on), whose ``AutoAttack`` takes no
+    ``log_path`` and whose ``run_standard_evaluation`` takes ``batch_size`` where the original took ``bs`` and
+    returns (images, labels) where the original returned the images.
+    """
     from .models import import_robustbench
 
     import_robustbench()  # makes pyautoattack importable as autoattack
     from autoattack import AutoAttack
 
-    adversary = AutoAttack(target, norm=norm, eps=eps, version="standard", device=x.device, seed=seed, verbose=False)
+    adversary = AutoAttack(target, norm=norm, eps=eps, version="standard", device=x.device, seed=seed)
     with contextlib.redirect_stdout(io.StringIO()):
-        return adversary.run_standard_evaluation(x, y, bs=len(x)).detach()
+        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(x))
+    return x_adv.detach()
 
 
 def _suggest(name: str, choices: Sequence[str]) -> str:
@@ -359,7 +365,7 @@ def _attack_group(judge, dataset, adversary, results, chunk, todo, wanted, targe
     labels = [int(item[1]) for item in items]
     num_classes = _num_classes(judge.model, x)
     _check_labels(labels, chunk, num_classes, "--data")
-    attacked = [targets[i] if targets is not None else label for i, label in zip(chunk, labels)]
+    attacked = [label if targets is None else targets.get(i, label) for i, label in zip(chunk, labels)]
     _check_labels(attacked, chunk, num_classes, "--certified predictions")
     clean = judge.predict(x, chunk, stream=0)
     unbounded: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}  # a minimal-perturbation attack runs once
@@ -641,7 +647,7 @@ def attack(
         targets, below = certified_targets(certified)
     dataset = TensorDataset(images.detach().cpu(), labels.long().cpu())
     common = dict(
-        indices=list(range(len(images))),
+        indices=[i for i in range(len(images)) if targets is None or i in targets],
         eps=[eps] if isinstance(eps, (int, float)) else eps,
         smoothing=smoothing,
         batch_size=batch_size,

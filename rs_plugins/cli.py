@@ -1,4 +1,4 @@
-"""``rs-plugins``: list plugins, train, certify, predict, attack, report, and a demo that does it all on built-in data."""
+"""``rs-plugins``: list plugins, train, certify, predict, attack, report, and a demo of it all on built-in data."""
 
 from __future__ import annotations
 
@@ -360,10 +360,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
     model = _classifier(host, args, settings["mixer_option"])
     dataset = host.load_data(DataRequest(args.data, args.split))
     indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
-    targets = below = certified = None
+    targets = below = certified = certify_alpha = None
     if args.certified:
         chosen = set(indices)
-        certified = [row for row in ev.read_certified(args.certified, args.sigma, args.noise) if row.idx in chosen]
+        certified, certify_alpha = ev.read_certified(args.certified, args.sigma, args.noise)
+        certified = [row for row in certified if row.idx in chosen]
         ev.check_certified(dataset, certified, adversary, noise)
         targets, below = ev.certified_targets(certified)
         indices = [i for i in indices if i in targets]
@@ -376,8 +377,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
         )  # fmt: skip
     target = "base classifier" if noise is None else f"smoothed classifier, sigma={args.sigma}, n={args.n}"
     title = f"attack {args.out} ({adversary.name}, {adversary.norm}; {target})"
+    alphas = (0.001 if certify_alpha is None else certify_alpha, args.alpha)  # 0.001: certify's default
     print(ev.report_attack(rows, adversary, title=title, certified=certified, certified_path=args.certified,
-                           plot=args.plot, summary=args.summary))  # fmt: skip
+                           alphas=alphas, plot=args.plot, summary=args.summary))  # fmt: skip
     return 0
 
 

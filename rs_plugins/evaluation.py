@@ -310,7 +310,8 @@ def _num_classes(model: nn.Module, x: Tensor) -> int:
 def _check_labels(labels: Sequence[int], chunk: Sequence[int], num_classes: int, what: str) -> None:
     for i, label in zip(chunk, labels):
         if not 0 <= label < num_classes:
-            msg = f"{what}: label {label} of image {i} is outside the model's {num_classes} classes (0..{num_classes - 1})"
+            msg = f"{what}: label {label} of image {i} is outside the model's {num_classes} classes "
+            msg += f"(0..{num_classes - 1})"
             raise ValueError(msg)
 
 
@@ -464,6 +465,13 @@ def plot_robust_accuracy(curves: dict[str, Sequence[AttackRow]], path, *, title:
     fig.savefig(path)
 
 
+def allowed_breaks(rows: Sequence[AttackRow], certify_alpha: float, predict_alpha: float) -> float:
+    """The expected number of breaks if both tests are correct, at most: each attacked image's certificate fails
+    with probability <= certify_alpha (one event for all its radii), and each PREDICT at an adversarial point
+    errs with probability <= predict_alpha."""
+    return len({row.idx for row in rows}) * certify_alpha + len(rows) * predict_alpha
+
+
 def certified_breaks(rows: Sequence[AttackRow], certified: Sequence[Row]) -> list[dict[str, Any]]:
     """Every attacked (image, eps) with eps below the image's certified radius where PREDICT at the adversarial
     point returned a class other than the certified one; an abstention is not a break.
@@ -491,18 +499,18 @@ def certified_targets(certified: Sequence[Row]) -> tuple[dict[int, int], dict[in
     return {row.idx: row.predict for row in kept}, {row.idx: row.radius for row in kept}
 
 
-def read_certified(path: str | Path, sigma: float, noise: str) -> list[Row]:
-    """The rows of a certify TSV; refused if its settings sidecar (``<path>.json``) has another sigma or noise."""
+def read_certified(path: str | Path, sigma: float, noise: str) -> tuple[list[Row], float | None]:
+    """The rows of a certify TSV and its alpha (None if unknown); refused if its settings sidecar (``<path>.json``,
+    written by ``rs-plugins certify``) has another sigma or noise."""
     from .report import read_results
 
     rows = read_results(path)
     sidecar = Path(f"{path}.json")
-    if sidecar.is_file():
-        stored = json.loads(sidecar.read_text(encoding="utf-8"))
-        for key, value in (("sigma", sigma), ("noise", noise)):
-            if key in stored and stored[key] != value:
-                raise ValueError(f"--certified {path} was certified with --{key} {stored[key]}; this run has {value}")
-    return rows
+    stored = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+    for key, value in (("sigma", sigma), ("noise", noise)):
+        if key in stored and stored[key] != value:
+            raise ValueError(f"--certified {path} was certified with --{key} {stored[key]}; this run has {value}")
+    return rows, stored.get("alpha")
 
 
 def check_certified(dataset: Dataset, certified: Sequence[Row], adversary: Adversary, noise: NoiseSampler) -> None:
@@ -527,16 +535,26 @@ def report_attack(
     title: str = "",
     certified: Sequence[Row] | None = None,
     certified_path: str | None = None,
+    alphas: tuple[float, float] = (0.001, 0.001),
     plot: str | Path | None = None,
     summary: str | Path | None = None,
 ) -> str:
-    """The table (and cross-check) text for a terminal; writes the plot and the JSON summary when given paths."""
+    """The table (and cross-check) text for a terminal; writes the plot and the JSON summary when given paths.
+
+    ``alphas`` are the certify run's and PREDICT's levels, for the number of breaks chance allows.
+    """
     lines = [format_attack_table(rows, title=title)]
     data = summarize_attack(rows) | {"attack": adversary.name, "norm": adversary.norm}
     if certified is not None:
         breaks = certified_breaks(rows, certified)
+        allowed = allowed_breaks(rows, *alphas)
         data["cross_check"] = {"certified": certified_path, "pairs": len(rows), "breaks": breaks}
-        lines.append(f"cross-check with {certified_path}: {len(rows)} (image, eps < radius) pairs, {len(breaks)} breaks")
+        data["cross_check"] |= {"certify_alpha": alphas[0], "predict_alpha": alphas[1]}
+        data["cross_check"]["expected_breaks_at_most"] = allowed
+        lines.append(
+            f"cross-check with {certified_path}: {len(rows)} (image, eps < radius) pairs, {len(breaks)} breaks "
+            f"(chance allows {allowed:.2g} on average at certify alpha {alphas[0]:g}, PREDICT alpha {alphas[1]:g})"
+        )
         lines += [
             f"  BREAK image {b['idx']}: certified {b['certified']} at radius {b['radius']:.4f}, "
             f"PREDICT {b['adv_predict']} at eps {b['eps']:g}"

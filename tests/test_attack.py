@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -108,7 +110,8 @@ def test_certified_images_are_not_broken_below_their_radius_and_are_above_it():
     g = torch.Generator().manual_seed(0)
     w = torch.randn(16, generator=g)
     model = LinearClassifier(w, -0.5 * float(w.sum()))  # the boundary passes through the grey image 0.5
-    c = torch.tensor([0.03, 0.09, 0.15, 0.21, 0.27, 0.33, 0.39, 0.45]).repeat(2) * torch.tensor([1.0, -1.0]).repeat_interleave(8)
+    c = torch.tensor([0.03, 0.09, 0.15, 0.21, 0.27, 0.33, 0.39, 0.45]).repeat(2)
+    c = c * torch.tensor([1.0, -1.0]).repeat_interleave(8)
     x = (0.5 + c[:, None] * w / w.norm()).view(16, 1, 4, 4)  # exact l2 distance |c|, on the side of c's sign
     y = (c > 0).long()
     noise = GaussianNoise(0.25)
@@ -277,7 +280,8 @@ def test_cli_bad_eps_is_an_argparse_error(scripted, capsys, extra, message):
     ],
 )
 def test_cli_bad_attack_requests_exit_2_naming_the_option(scripted, tmp_path, capsys, extra, message):
-    code, _, err = run_cli(capsys, "attack", "--model", scripted, "--data", "digits", "--out", tmp_path / "a.tsv", *extra)
+    argv = ["attack", "--model", scripted, "--data", "digits", "--out", tmp_path / "a.tsv", *extra]
+    code, _, err = run_cli(capsys, *argv)
     assert code == 2 and message in err
     assert not (tmp_path / "a.tsv").exists()
 
@@ -322,8 +326,20 @@ def test_cli_cross_check_with_a_certify_run(scripted, tmp_path, capsys):
     assert {r.key for r in rows} == {(i, e) for i, c in certified.items() for e in (0.05, 0.3) if e < c.radius}
     cross = json.loads((tmp_path / "s.json").read_text())["cross_check"]
     assert cross["pairs"] == len(rows) and "breaks" in stdout
+    # chance allows alpha_c per image (0.01, read from cert.tsv.json) plus alpha_p per pair (--alpha 0.01)
+    images = len({r.idx for r in rows})
+    assert cross["expected_breaks_at_most"] == pytest.approx(0.01 * images + 0.01 * len(rows))
     code, _, err = run_cli(capsys, *[a if a != "0.25" else "0.5" for a in argv])
     assert code == 2 and "was certified with --sigma 0.25; this run has 0.5" in err
+
+
+def test_readme_attack_commands_parse():
+    readme = (TESTS.parent / "README.md").read_text()
+    commands = re.findall(r"^rs-plugins attack (?:.*\\\n)*.*$", readme, re.M)
+    assert len(commands) >= 3
+    for command in commands:
+        args = cli.build_parser().parse_args(shlex.split(command.replace("\\\n", " "))[1:])
+        make_adversary(args.attack, args.norm, smoothed=args.sigma is not None)
 
 
 # -- resume after SIGKILL ---------------------------------------------------------------------------------------

@@ -8,13 +8,15 @@ resumes, so rerunning only rebuilds the table and plot.
 
     python benchmarks/attack_digits.py --out-dir results/attack_digits
 
-Writes ``results.csv`` (one row per technique, classifier and eps), ``summary.md`` and ``robust_accuracy.png``.
+Writes ``results.csv`` (one row per technique, classifier and eps), ``summary.md`` (with the ``--certified``
+cross-check of each smoothed classifier) and ``robust_accuracy.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import platform
 import sys
 from pathlib import Path
@@ -31,28 +33,31 @@ from rs_plugins.report import certified_accuracy, read_attack_results, read_resu
 EPS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 
 
-def attack(args: argparse.Namespace, run_dir: Path, *, smoothed: bool) -> Path:
-    """``rs-plugins attack`` with PGD-L2 (``--steps`` steps of eps/5, torchattacks' ratio) on one classifier."""
-    out = run_dir / ("attack_smoothed.tsv" if smoothed else "attack_base.tsv")
+def attack(args: argparse.Namespace, run_dir: Path, *, smoothed: bool, cross_check: bool = False) -> Path:
+    """``rs-plugins attack`` with PGD-L2 (``--steps`` steps of eps/5, torchattacks' ratio) on one classifier;
+    ``cross_check`` attacks the certified digits below their radius (``--certified``)."""
+    out = run_dir / ("cross_check.tsv" if cross_check else "attack_smoothed.tsv" if smoothed else "attack_base.tsv")
     argv = ["attack", "--model", "rs_plugins.nets:SmallCNN", "--checkpoint", str(run_dir / "model.pt")]
     argv += ["--data", "digits", "--every", str(args.every), "--attack", "pgdl2", "--eps", *map(str, EPS)]
     argv += ["--attack-option", f"steps={args.steps}", "--device", args.device, "--out", str(out), "--no-progress"]
     if smoothed:
         argv += ["--sigma", str(args.sigma), "--m", str(args.m), "--n", str(args.n_predict), "--alpha", "0.001"]
+    if cross_check:
+        argv += ["--certified", str(run_dir / "certify.tsv"), "--summary", str(out.with_suffix(".json"))]
     if rs_plugins(argv):
         raise SystemExit(f"attack failed: {' '.join(argv)}")
     return out
 
 
-def plot(curves: dict[str, tuple[list[float], list[float], str]], path: Path, title: str) -> None:
+def plot(curves: dict[str, tuple[list[float], list[float], str, int]], path: Path, title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for label, (xs, ys, style) in curves.items():
-        ax.plot(xs, ys, style, marker="o", label=label)
+    for label, (xs, ys, style, color) in curves.items():
+        ax.plot(xs, ys, style, color=f"C{color}", marker="o", label=label)
     ax.set(xlabel="l2 radius eps / r", ylabel="accuracy", ylim=(0, 1.02), title=title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
@@ -80,8 +85,8 @@ def main() -> None:
     train = argparse.Namespace(out_dir=args.out_dir, device=args.device, epochs=args.epochs, lr_step=args.lr_step)
     train.__dict__.update(batch_size=64, lr=0.05, n=args.n, every=args.every, quiet=True)
     out = Path(args.out_dir)
-    rows, curves = [], {}
-    for technique in args.techniques:
+    rows, curves, checks = [], {}, []
+    for color, technique in enumerate(args.techniques):
         run_one(train, technique, args.sigma, args.seed)
         run_dir = run_dir_of(train, technique, args.sigma, args.seed)
         name = technique.partition(":")[0]
@@ -95,10 +100,12 @@ def main() -> None:
             xs = [v["eps"] for v in per_eps.values()]
             style = "-" if smoothed else ":"
             ys = [v["robust_accuracy"] for v in per_eps.values()]
-            curves[f"{name}, {kind}: empirical (PGD-L2)"] = (xs, ys, style)
+            curves[f"{name}, {kind}: empirical (PGD-L2)"] = (xs, ys, style, color)
         certified = read_results(run_dir / "certify.tsv")
         radii = [e for e in EPS if e <= 3.2 * args.sigma]
-        curves[f"{name}, smoothed: certified"] = (radii, certified_accuracy(certified, radii), "--")
+        curves[f"{name}, smoothed: certified"] = (radii, certified_accuracy(certified, radii), "--", color)
+        cross = json.loads(attack(args, run_dir, smoothed=True, cross_check=True).with_suffix(".json").read_text())
+        checks.append((name, cross["cross_check"]))
         for r, acc in zip(radii, certified_accuracy(certified, radii)):
             rows.append({"technique": name, "classifier": "certified", "eps": r, "images": len(certified),
                          "clean_acc": "", "robust_acc": 100 * acc, "adv_abstained": ""})  # fmt: skip
@@ -120,6 +127,10 @@ def main() -> None:
             by_eps = {r["eps"]: r["robust_acc"] for r in mine}
             cells = [f"{by_eps[e]:.1f}" if e in by_eps else "" for e in EPS]
             lines.append(f"| {technique} | {kind} | " + " | ".join(cells) + " |")
+    lines += ["", "| technique | cross-check pairs (digit, eps < certified radius) | breaks | chance allows |"]
+    lines += ["|---|---|---|---|"]
+    for name, cross in checks:
+        lines.append(f"| {name} | {cross['pairs']} | {len(cross['breaks'])} | {cross['expected_breaks_at_most']:.2f} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     plot(curves, out / "robust_accuracy.png", f"digits, sigma={args.sigma}: robust accuracy (% of held-out digits)")
     print("\n".join(lines), f"plot: {out / 'robust_accuracy.png'}", sep="\n")

@@ -292,7 +292,7 @@ class _Judge:
             return self.model
         s = self.smoothing
         draws = []
-        for j, i in enumerate(chunk):
+        for i in chunk:
             zeros = torch.zeros((s.m, *x.shape[1:]), device=x.device, dtype=x.dtype)
             draws.append(s.noise.sample(zeros, generator=_generator(self.seed, i, 1, self.device)))
         return EOTSoftClassifier(self.model, torch.stack(draws, dim=1), s.noise).eval()  # (m, B, C, H, W)

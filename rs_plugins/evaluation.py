@@ -15,6 +15,7 @@ import inspect
 import io
 import json
 import math
+import numbers
 import struct
 import time
 from collections.abc import Sequence
@@ -105,6 +106,10 @@ class Adversary:
     def run(self, target: nn.Module, x: Tensor, y: Tensor, eps: float | None, *, num_classes: int, seed: int) -> Tensor:
         """The adversarial images for ``x`` (B, C, H, W) in [0, 1] with labels ``y``; ``eps`` None when unbounded."""
         if self.name == AUTOATTACK_STANDARD:
+            if num_classes < 10:
+                msg = f"--attack {AUTOATTACK_STANDARD} runs APGD-T and FAB-T on 9 target classes and needs a model "
+                msg += f"with at least 10 classes; this one has {num_classes}. torchattacks' AutoAttack (--attack "
+                raise ValueError(msg + "AutoAttack) takes its class count from the model")
             return _autoattack_standard(target, x, y, eps, norm=self.norm, seed=seed)
         cls = attack_classes()[self.name]
         signature = _signature(cls)
@@ -233,7 +238,7 @@ def check_eps(eps: Sequence[float]) -> list[float]:
     if not values:
         raise ValueError("--eps needs at least one radius")
     for value in values:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
         if not ok or not math.isfinite(value) or value < 0:
             raise ValueError(f"--eps must be finite numbers >= 0; got {value!r}")
     if len(set(values)) != len(values):

@@ -175,7 +175,8 @@ def test_make_adversary_knows_each_attacks_norm():
     assert make_adversary("cw").bounded is False and make_adversary("cw").norm == "L2"
     assert make_adversary("apgd", "l2").norm == "L2"
     assert make_adversary("pifgsm").eps_parameter == "max_epsilon"
-    assert EOT_ATTACKS <= {name for name in EOT_ATTACKS if make_adversary(name, "L2" if name == "PGDL2" else "Linf")}
+    for name in EOT_ATTACKS:  # every attack listed as able to take --sigma is accepted with it
+        assert make_adversary(name.lower(), "L2" if name == "PGDL2" else "Linf", smoothed=True).name == name
 
 
 @pytest.mark.parametrize(
@@ -211,6 +212,8 @@ def test_api_checks_its_inputs():
         rs_plugins.attack(model, x, torch.zeros(3, dtype=torch.long), eps=[0.1])
     with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
         rs_plugins.attack(model, x * 2, torch.zeros(4, dtype=torch.long), eps=[0.1])
+    with pytest.raises(ValueError, match="needs a model with at least 10 classes; this one has 3"):
+        rs_plugins.attack(model, x, torch.zeros(4, dtype=torch.long), attack="autoattack-standard", norm="L2", eps=1)
 
 
 # -- the command line -----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Public API::
     noise = host.noise("gaussian", sigma=0.25)
     smoothed = rs.SmoothedClassifier(model, noise, host.certifier("cohen"))
     cert = smoothed.certify(image, n0=100, n=100_000, alpha=0.001)
+    result = rs.attack(model, images, labels, attack="PGDL2", eps=[0.25, 0.5], sigma=0.25)  # empirical robustness
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .errors import (  # noqa: E402  (hookimpl must exist before the built-in pl
     SourceError,
     UnknownComponentError,
 )
+from .evaluation import AttackResult, attack  # noqa: E402
 from .host import Host  # noqa: E402
 from .smoothing import SmoothedClassifier, cohen_certify, cohen_predict  # noqa: E402
 from .types import (  # noqa: E402
@@ -52,6 +54,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "ABSTAIN",
+    "AttackResult",
     "Certificate",
     "Certifier",
     "CertifierSpec",
@@ -73,6 +76,7 @@ __all__ = [
     "TrainingLoss",
     "UnknownComponentError",
     "__version__",
+    "attack",
     "cohen_certify",
     "cohen_predict",
     "hookimpl",

@@ -13,6 +13,7 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import MissingDependencyError
@@ -57,12 +58,33 @@ def attack_mode(model: nn.Module) -> Iterator[None]:
             param.requires_grad_(flag)
 
 
-def import_torchattacks(extra: str):
+class EOTSoftClassifier(SmoothedSoftClassifier):
+    """``SmoothedSoftClassifier`` for attacks that may query part of the batch.
+
+    On the batch the draws ``deltas`` (m, B, C, H, W) were made for, they are used as they are: fixed draws, as in
+    SmoothAdv-PGD. An attack that queries another number of images (APGD restarting on the points it has not yet
+    broken) gets m fresh draws of ``noise`` per image and call instead, from the global RNG: the expectation over
+    transformation that APGD's ``eot_iter`` assumes.
+    """
+
+    def __init__(self, model: nn.Module, deltas: Tensor, noise) -> None:
+        super().__init__(model, deltas)
+        self.noise = noise
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape == self.deltas.shape[1:]:
+            return super().forward(x)
+        zeros = torch.zeros((len(self.deltas) * len(x), *x.shape[1:]), device=x.device, dtype=x.dtype)
+        fresh = self.noise.sample(zeros).view(len(self.deltas), *x.shape)
+        return soft_smoothed(noisy_logits(self.model, x, fresh)).clamp(min=1e-20).log()
+
+
+def import_torchattacks(extra: str, who: str = "this loss attacks the smoothed classifier"):
     """torchattacks, or a MissingDependencyError with the pip command that installs it."""
     try:
         import torchattacks
     except ImportError:
-        msg = "this loss attacks the smoothed classifier with torchattacks, which is not installed: "
+        msg = f"{who} with torchattacks, which is not installed: "
         msg += f"pip install 'rs-plugins[{extra}]'"
         raise MissingDependencyError(msg) from None
     return torchattacks
@@ -78,29 +100,54 @@ def smoothed_pgd(
     step_size: float,
     steps: int,
     extra: str,
+    clip_first: bool = False,
 ) -> Tensor:
     """``steps`` of normalised-gradient l2 PGD on the soft smoothed classifier from a zero start.
 
-    Each step moves ``step_size`` along the per-image normalised gradient, projects onto the l2 ball of
-    radius ``epsilon`` around ``x`` (``math.inf``: no ball) and clips to [0, 1]: torchattacks' PGDL2 with
-    ``random_start=False``, which is the SmoothAdv-PGD of Salman et al. (2019) as the Jeong et al. code runs it.
+    Each step moves ``step_size`` along the per-image normalised gradient and then keeps the point inside the
+    l2 ball of radius ``epsilon`` around ``x`` (``math.inf``: no ball) and inside [0, 1], in one of two orders:
+
+    - ``clip_first=False``: project onto the ball, then clip: torchattacks' PGDL2 with ``random_start=False``,
+      the order of SmoothAdv + Consistency (``train_consistency.py``) and of SmoothMix.
+    - ``clip_first=True``: clip x + delta to [0, 1], then scale delta down to length <= epsilon, the order of
+      SmoothAdv's ``PGD_L2`` in Salman et al.'s ``attacks.py`` and in the Jeong et al. repos' SmoothAdv baseline.
+      torchattacks has no such option, so this order is a short loop of its own (``_clip_then_project``).
+
+    Both orders end inside the ball and inside [0, 1]; they give different points only where clipping is active.
     Runs in eval mode without parameter gradients; returns a detached tensor like ``x``.
     """
     if steps == 0 or epsilon == 0:
         return x.detach().clone()
     torchattacks = import_torchattacks(extra)
     with attack_mode(model):
-        attack = torchattacks.PGDL2(
-            SmoothedSoftClassifier(model, deltas.detach()).eval(),  # eval: torchattacks then restores nothing
-            eps=epsilon,
-            alpha=step_size,
-            steps=steps,
-            random_start=False,
-        )
-        attack.set_device(x.device)
+        target = SmoothedSoftClassifier(model, deltas.detach()).eval()  # eval: torchattacks then restores nothing
         with torch.enable_grad():
-            adv = attack(x.detach(), y)
+            if clip_first:
+                adv = _clip_then_project(target, x.detach(), y, epsilon=epsilon, step_size=step_size, steps=steps)
+            else:
+                attack = torchattacks.PGDL2(target, eps=epsilon, alpha=step_size, steps=steps, random_start=False)
+                attack.set_device(x.device)
+                adv = attack(x.detach(), y)
     return adv.detach()
+
+
+def _clip_then_project(
+    target: nn.Module, x: Tensor, y: Tensor, *, epsilon: float, step_size: float, steps: int
+) -> Tensor:
+    """PGDL2 steps that clip to [0, 1] before the projection; ``target`` returns log-probabilities.
+
+    The gradient norm is guarded with 1e-10 as in torchattacks, and the projection is ``torch.renorm``, the
+    reference's own call.
+    """
+    adv = x.clone()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.nll_loss(target(adv), y), adv)
+        norms = grad.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
+        adv = (adv.detach() + step_size * grad / (norms + 1e-10)).clamp(0, 1)
+        if epsilon != math.inf:
+            adv = x + (adv - x).renorm(p=2, dim=0, maxnorm=epsilon)
+    return adv
 
 
 NO_BALL = math.inf
@@ -108,15 +155,38 @@ NO_BALL = math.inf
 
 
 def smoothadv_attack(
-    model: nn.Module, x: Tensor, y: Tensor, deltas: Tensor, *, epsilon: float, steps: int, extra: str
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    deltas: Tensor,
+    *,
+    epsilon: float,
+    steps: int,
+    extra: str,
+    clip_first: bool = True,
 ) -> Tensor:
-    """SmoothAdv-PGD (Salman et al. 2019): ``steps`` steps of size 2*epsilon/steps inside the epsilon ball."""
-    return smoothed_pgd(model, x, y, deltas, epsilon=epsilon, step_size=2 * epsilon / steps, steps=steps, extra=extra)
+    """SmoothAdv-PGD (Salman et al. 2019): ``steps`` steps of size 2*epsilon/steps inside the epsilon ball.
+
+    ``clip_first=True`` (default) is the reference code's order (clip, then project); SmoothAdv + Consistency
+    passes False, the order of ``train_consistency.py``. See ``smoothed_pgd``.
+    """
+    step_size = 2 * epsilon / steps
+    return smoothed_pgd(
+        model, x, y, deltas, epsilon=epsilon, step_size=step_size, steps=steps, extra=extra, clip_first=clip_first
+    )
 
 
 def smoothadv_input(
-    model: nn.Module, x: Tensor, y: Tensor, deltas: Tensor, *, epsilon: float, steps: int, extra: str
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    deltas: Tensor,
+    *,
+    epsilon: float,
+    steps: int,
+    extra: str,
+    clip_first: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """The SmoothAdv-PGD adversary and its mean l2 distance from ``x`` (detached, logged as ``adv_l2``)."""
-    adv = smoothadv_attack(model, x, y, deltas, epsilon=epsilon, steps=steps, extra=extra)
+    adv = smoothadv_attack(model, x, y, deltas, epsilon=epsilon, steps=steps, extra=extra, clip_first=clip_first)
     return adv, (adv - x).flatten(1).norm(dim=1).mean().detach()

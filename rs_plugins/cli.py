@@ -1,9 +1,10 @@
-"""``rs-plugins``: list plugins, train, certify, predict, report, and a demo that does it all on built-in data."""
+"""``rs-plugins``: list plugins, train, certify, predict, attack, report, and a demo of it all on built-in data."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import traceback
@@ -14,6 +15,7 @@ from .data import select_indices
 from .errors import RsPluginError
 from .host import Host
 from .report import (
+    ATTACK_COLUMNS,
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
     ResultsFile,
@@ -33,6 +35,13 @@ SEED_HELP = "seed; each image's noise is seeded from (seed, index), so reruns an
 _positive_int = validation.positive_int
 _positive_float = validation.positive_float
 _probability = validation.probability
+
+
+def _radius(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text}")
+    return value
 
 
 def _epochs(text: str) -> tuple[int, ...]:
@@ -134,6 +143,32 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--summary", help="write the summary as JSON")
         p.set_defaults(func=cmd_certify)
 
+    p = sub.add_parser("attack", help="robust accuracy under a torchattacks or AutoAttack adversary")
+    _add_model(p, several=True)
+    _add_data(p, "test")
+    _add_subset(p)
+    g = p.add_argument_group("adversary")
+    g.add_argument("--attack", required=True, help="torchattacks class, any case (PGD, APGD, ...), autoattack-standard")
+    g.add_argument("--norm", help="Linf | L2 (default: the attack's only norm)")
+    g.add_argument("--eps", type=_radius, nargs="+", required=True, help="radii in [0, 1] pixel units; each is run")
+    g.add_argument("--attack-option", action="append", default=[], metavar="KEY=VALUE", help="attack class option")
+    g = p.add_argument_group("smoothed classifier (with --sigma)")
+    g.add_argument("--sigma", type=_positive_float, help="attack the smoothed classifier with this noise level")
+    g.add_argument("--noise", default="gaussian", help="noise sampler (default gaussian)")
+    g.add_argument("--noise-option", action="append", default=[], metavar="KEY=VALUE")
+    g.add_argument("--m", type=_positive_int, default=16, help="noise draws per image for the attack (default 16)")
+    g.add_argument("--n", type=_positive_int, default=10_000, help="PREDICT samples (default 10000)")
+    g.add_argument("--alpha", type=_probability, default=0.001, help="PREDICT failure probability (default 0.001)")
+    g.add_argument("--certified", help="certify TSV: attack its certified images below their radius, list breaks")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="samples per forward pass (default 256)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=validation.seed, default=0, help=SEED_HELP)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--out", default="attack.tsv", help="results TSV, one row per image and eps; rerunning resumes it")
+    p.add_argument("--plot", help="write robust accuracy vs eps as a PNG")
+    p.add_argument("--summary", help="write the summary as JSON")
+    p.set_defaults(func=cmd_attack)
+
     p = sub.add_parser("train", help="train a base classifier with a loss plugin")
     _add_model(p, several=False)
     _add_data(p, "train")
@@ -229,8 +264,40 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _classifier(host: Host, args: argparse.Namespace, mixer_options: dict):
+    """The --model classifier, or the --mixer combination of several."""
+    models = [_load_model(host, args, source) for source in args.model]
+    if args.mixer:
+        return host.mixer(args.mixer, models, **mixer_options)
+    if len(models) > 1:
+        mixers = ", ".join(host.names("mixer")) or "none installed"
+        raise ValueError(f"{len(models)} --model given; combine them with --mixer (available: {mixers})")
+    return models[0]
+
+
+def _record(host: Host, args: argparse.Namespace, settings: dict, model, dataset, indices, device) -> dict:
+    """Check the data against the model, add the weights' hash to ``settings`` (other weights change the rows)
+    and return the run's provenance for the sidecar."""
+    from .runner import check_dataset
+
+    num_classes = check_dataset(model, dataset, indices, device)
+    settings["model_sha256"] = provenance.weights_sha256(model)
+    record = provenance.environment(device) | {
+        "models": args.model,
+        "num_classes": num_classes,
+        "subset": {"start": args.start, "max": args.max, "every": args.every, "limit": args.limit},
+        "images": len(indices),
+        "precision": "fp32",
+    }
+    if settings.get("noise_option") is not None:
+        record["noise"] = provenance.component(host, "noise", args.noise, settings["noise_option"])
+    if args.mixer:
+        record["mixer"] = provenance.component(host, "mixer", args.mixer, settings["mixer_option"])
+    return record
+
+
 def cmd_certify(args: argparse.Namespace) -> int:
-    from .runner import certify_dataset, check_dataset, predict_dataset, resolve_device
+    from .runner import certify_dataset, predict_dataset, resolve_device
 
     certify = args.command == "certify"
     if certify and args.n0 > args.n:
@@ -257,28 +324,10 @@ def cmd_certify(args: argparse.Namespace) -> int:
     host = Host()
     device = resolve_device(args.device)
     noise = host.noise(args.noise, sigma=args.sigma, **settings["noise_option"])
-    models = [_load_model(host, args, source) for source in args.model]
-    if args.mixer:
-        model = host.mixer(args.mixer, models, **settings["mixer_option"])
-    elif len(models) > 1:
-        mixers = ", ".join(host.names("mixer")) or "none installed"
-        raise ValueError(f"{len(models)} --model given; combine them with --mixer (available: {mixers})")
-    else:
-        model = models[0]
+    model = _classifier(host, args, settings["mixer_option"])
     dataset = host.load_data(DataRequest(args.data, args.split))
     indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
-    num_classes = check_dataset(model, dataset, indices, device)
-    settings["model_sha256"] = provenance.weights_sha256(model)  # other weights would change the rows
-    record = provenance.environment(device) | {
-        "models": args.model,
-        "num_classes": num_classes,
-        "subset": {"start": args.start, "max": args.max, "every": args.every, "limit": args.limit},
-        "images": len(indices),
-        "precision": "fp32",
-        "noise": provenance.component(host, "noise", args.noise, settings["noise_option"]),
-    }
-    if args.mixer:
-        record["mixer"] = provenance.component(host, "mixer", args.mixer, settings["mixer_option"])
+    record = _record(host, args, settings, model, dataset, indices, device)
     if certify:
         record["certifier"] = provenance.component(host, "certifier", args.certifier, settings["certifier_option"])
     common = dict(
@@ -312,6 +361,56 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if args.summary:
         write_summary(rows, args.summary, record=read_sidecar(args.out))
         print(f"summary: {args.summary}")
+    return 0
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from . import evaluation as ev
+    from .runner import resolve_device
+
+    options = _options(args.attack_option, "--attack-option")
+    adversary = ev.make_adversary(args.attack, args.norm, options, smoothed=args.sigma is not None)
+    eps = ev.check_eps(args.eps)
+    if args.certified and args.sigma is None:
+        raise ValueError("--certified cross-checks a smoothed classifier: give the --sigma it was certified with")
+    for option in ("out", "summary"):  # before any work: a bad path must not cost a finished run
+        validation.check_output_file(getattr(args, option), f"--{option}")
+    validation.check_plot_path(args.plot)
+    # Everything that changes a row is stored with --out; more --eps values on a rerun only add rows.
+    settings = {k: getattr(args, k) for k in ("model", "mixer", "checkpoint", "data", "split", "seed", "batch_size")}
+    settings |= {"attack": adversary.name, "norm": adversary.norm, "attack_option": options}
+    settings |= {"model_kwargs": _model_kwargs(args), "mixer_option": _options(args.mixer_option, "--mixer-option")}
+    if args.sigma is not None:
+        settings |= {k: getattr(args, k) for k in ("sigma", "noise", "m", "n", "alpha", "certified")}
+        settings["noise_option"] = _noise_options(args)
+    host = Host()
+    device = resolve_device(args.device)
+    noise = None if args.sigma is None else host.noise(args.noise, sigma=args.sigma, **settings["noise_option"])
+    model = _classifier(host, args, settings["mixer_option"])
+    dataset = host.load_data(DataRequest(args.data, args.split))
+    indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
+    record = _record(host, args, settings, model, dataset, indices, device)
+    targets = below = certified = certify_alpha = None
+    if args.certified:
+        chosen = set(indices)
+        certified, certify_alpha = ev.read_certified(args.certified, args.sigma, args.noise)
+        certified = [row for row in certified if row.idx in chosen]
+        ev.check_certified(dataset, certified, adversary, noise)
+        targets, below = ev.certified_targets(certified)
+        indices = [i for i in indices if i in targets]
+    smoothing = None if noise is None else ev.Smoothing(noise, m=args.m, n=args.n, alpha=args.alpha)
+    with ResultsFile(args.out, ATTACK_COLUMNS, settings, record) as results:
+        rows = ev.attack_dataset(
+            model, dataset, adversary, results, indices=indices, eps=eps, smoothing=smoothing,
+            batch_size=args.batch_size, seed=args.seed, device=device, progress=not args.no_progress,
+            targets=targets, below=below,
+        )  # fmt: skip
+    target = "base classifier" if noise is None else f"smoothed classifier, sigma={args.sigma}, n={args.n}"
+    title = f"attack {args.out} ({adversary.name}, {adversary.norm}; {target})"
+    alphas = (0.001 if certify_alpha is None else certify_alpha, args.alpha)  # 0.001: certify's default
+    print(ev.report_attack(rows, adversary, title=title, certified=certified, certified_path=args.certified,
+                           alphas=alphas, plot=args.plot, summary=args.summary,
+                           record=read_sidecar(args.out)))  # fmt: skip
     return 0
 
 

@@ -64,13 +64,20 @@ def import_robustbench() -> types.ModuleType:
                     sys.modules["autoattack" + name.removeprefix("pyautoattack")] = module
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # their deprecation warnings (pkg_resources, timm) are not the user's
+            shim = None
             try:
                 import pkg_resources  # noqa: F401
             except ImportError:
                 shim = types.ModuleType("pkg_resources")
                 shim.resource_filename = _resource_filename  # type: ignore[attr-defined]
                 sys.modules["pkg_resources"] = shim
-            import robustbench.utils
+            try:
+                import robustbench.utils
+            finally:
+                # robustbench keeps its own reference; a shim left in sys.modules would fool code that probes
+                # for the real pkg_resources (pytest's monkeypatch.syspath_prepend does).
+                if shim is not None and sys.modules.get("pkg_resources") is shim:
+                    del sys.modules["pkg_resources"]
     except ImportError as err:
         msg = f"robustbench models need robustbench and pyautoattack: pip install 'rs-plugins[robustbench]' ({err})"
         raise MissingDependencyError(msg) from err

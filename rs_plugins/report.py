@@ -24,6 +24,8 @@ from rs_plugins.types import ABSTAIN
 
 CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")
+ATTACK_COLUMNS = ("idx", "label", "eps", "predict", "adv_predict", "perturbation", "time")
+RESULTS_COLUMNS = (CERTIFY_COLUMNS, PREDICT_COLUMNS, ATTACK_COLUMNS)
 _TIME = re.compile(r"^(?:(-?\d+) days?, )?(\d+):(\d+):(\d+(?:\.\d*)?)$")
 _BOOL = {"1": True, "0": False, "True": True, "False": False}
 StrPath = str | os.PathLike[str]
@@ -43,8 +45,48 @@ class Row:
     correct: bool
     seconds: float
 
+    @property
+    def key(self) -> int:
+        """What a resumed run skips: the image index."""
+        return self.idx
 
-def _format_row(row: Row, columns: Sequence[str]) -> str:
+
+@dataclass(frozen=True)
+class AttackRow:
+    """One attacked (image, eps): clean and adversarial predictions (-1: abstention) and the perturbation's norm
+    in the attack's norm (0.0 when the attack returned the clean image)."""
+
+    idx: int
+    label: int
+    eps: float
+    predict: int
+    adv_predict: int
+    perturbation: float
+    seconds: float
+
+    @property
+    def key(self) -> tuple[int, float]:
+        """What a resumed run skips: the (image index, eps) pair."""
+        return (self.idx, self.eps)
+
+    @property
+    def correct(self) -> bool:
+        """The clean prediction is the label."""
+        return self.predict == self.label
+
+    @property
+    def robust(self) -> bool:
+        """Correct on the clean image and at the adversarial point."""
+        return self.correct and self.adv_predict == self.label
+
+
+def _format_row(row: Row | AttackRow, columns: Sequence[str]) -> str:
+    if isinstance(row, AttackRow):
+        # eps as repr: the shortest text that reads back as the same float, so resumed keys match exactly
+        cells = {"idx": row.idx, "label": row.label, "eps": repr(float(row.eps)), "predict": row.predict}
+        cells |= {"adv_predict": row.adv_predict, "perturbation": f"{row.perturbation:.6g}"}
+        cells["time"] = str(datetime.timedelta(seconds=row.seconds))
+        return "\t".join(str(cells[c]) for c in columns) + "\n"
     cells = {"idx": row.idx, "label": row.label, "predict": row.predict, "correct": int(row.correct)}
     # The time is written as Cohen's certify.py writes it, e.g. 0:00:01.234567.
     cells.update(radius=f"{row.radius:.4f}", time=str(datetime.timedelta(seconds=row.seconds)))
@@ -60,8 +102,12 @@ def _parse_seconds(text: str) -> float:
     return int(days or 0) * 86400 + int(h) * 3600 + int(mins) * 60 + float(s)
 
 
-def _parse_row(line: str, columns: Sequence[str]) -> Row:
+def _parse_row(line: str, columns: Sequence[str]) -> Row | AttackRow:
     cells = dict(zip(columns, line.split("\t"), strict=True))
+    if tuple(columns) == ATTACK_COLUMNS:
+        idx, label, predict, adv = (int(cells[k]) for k in ("idx", "label", "predict", "adv_predict"))
+        seconds = _parse_seconds(cells["time"])
+        return AttackRow(idx, label, float(cells["eps"]), predict, adv, float(cells["perturbation"]), seconds)
     idx, label, predict = int(cells["idx"]), int(cells["label"]), int(cells["predict"])
     radius, correct = float(cells.get("radius", 0.0)), _BOOL[cells["correct"].strip()]
     return Row(idx, label, predict, radius, correct, _parse_seconds(cells["time"]))
@@ -78,9 +124,9 @@ def _load(path: Path) -> tuple[tuple[str, ...], list[Row], int]:
     if not lines:
         return (), [], cut
     header = tuple(lines[0].split("\t"))
-    if header not in (CERTIFY_COLUMNS, PREDICT_COLUMNS):
-        msg = f"{path} is not a results file: header {header!r}; expected {CERTIFY_COLUMNS!r} or "
-        raise ResultsFileError(msg + repr(PREDICT_COLUMNS))
+    if header not in RESULTS_COLUMNS:
+        msg = f"{path} is not a results file: header {header!r}; expected {CERTIFY_COLUMNS!r}, "
+        raise ResultsFileError(msg + f"{PREDICT_COLUMNS!r} or {ATTACK_COLUMNS!r}")
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -104,10 +150,22 @@ def read_results(path: StrPath) -> list[Row]:
     if not header:
         msg = f"{path} has no header line; expected {CERTIFY_COLUMNS!r} or {PREDICT_COLUMNS!r}"
         raise ResultsFileError(msg)
+    if header == ATTACK_COLUMNS:
+        msg = f"{path} holds attack results (one row per image and eps); read it with read_attack_results()"
+        raise ResultsFileError(msg)
     sidecar = read_sidecar(path)
     num_classes = (sidecar or {}).get("provenance", {}).get("num_classes")
     check_rows(path, rows, num_classes if isinstance(num_classes, int) else None)
     return rows
+
+
+def read_attack_results(path: StrPath) -> list[AttackRow]:
+    """Rows of an ``rs-plugins attack`` TSV; an unfinished last line (a run still writing) is skipped."""
+    header, rows, _ = _load(Path(path))
+    if header != ATTACK_COLUMNS:
+        msg = f"{path} is not an attack results file: header {header!r}; expected {ATTACK_COLUMNS!r}"
+        raise ResultsFileError(msg)
+    return rows  # type: ignore[return-value]
 
 
 def check_rows(path: StrPath, rows: Sequence[Row], num_classes: int | None = None) -> None:
@@ -184,7 +242,8 @@ class ResultsFile:
 
     Args:
         path: the TSV; created with its header if missing, otherwise its finished rows are read back.
-        columns: ``CERTIFY_COLUMNS`` or ``PREDICT_COLUMNS``.
+        columns: ``CERTIFY_COLUMNS`` or ``PREDICT_COLUMNS`` (rows keyed by image index), or ``ATTACK_COLUMNS``
+            (``AttackRow``s keyed by (image index, eps)).
         settings: CLI options (names without dashes) that produced the rows; stored as ``<path>.json``
             when the file is created and compared on resume, so rows from different runs never mix. A file
             with rows but no sidecar (an older or foreign file) is refused then: nothing proves its settings.
@@ -204,14 +263,14 @@ class ResultsFile:
     ) -> None:
         self.path = Path(path)
         self.columns = tuple(columns)
-        if self.columns not in (CERTIFY_COLUMNS, PREDICT_COLUMNS):
-            msg = f"columns must be {CERTIFY_COLUMNS!r} or {PREDICT_COLUMNS!r}; got {self.columns!r}"
+        if self.columns not in RESULTS_COLUMNS:
+            msg = f"columns must be one of {RESULTS_COLUMNS!r}; got {self.columns!r}"
             raise ValueError(msg)
         settings_path = sidecar_path(self.path)
         # JSON round trip so that tuples, paths etc. compare equal to what was stored.
         settings = None if settings is None else json.loads(json.dumps(settings, default=str))
         header, self.rows, cut = _load(self.path) if self.path.is_file() else ((), [], 0)
-        self._done = {row.idx for row in self.rows}
+        self._done = {row.key for row in self.rows}
         if header and header != self.columns:
             msg = f"{self.path} has columns {header!r}, but this run writes {self.columns!r}. "
             raise ResultsFileError(msg + "Use another --out or delete the file")
@@ -240,15 +299,16 @@ class ResultsFile:
             self._write("\t".join(self.columns) + "\n")
 
     @property
-    def done(self) -> set[int]:
-        """Dataset indices already finished, to skip on resume (kept up to date by ``append``)."""
+    def done(self) -> set:
+        """Keys of the finished rows, to skip on resume (kept up to date by ``append``): dataset indices, or
+        (index, eps) pairs for attack results."""
         return self._done
 
-    def append(self, row: Row) -> None:
+    def append(self, row: Row | AttackRow) -> None:
         """Write one row and force it to disk, so a killed process loses nothing it finished."""
         self._write(_format_row(row, self.columns))
         self.rows.append(row)
-        self._done.add(row.idx)
+        self._done.add(row.key)
 
     def _write(self, line: str) -> None:
         self._file.write(line)

@@ -78,17 +78,20 @@ def noisy_ce(model, x, y, deltas):
     return sum(F.cross_entropy(model(x + d), y) for d in deltas) / len(deltas)
 
 
-def reference_pgd(model, x, y, deltas, *, eps, step_size, steps):
-    """Zero start; normalised-gradient steps on the summed smoothed NLL; project onto the eps ball; clip."""
+def reference_pgd(model, x, y, deltas, *, eps, step_size, steps, clip_first=False):
+    """Zero start; normalised-gradient steps on the summed smoothed NLL; then either project onto the eps ball
+    and clip to [0, 1] (Consistency, SmoothMix), or clip and then project (``clip_first``: SmoothAdv's reference)."""
     adv = x.clone()
     for _ in range(steps):
         adv.requires_grad_(True)
         (grad,) = torch.autograd.grad(smoothed_nll(model, adv, y, deltas).sum(), adv)
         adv = adv.detach() + step_size * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        if clip_first:
+            adv = adv.clamp(0, 1)
         shift = adv - x
         if eps != math.inf:
             shift = shift * (eps / shift.flatten(1).norm(dim=1)).clamp(max=1).view(-1, 1, 1, 1)
-        adv = (x + shift).clamp(0, 1)
+        adv = (x + shift).clamp(0, 1) if not clip_first else x + shift
     return adv.detach()
 
 
@@ -114,11 +117,33 @@ def test_smoothadv_attack_matches_a_plain_pgd_loop_in_eval_mode():
     adv = smoothadv_attack(model, x, y, deltas, epsilon=eps, steps=steps, extra="smoothadv")
     assert model.training
     model.eval()
-    expected = reference_pgd(model, x, y, deltas, eps=eps, step_size=2 * eps / steps, steps=steps)
+    expected = reference_pgd(model, x, y, deltas, eps=eps, step_size=2 * eps / steps, steps=steps, clip_first=True)
     torch.testing.assert_close(adv, expected, **TOL)
     assert not adv.requires_grad
     assert torch.all(l2(adv, x) <= eps + 1e-6) and adv.min() >= 0 and adv.max() <= 1
     assert torch.all(smoothed_nll(model, adv, y, deltas) > smoothed_nll(model, x, y, deltas))
+
+
+def test_smoothadv_clips_before_projecting_and_consistency_projects_first():
+    """The two orders differ where clipping is active (images near 0 and 1, as digits are). SmoothAdv takes the
+    reference order (clip, then scale back into the ball), SmoothAdv + Consistency the other one, and each matches
+    its own reference, not the other's. Clip-then-project ends on the ball's edge, where project-then-clip stops
+    short: the deviation found when comparing with the authors' code."""
+    model = net()
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand(4, 1, 8, 8, generator=g) > 0.5).float()  # every pixel at 0 or 1: clipping always matters
+    y, deltas = torch.arange(4) % 3, 0.25 * torch.randn(2, 4, 1, 8, 8, generator=g)
+    eps, steps = 1.0, 4
+    common = dict(eps=eps, step_size=2 * eps / steps, steps=steps)
+    clip_first = reference_pgd(model, x, y, deltas, clip_first=True, **common)
+    project_first = reference_pgd(model, x, y, deltas, clip_first=False, **common)
+    assert (clip_first - project_first).abs().max() > 1e-2
+    adv = smoothadv_attack(model, x, y, deltas, epsilon=eps, steps=steps, extra="smoothadv")
+    torch.testing.assert_close(adv, clip_first, **TOL)
+    torch.testing.assert_close(l2(adv, x), torch.full((4,), eps), **TOL)
+    assert torch.all(l2(project_first, x) < eps - 1e-2)
+    out = ConsistencyLoss(m=2, adversarial=True, epsilon=eps, steps=steps)(model, x, y, StubNoise(deltas), progress=0)
+    torch.testing.assert_close(out.parts["adv_l2"], l2(project_first, x).mean(), **TOL)
 
 
 def test_smoothed_pgd_without_a_ball_matches_the_unprojected_loop():
@@ -170,7 +195,7 @@ def test_smoothadv_loss_is_cross_entropy_at_the_reference_adversary():
     loss = SmoothAdvLoss(m=2, epsilon=0.5, steps=3, warmup=4)
     assert loss.current_epsilon() == 0.5
     out = loss(model, x, y, StubNoise(deltas), progress=0.5)
-    adv = reference_pgd(model, x, y, deltas, eps=0.5, step_size=1 / 3, steps=3)
+    adv = reference_pgd(model, x, y, deltas, eps=0.5, step_size=1 / 3, steps=3, clip_first=True)
     torch.testing.assert_close(out.loss, noisy_ce(model, adv, y, deltas), **TOL)
     torch.testing.assert_close(out.parts["adv_l2"], l2(adv, x).mean(), **TOL)
 
@@ -187,7 +212,7 @@ def test_smoothadv_epsilon_warms_up_linearly(epoch):
     assert loss.current_epsilon() == pytest.approx(expected_eps)
     out = loss(model, x, y, StubNoise(deltas), progress=0.0)
     assert out.parts["adv_l2"] <= expected_eps + 1e-6
-    adv = reference_pgd(model, x, y, deltas, eps=expected_eps, step_size=expected_eps, steps=2)
+    adv = reference_pgd(model, x, y, deltas, eps=expected_eps, step_size=expected_eps, steps=2, clip_first=True)
     torch.testing.assert_close(out.loss, noisy_ce(model, adv, y, deltas), **TOL)
 
 

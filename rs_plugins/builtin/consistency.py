@@ -97,7 +97,8 @@ class ConsistencyLoss(EpochAware):
         parts: dict[str, Tensor] = {}
         if self.adversarial:
             epsilon = self.epsilon * warmup_factor(self.epoch, self.warmup)
-            attack = dict(epsilon=epsilon, steps=self.steps, extra="smoothadv")
+            # project-then-clip, the order of train_consistency.py (SmoothAdv alone clips first)
+            attack = dict(epsilon=epsilon, steps=self.steps, extra="smoothadv", clip_first=False)
             x, parts["adv_l2"] = smoothadv_input(model, x, y, deltas, **attack)
         logits = noisy_logits(model, x, deltas)
         xent = F.cross_entropy(logits.flatten(0, 1), y.repeat(self.m))

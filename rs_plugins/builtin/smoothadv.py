@@ -4,8 +4,9 @@ Reference: H. Salman, G. Yang, J. Li, P. Zhang, H. Zhang, I. Razenshteyn, S. Bub
 Learning via Adversarially Trained Smoothed Classifiers", NeurIPS 2019, arXiv:1906.04584.
 
 The attack maximises -log((1/m) sum_i F(x' + d_i)_y) over ||x' - x||_2 <= eps with the m draws d_i fixed
-(SmoothAdv-PGD, run through torchattacks' PGDL2), and the loss is (1/m) sum_i CE(f(x' + d_i), y) with the same
-draws. eps grows linearly over the first ``warmup`` epochs: eps_t = min(eps, (t + 1) eps / warmup).
+(SmoothAdv-PGD; each step clips x' to [0, 1] and then scales x' - x back into the ball, the reference code's
+order, see ``rs_plugins.attacks.smoothed_pgd``), and the loss is (1/m) sum_i CE(f(x' + d_i), y) with the
+same draws. eps grows linearly over the first ``warmup`` epochs: eps_t = min(eps, (t + 1) eps / warmup).
 """
 
 from __future__ import annotations

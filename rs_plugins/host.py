@@ -164,8 +164,25 @@ class Host:
         return self.build("loss", name, **config)
 
     def certifier(self, name: str, **config: Any) -> Certifier:
-        """A certifier, e.g. ``host.certifier("cohen")``."""
+        """A certifier, e.g. ``host.certifier("cohen")``; an unknown option fails listing the accepted ones."""
+        self.check_options("certifier", name, config)
         return self.build("certifier", name, **config)
+
+    def check_options(self, kind: str, name: str, config: dict[str, Any]) -> None:
+        """Raise ValueError for a key the component's factory does not take, listing those it does."""
+        build = self.component(kind, name).spec.build
+        try:
+            parameters = inspect.signature(build).parameters.values()
+        except (TypeError, ValueError):
+            return
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return  # the factory takes anything; it must check its own options
+        accepted = build_options(build)
+        unknown = sorted(set(config) - set(accepted))
+        if unknown:
+            label = SPEC_TYPES[kind].label
+            listed = ", ".join(accepted) or "(none)"
+            raise ValueError(f"{label} {name!r} has no option {', '.join(map(repr, unknown))}; accepted: {listed}")
 
     def mixer(self, name: str, base_classifiers: Sequence[nn.Module], **config: Any) -> nn.Module:
         """One classifier combined from several by the mixer ``name``."""

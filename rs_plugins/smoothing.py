@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -110,13 +110,8 @@ def sample_counts(
     for segments in _plan(len(x), num, batch_size):
         noisy = torch.cat([noise.sample(x[i].expand(c, *x.shape[1:]), generator=generators[i]) for i, c in segments])
         logits = model(noisy)  # (M, K)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != len(noisy):
-            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            msg = f"the model must return logits of shape (batch, num_classes); for {len(noisy)} inputs got {got}"
-            raise ValueError(msg)
+        _check_logits(logits, len(noisy))
         num_classes = logits.shape[1]
-        if num_classes < 2:
-            raise ValueError(f"the model must return at least 2 class scores; got {num_classes}")
         if counts is None:
             counts = torch.zeros(len(x) * num_classes, dtype=torch.int64, device=logits.device)
         owner = torch.repeat_interleave(
@@ -125,6 +120,123 @@ def sample_counts(
         )
         counts += torch.bincount(owner * num_classes + logits.argmax(1), minlength=len(counts))
     return counts.view(len(x), -1).cpu()
+
+
+@torch.no_grad()
+def count_pass(
+    model: nn.Module,
+    x: Tensor,
+    noise: NoiseSampler,
+    segments: Sequence[tuple[int, int]],
+    generators: Sequence[torch.Generator | None],
+) -> Tensor:
+    """One forward pass over (image, samples) segments: each segment's noise is drawn with its image's generator.
+
+    Shape:
+        x: (B, C, H, W). returns: (len(segments), K) int64 top-1 counts on the CPU.
+    """
+    noisy = torch.cat([noise.sample(x[i].expand(c, *x.shape[1:]), generator=generators[i]) for i, c in segments])
+    logits = model(noisy)
+    _check_logits(logits, len(noisy))
+    num_classes = logits.shape[1]
+    owner = torch.repeat_interleave(
+        torch.arange(len(segments), device=logits.device),
+        torch.tensor([c for _, c in segments], device=logits.device),
+    )
+    counts = torch.bincount(owner * num_classes + logits.argmax(1), minlength=len(segments) * num_classes)
+    return counts.view(len(segments), num_classes).cpu()
+
+
+def chunked(image: int, num: int, batch_size: int) -> list[tuple[int, int]]:
+    """``num`` samples of ``image`` as (image, size) chunks of ``batch_size``, the last one shorter.
+
+    Cutting each request the same way whatever else is queued keeps an image's noise independent of grouping.
+    """
+    return [(image, min(batch_size, num - start)) for start in range(0, num, batch_size)]
+
+
+def sample_requests(
+    model: nn.Module,
+    x: Tensor,
+    noise: NoiseSampler,
+    requests: Sequence[tuple[int, int]],
+    *,
+    batch_size: int,
+    generators: Sequence[torch.Generator | None],
+) -> Tensor:
+    """Counts for a list of (image, samples) requests, packed in order into passes of at most ``batch_size``.
+
+    Each request is cut by ``chunked`` and drawn with its image's generator, so an image's noise depends only on
+    its own sequence of requests, never on which other images share a pass.
+
+    Shape:
+        x: (B, C, H, W). returns: (len(requests), K) int64 counts on the CPU.
+    """
+    chunks = [(r, chunk) for r, (i, num) in enumerate(requests) for chunk in chunked(i, num, batch_size)]
+    if not chunks:
+        raise ValueError("sample_requests() needs at least one request of at least one sample")
+    totals = None
+    position = 0
+    while position < len(chunks):
+        size, end = 0, position
+        while end < len(chunks) and size + chunks[end][1][1] <= batch_size:
+            size += chunks[end][1][1]
+            end += 1
+        counts = count_pass(model, x, noise, [chunk for _, chunk in chunks[position:end]], generators)
+        if totals is None:
+            totals = torch.zeros(len(requests), counts.shape[1], dtype=torch.int64)
+        totals.index_add_(0, torch.tensor([r for r, _ in chunks[position:end]]), counts)
+        position = end
+    return totals
+
+
+def _check_logits(logits, inputs: int) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != inputs:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        msg = f"the model must return logits of shape (batch, num_classes); for {inputs} inputs got {got}"
+        raise ValueError(msg)
+    if logits.shape[1] < 2:
+        raise ValueError(f"the model must return at least 2 class scores; got {logits.shape[1]}")
+
+
+CLASS_SELECTIONS = ("n0", "label")
+"""How a certifier picks the class to certify: the top class of n0 fresh samples (CERTIFY), or the label
+(evaluation only: it certifies "g(x) = y and robust", saves the n0 pass, and is no deployable prediction)."""
+
+
+def check_class_selection(class_selection: str) -> str:
+    """Return ``class_selection`` if it is one of ``CLASS_SELECTIONS``, else raise ValueError naming it."""
+    if class_selection not in CLASS_SELECTIONS:
+        msg = f"class_selection must be one of {', '.join(CLASS_SELECTIONS)}; got {class_selection!r}"
+        raise ValueError(msg)
+    return class_selection
+
+
+def select_classes(
+    model: nn.Module,
+    x: Tensor,
+    noise: NoiseSampler,
+    *,
+    n0: int,
+    batch_size: int,
+    generators,
+    class_selection: str,
+    labels: Tensor | None,
+) -> tuple[Tensor, int]:
+    """The class to certify for each image and the samples spent choosing it (0 with ``class_selection="label"``).
+
+    Shape:
+        x: (B, C, H, W); labels: (B,) or None. returns: (B,) int64 classes on the CPU, and an int.
+    """
+    if check_class_selection(class_selection) == "label":
+        if labels is None:
+            raise ValueError("class_selection='label' needs the labels: pass labels=(B,) tensor to certify()")
+        labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
+        if labels.shape != (len(x),):
+            raise ValueError(f"labels must have shape ({len(x)},), one per image; got {tuple(labels.shape)}")
+        return labels, 0
+    selection = sample_counts(model, x, noise, n0, batch_size=batch_size, generator=generators)
+    return selection.argmax(1), n0
 
 
 def cohen_certify(
@@ -137,22 +249,36 @@ def cohen_certify(
     alpha: float = 0.001,
     batch_size: int = 1000,
     generator=None,
+    class_selection: str = "n0",
+    labels: Tensor | None = None,
 ) -> list[Certificate]:
-    """CERTIFY of Cohen et al. for each image of ``x`` (B, C, H, W); abstains below a bound of 1/2."""
+    """CERTIFY of Cohen et al. for each image of ``x`` (B, C, H, W); abstains below a bound of 1/2.
+
+    ``class_selection="label"`` certifies ``labels`` instead of the n0 sample's top class (see ``CLASS_SELECTIONS``).
+    """
     check_images(x)
     check_sampling(n0=n0, n=n, alpha=alpha, batch_size=batch_size)
     if n < min_samples_to_certify(alpha):
         warnings.warn(f"n={n} is too small for alpha={alpha}: every input will abstain", stacklevel=2)
     generator = _per_image(generator, len(x))
     with eval_mode(model):
-        selection = sample_counts(model, x, noise, n0, batch_size=batch_size, generator=generator)
-        top = selection.argmax(1)
+        top, spent = select_classes(
+            model,
+            x,
+            noise,
+            n0=n0,
+            batch_size=batch_size,
+            generators=generator,
+            class_selection=class_selection,
+            labels=labels,
+        )
         estimation = sample_counts(model, x, noise, n, batch_size=batch_size, generator=generator)
     n_top = estimation.gather(1, top[:, None]).squeeze(1)
     p_lower = torch.as_tensor(clopper_pearson_lower(n_top.numpy(), n, alpha), dtype=torch.float64)
     radii = noise.radius(p_lower)
+    samples = spent + n
     return [
-        Certificate(int(c), float(r), float(p)) if p >= 0.5 else Certificate(ABSTAIN, 0.0, float(p))
+        Certificate(int(c), float(r), float(p), samples) if p >= 0.5 else Certificate(ABSTAIN, 0.0, float(p), samples)
         for c, r, p in zip(top.tolist(), radii.tolist(), p_lower.tolist())
     ]
 

@@ -106,7 +106,7 @@ def main() -> None:
     radii = [0.25 * i for i in range(5)]
     setup = (
         f"digits, SmallCNN width {args.width}, {args.epochs} epochs, sigma={args.sigma}; n0=100, N={args.n}, "
-        f"alpha={args.alpha} (feng: alpha/2 on p_A, alpha/18 on each other class); every {args.every}th held-out "
+        f"alpha={args.alpha} (feng: alpha/2 on p_A, alpha/18 on each other class); every {args.every}-th held-out "
         f"digit; seed {args.seed}; {platform.machine()}, torch {torch.__version__}"
     )
     header = ["model", "certifier", *(f"r={r:g}" for r in radii), "ACR"]

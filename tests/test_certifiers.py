@@ -123,7 +123,7 @@ class BinClassifier(torch.nn.Module):
     "edges, labels",
     [
         ([0.2, 0.95, 1.3], [2, 0, 3, 1]),  # p = (0.54, 0.06, 0.27, 0.13) at 0.5: runner-up well below 1 - p_A
-        ([0.5 - 0.2104, 0.5 + 0.2104], [1, 0, 2]),  # p = (0.6, 0.2, 0.2): the runner-up is a coin flip
+        ([0.5 - 0.4208, 0.5 + 0.4208], [1, 0, 2]),  # p = (0.6, 0.2, 0.2): the runner-up is a coin flip
     ],
 )
 @pytest.mark.parametrize("class_selection", ["n0", "label"])
@@ -133,6 +133,7 @@ def test_feng_never_exceeds_theorem_1_at_the_exact_probabilities(edges, labels, 
     model = BinClassifier(edges, labels)
     p = model.probabilities(0.5, sigma)
     top = int(p.argmax())
+    assert top == 0 and p[0] > 0.5  # the settings above: a clear top class, the rest split
     exact = sigma / 2 * (norm.ppf(p[top]) - norm.ppf(np.delete(p, top).max()))
     image = torch.full((1, 2, 2), 0.5)
     certifier = FengCertifier(class_selection=class_selection)

@@ -29,8 +29,9 @@ from rs_plugins.builtin.gaussian import CohenCertifier, GaussianNoise
 from rs_plugins.builtin.laplace import LaplaceNoise
 from rs_plugins.builtin.sequential import SequentialCertifier, look_schedule, spending, thresholds
 from rs_plugins.builtin.uniform import UniformNoise
+from rs_plugins.smoothing import sample_counts, sample_requests
 from rs_plugins.stats import clopper_pearson_lower, clopper_pearson_upper
-from rs_plugins.testing import CoordinateClassifier, LinearClassifier
+from rs_plugins.testing import CoordinateClassifier, LinearClassifier, tiny_classifier
 
 ALPHA = 0.05
 TRIALS = 1000
@@ -241,6 +242,21 @@ def test_thresholds_invert_the_noise_radius():
     t = thresholds(noise, [0.0, 0.25, 1.0])
     np.testing.assert_allclose(t, [0.5, norm.cdf(0.5), norm.cdf(2.0)], rtol=1e-9)
     assert thresholds(UniformNoise(0.5), [10.0])[0] == np.inf  # beyond what the noise can ever certify
+
+
+def test_requests_draw_each_images_noise_as_sample_counts_does_whatever_the_packing():
+    model, x, noise = tiny_classifier().eval(), torch.rand(3, 1, 8, 8), GaussianNoise(0.5)
+
+    def generators():
+        return [torch.Generator().manual_seed(i) for i in range(3)]
+
+    expected = sample_counts(model, x, noise, 300, batch_size=64, generator=generators())
+    for batch_size in (64, 1000):
+        requests = [(0, 300), (1, 300), (2, 300)]
+        got = sample_requests(model, x, noise, requests, batch_size=batch_size, generators=generators())
+        assert torch.equal(got, expected)
+    split = sample_requests(model, x, noise, [(2, 300), (0, 64), (0, 236)], batch_size=64, generators=generators())
+    assert torch.equal(split[0], expected[2]) and torch.equal(split[1] + split[2], expected[0])
 
 
 def test_sequential_result_does_not_depend_on_grouping_and_saves_samples():

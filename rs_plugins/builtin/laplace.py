@@ -1,7 +1,8 @@
 """Laplace noise with its l1 certificate, after Teng et al. (2020) and Lecuyer et al. (2019).
 
 References: J. Teng, G.-H. Lee, Y. Yuan. "l1 Adversarial Robustness Certificates: a Randomized Smoothing
-Approach", 2019/2020 (OpenReview, ICLR 2020 submission: a tight l1 certificate for isotropic Laplace noise); M. Lecuyer, V. Atlidakis, R. Geambasu, D. Hsu, S. Jana.
+Approach", 2019/2020 (OpenReview, ICLR 2020 submission: a tight l1 certificate for isotropic Laplace noise);
+M. Lecuyer, V. Atlidakis, R. Geambasu, D. Hsu, S. Jana.
 "Certified Robustness to Adversarial Examples with Differential Privacy", IEEE S&P 2019, arXiv:1802.03471.
 Lecuyer et al.'s differential-privacy argument gives lambda/2 log(p_A / p_B); Teng et al.'s tighter radius,
 with p_B <= 1 - p_A, is R = -lambda log(2 (1 - p_A)), the one used here (derivation in ``LaplaceNoise``; the

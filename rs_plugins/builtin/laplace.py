@@ -6,7 +6,8 @@ M. Lecuyer, V. Atlidakis, R. Geambasu, D. Hsu, S. Jana.
 "Certified Robustness to Adversarial Examples with Differential Privacy", IEEE S&P 2019, arXiv:1802.03471.
 Lecuyer et al.'s differential-privacy argument gives lambda/2 log(p_A / p_B); Teng et al.'s tighter radius,
 with p_B <= 1 - p_A, is R = -lambda log(2 (1 - p_A)), the one used here (derivation in ``LaplaceNoise``; the
-same formula is the l1 certificate of Yang et al.'s code, tonyduan/rs4a).
+same formula is the l1 certificate of Yang et al.'s code, tonyduan/rs4a). It is never the smaller of the two:
+their difference is -lambda log(2 sqrt(p_A (1 - p_A))) >= 0.
 """
 
 from __future__ import annotations

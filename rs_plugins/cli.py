@@ -29,6 +29,9 @@ from .report import (
 from .training import AUGMENTATIONS, PRECISIONS, RECIPES, TrainConfig
 from .types import ABSTAIN, DataRequest, ModelRequest
 
+LABEL_CLAIM = (
+    "class_selection=label: certifies g(x) = y and robust (evaluation only, no n0 pass; not a deployable prediction)"
+)
 SEED_HELP = "seed; each image's noise is seeded from (seed, index), so reruns and resumed runs agree"
 
 
@@ -322,6 +325,11 @@ def cmd_certify(args: argparse.Namespace) -> int:
             "n0": args.n0,
         }
     host = Host()
+    if certify:  # an unsupported pair or option fails before any model is loaded or any sample drawn
+        host.check_compatible(args.certifier, args.noise)
+        certifier = host.certifier(args.certifier, **settings["certifier_option"])
+        if getattr(certifier, "class_selection", "n0") == "label":
+            settings["certifies"] = LABEL_CLAIM
     device = resolve_device(args.device)
     noise = host.noise(args.noise, sigma=args.sigma, **settings["noise_option"])
     model = _classifier(host, args, settings["mixer_option"])
@@ -340,16 +348,19 @@ def cmd_certify(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if certify:
-        host.check_compatible(args.certifier, args.noise)
-        certifier = host.certifier(args.certifier, **settings["certifier_option"])
         with ResultsFile(args.out, CERTIFY_COLUMNS, settings, record) as results:
             rows = certify_dataset(model, dataset, noise, certifier, results, n0=args.n0, **common)
     else:
         with ResultsFile(args.out, PREDICT_COLUMNS, settings, record) as results:
             rows = predict_dataset(model, dataset, noise, results, **common)
     norm = noise.norm
+    extra = {"norm": norm}
     if certify:
-        print(format_table(rows, title=f"certify {args.out} ({norm} radius, sigma={args.sigma}, n={args.n})"))
+        extra |= {"certifier": args.certifier, "certifies": settings.get("certifies", "g(x) and its robustness")}
+        title = f"certify {args.out} ({args.certifier}, {norm} radius, sigma={args.sigma}, n={args.n})"
+        if "certifies" in settings:
+            title += f"\n{LABEL_CLAIM}"
+        print(format_table(rows, title=title))
     else:
         abstained = sum(row.predict == ABSTAIN for row in rows)
         accuracy = sum(row.correct for row in rows) / len(rows)
@@ -359,7 +370,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
         plot_certified_accuracy({f"{args.noise} sigma={args.sigma}": rows}, args.plot, title=str(args.out), norm=norm)
         print(f"plot: {args.plot}")
     if args.summary:
-        write_summary(rows, args.summary, record=read_sidecar(args.out))
+        write_summary(rows, args.summary, record=read_sidecar(args.out), extra=extra)
         print(f"summary: {args.summary}")
     return 0
 
@@ -463,22 +474,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _norm(path: str, settings: dict) -> str:
+    """The norm a results file's radii are in: its noise's, from the settings stored with it; l2 without them."""
+    if "noise" not in settings:
+        return "l2"  # the paper repos' logs and files written without settings are Gaussian
+    try:
+        return Host().noise(settings["noise"], sigma=settings["sigma"], **settings.get("noise_option", {})).norm
+    except (RsPluginError, ValueError, KeyError, TypeError) as err:
+        print(f"rs-plugins: warning: {path}: cannot tell the radius norm of noise {settings['noise']!r} ({err})")
+        return "l2?"
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     if args.summary and len(args.results) != 1:
         raise ValueError("--summary takes exactly one results file")
     validation.check_output_file(args.summary, "--summary")
     validation.check_plot_path(args.plot)
     curves = {path: read_results(path) for path in args.results}
+    settings = {path: read_sidecar(path) or {} for path in args.results}
+    norms = {path: _norm(path, settings[path]) for path in args.results}
     for path, rows in curves.items():
-        print(format_table(rows, title=path))
+        claim = f"\n{settings[path]['certifies']}" if "certifies" in settings[path] else ""
+        print(format_table(rows, title=f"{path} ({norms[path]} radius){claim}"))
         sidecar = read_sidecar(path)
         print(format_provenance(sidecar) if sidecar else f"provenance: none ({path}.json is missing)\n")
     if args.plot:
-        plot_certified_accuracy(curves, args.plot)
+        if len(set(norms.values())) > 1:
+            raise ValueError(f"--plot needs radii in one norm; the files have {norms}")
+        plot_certified_accuracy(curves, args.plot, norm=next(iter(norms.values())))
         print(f"plot: {args.plot}")
     if args.summary:
-        path, rows = next(iter(curves.items()))
-        write_summary(rows, args.summary, record=read_sidecar(path))
+        (path,) = curves
+        extra = {"norm": norms[path]}
+        if "certifies" in settings[path]:
+            extra["certifies"] = settings[path]["certifies"]
+        write_summary(curves[path], args.summary, record=read_sidecar(path), extra=extra)
     return 0
 
 

@@ -88,7 +88,8 @@ def rs_certifiers() -> Iterable[CertifierSpec]:
 
     ``build(**config)`` must return an object with ``certify(model, x, noise, *, n0, n, alpha, batch_size,
     generator) -> list[Certificate]`` for a (B, C, H, W) batch. Set ``noises`` on the spec when the procedure
-    is derived for particular noise samplers; the host refuses other pairs before any sampling.
+    is derived for particular noise samplers; the host refuses other pairs before any sampling. A ``certify``
+    that names a ``labels`` parameter receives the data set's labels from the runner (evaluation only).
 
     Example::
 

@@ -176,7 +176,7 @@ class Host:
         return self.build("loss", name, **config)
 
     def certifier(self, name: str, **config: Any) -> Certifier:
-        """A certifier, e.g. ``host.certifier("cohen")``."""
+        """A certifier, e.g. ``host.certifier("cohen")``; an unknown option fails listing the accepted ones."""
         return self.build("certifier", name, **config)
 
     def mixer(self, name: str, base_classifiers: Sequence[nn.Module], **config: Any) -> nn.Module:

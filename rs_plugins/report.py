@@ -1,8 +1,8 @@
 """Certification results: the field's per-image TSV, resumable writing, metrics, tables and plots.
 
-The TSV is the one Cohen et al.'s ``certify.py`` writes (``idx label predict radius correct time``), so
-logs from the reference repositories can be read and compared with ours. Abstentions and wrong
-predictions count as radius 0 in every metric.
+The TSV is the one Cohen et al.'s ``certify.py`` writes (``idx label predict radius correct time``) plus a
+``samples`` column (noise samples drawn for the image), so logs from the reference repositories, which lack
+it, can be read and compared with ours. Abstentions and wrong predictions count as radius 0 in every metric.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from typing import Any
 from rs_plugins.errors import ResultsFileError
 from rs_plugins.types import ABSTAIN
 
-CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "samples")
+LEGACY_CERTIFY_COLUMNS = CERTIFY_COLUMNS[:-1]  # Cohen's certify.py and our files before `samples`: read only
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")
 ATTACK_COLUMNS = ("idx", "label", "eps", "predict", "adv_predict", "perturbation", "time")
 RESULTS_COLUMNS = (CERTIFY_COLUMNS, PREDICT_COLUMNS, ATTACK_COLUMNS)
@@ -44,6 +45,7 @@ class Row:
     radius: float
     correct: bool
     seconds: float
+    samples: int | None = None  # noise samples drawn for this image; None where unknown (older files)
 
     @property
     def key(self) -> int:
@@ -88,6 +90,7 @@ def _format_row(row: Row | AttackRow, columns: Sequence[str]) -> str:
         cells["time"] = str(datetime.timedelta(seconds=row.seconds))
         return "\t".join(str(cells[c]) for c in columns) + "\n"
     cells = {"idx": row.idx, "label": row.label, "predict": row.predict, "correct": int(row.correct)}
+    cells["samples"] = "" if row.samples is None else row.samples
     # The time is written as Cohen's certify.py writes it, e.g. 0:00:01.234567.
     cells.update(radius=f"{row.radius:.4f}", time=str(datetime.timedelta(seconds=row.seconds)))
     return "\t".join(str(cells[c]) for c in columns) + "\n"
@@ -110,7 +113,8 @@ def _parse_row(line: str, columns: Sequence[str]) -> Row | AttackRow:
         return AttackRow(idx, label, float(cells["eps"]), predict, adv, float(cells["perturbation"]), seconds)
     idx, label, predict = int(cells["idx"]), int(cells["label"]), int(cells["predict"])
     radius, correct = float(cells.get("radius", 0.0)), _BOOL[cells["correct"].strip()]
-    return Row(idx, label, predict, radius, correct, _parse_seconds(cells["time"]))
+    samples = cells.get("samples", "").strip()
+    return Row(idx, label, predict, radius, correct, _parse_seconds(cells["time"]), int(samples) if samples else None)
 
 
 def _load(path: Path) -> tuple[tuple[str, ...], list[Row], int]:
@@ -124,8 +128,8 @@ def _load(path: Path) -> tuple[tuple[str, ...], list[Row], int]:
     if not lines:
         return (), [], cut
     header = tuple(lines[0].split("\t"))
-    if header not in RESULTS_COLUMNS:
-        msg = f"{path} is not a results file: header {header!r}; expected {CERTIFY_COLUMNS!r}, "
+    if header not in (*RESULTS_COLUMNS, LEGACY_CERTIFY_COLUMNS):
+        msg = f"{path} is not a results file: header {header!r}; expected {CERTIFY_COLUMNS!r} (or without samples), "
         raise ResultsFileError(msg + f"{PREDICT_COLUMNS!r} or {ATTACK_COLUMNS!r}")
     rows = []
     for number, line in enumerate(lines[1:], start=2):
@@ -373,10 +377,17 @@ def _key(r: float) -> str:
     return f"{r:.2f}" if abs(r - round(r, 2)) < 1e-9 else f"{r:g}"
 
 
+def mean_samples(rows: Sequence[Row]) -> float | None:
+    """Mean noise samples per image over the rows that record it; None if none does (e.g. the paper repos' logs)."""
+    known = [row.samples for row in rows if row.samples is not None]
+    return sum(known) / len(known) if known else None
+
+
 def summarize(rows: Sequence[Row], radii: Sequence[float] | None = None) -> dict[str, Any]:
     """Headline numbers as a JSON-serialisable dict; radii default to ``default_radii(rows)``."""
     radii = default_radii(rows) if radii is None else list(radii)
     return {
+        "mean_samples": mean_samples(rows),
         "images": len(rows),
         "abstained": sum(row.predict == ABSTAIN for row in rows),
         "certified_accuracy_at_0": certified_accuracy(rows, [0.0])[0],
@@ -396,6 +407,8 @@ def format_table(rows: Sequence[Row], radii: Sequence[float] | None = None, titl
     lines.append("cert. acc % " + "".join(v.rjust(w) for (_, v), w in zip(cells, widths, strict=True)))
     lines.append(f"ACR: {summary['acr']:.3f}")
     lines.append(f"images: {summary['images']} (abstained: {summary['abstained']})")
+    if summary["mean_samples"] is not None:
+        lines.append(f"samples per image: {summary['mean_samples']:,.0f} (mean)")
     return "\n".join(lines) + "\n"
 
 
@@ -429,12 +442,14 @@ def plot_certified_accuracy(
 
 
 def write_summary(
-    rows: Sequence[Row], path: StrPath, radii: Sequence[float] | None = None, record: dict[str, Any] | None = None
+    rows: Sequence[Row],
+    path: StrPath,
+    radii: Sequence[float] | None = None,
+    record: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``summarize(rows, radii)`` as indented JSON, creating parent directories.
-
-    ``record`` (a results file's sidecar: settings and provenance) is included under ``"run"``.
-    """
-    summary = summarize(rows, radii) | ({"run": record} if record is not None else {})
+    """Write ``summarize(rows, radii)`` plus ``extra`` (e.g. what was certified) as indented JSON, creating parent
+    directories; ``record`` (a results file's sidecar: settings and provenance) is included under ``"run"``."""
+    summary = summarize(rows, radii) | (extra or {}) | ({"run": record} if record is not None else {})
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")

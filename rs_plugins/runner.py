@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -78,14 +79,22 @@ def check_dataset(model: nn.Module, dataset: Dataset, indices: Sequence[int], de
     return num_classes
 
 
+def _accepts(function, keyword: str) -> bool:
+    """Whether ``function`` names ``keyword`` as a parameter (``**kwargs`` alone does not count: it may forward)."""
+    try:
+        return keyword in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _batches(indices: Sequence[int], size: int):
     for start in range(0, len(indices), size):
         yield indices[start : start + size]
 
 
 def _run(decide, model, dataset, results, indices, *, group, desc, seed, device, progress) -> list[Row]:
-    """Apply ``decide(x, generators, num_classes) -> [(prediction, radius)]`` to pending images in groups,
-    appending rows."""
+    """Apply ``decide(x, generators, labels, num_classes) -> [(prediction, radius, samples)]`` to pending images
+    in groups, appending rows."""
     check_integer("seed", seed, minimum=0, maximum=MAX_SEED)
     num_classes = check_dataset(model, dataset, indices, device)
     pending = [i for i in indices if i not in results.done]
@@ -96,10 +105,10 @@ def _run(decide, model, dataset, results, indices, *, group, desc, seed, device,
             x, labels = _images(dataset, chunk, device, num_classes)
             generators = [image_generator(seed, i, device) for i in chunk]
             start = time.perf_counter()
-            outcomes = decide(x, generators, num_classes)
+            outcomes = decide(x, generators, labels, num_classes)
             seconds = (time.perf_counter() - start) / len(chunk)
-            for i, label, (prediction, radius) in zip(chunk, labels, outcomes):
-                results.append(Row(i, label, prediction, radius, prediction == label, seconds))
+            for i, label, (prediction, radius, samples) in zip(chunk, labels, outcomes):
+                results.append(Row(i, label, prediction, radius, prediction == label, seconds, samples))
             bar.update(len(chunk))
     return results.rows
 
@@ -123,21 +132,26 @@ def certify_dataset(
     """Certify ``dataset[i]`` for each i in ``indices`` not already in ``results``; returns all finished rows.
 
     Images whose n0 selection samples fit in one batch are certified together, so a pass holds
-    ``batch_size`` samples even for small n0. A row's ``time`` is its share of its group's wall time.
+    ``batch_size`` samples even for small n0; a certifier may ask for more with an ``images_per_call`` attribute.
+    A row's ``time`` is its share of its group's wall time. A certifier whose ``certify`` takes ``labels`` gets
+    the data set's labels (for evaluation-only class selection); one whose certificates leave ``samples`` unset
+    is recorded as drawing n0 + n per image, as CERTIFY does.
     """
     device = torch.device(device)
     model = model.to(device)
+    takes_labels = _accepts(certifier.certify, "labels")
 
     check_sampling(n0=n0, n=n, alpha=alpha, batch_size=batch_size)  # a plugin certifier may not check them
 
-    def decide(x, generators, num_classes):
+    def decide(x, generators, labels, num_classes):
+        extra = {"labels": torch.tensor(labels, dtype=torch.int64)} if takes_labels else {}
         certificates = certifier.certify(
-            model, x, noise, n0=n0, n=n, alpha=alpha, batch_size=batch_size, generator=generators
+            model, x, noise, n0=n0, n=n, alpha=alpha, batch_size=batch_size, generator=generators, **extra
         )
         check_certificates(certificates, len(x), num_classes, certifier)
-        return [(c.prediction, c.radius) for c in certificates]
+        return [(c.prediction, c.radius, n0 + n if c.samples is None else c.samples) for c in certificates]
 
-    group = max(1, min(MAX_IMAGES_PER_CALL, batch_size // n0))
+    group = getattr(certifier, "images_per_call", None) or max(1, min(MAX_IMAGES_PER_CALL, batch_size // n0))
     options = dict(group=group, desc="certify", seed=seed, device=device, progress=progress)
     return _run(decide, model, dataset, results, indices, **options)
 
@@ -160,9 +174,9 @@ def predict_dataset(
     device = torch.device(device)
     model = model.to(device)
 
-    def decide(x, generators, num_classes):
+    def decide(x, generators, labels, num_classes):
         predictions = cohen_predict(model, x, noise, n=n, alpha=alpha, batch_size=batch_size, generator=generators)
-        return [(p, 0.0) for p in predictions]
+        return [(p, 0.0, n) for p in predictions]
 
     group = max(1, min(MAX_IMAGES_PER_CALL, batch_size // n))
     options = dict(group=group, desc="predict", seed=seed, device=device, progress=progress)

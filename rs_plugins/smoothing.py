@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -120,25 +120,48 @@ def sample_counts(
     counts = None
     finite = torch.ones((), dtype=torch.bool)
     for number, segments in enumerate(_plan(len(x), num, batch_size)):
-        noisy = []
-        for i, c in segments:
-            clean = x[i].expand(c, *x.shape[1:])
-            noisy.append(noise.sample(clean, generator=generators[i]))
-            check_noise_output(noisy[-1], clean, noise, values=number == 0)  # values: once per call suffices
-        noisy = torch.cat(noisy)
-        logits = call_model(model, noisy, first=number == 0)  # (M, K)
-        check_logits(logits, model, len(noisy))
-        finite = finite.to(logits.device) & torch.isfinite(logits).all()
-        num_classes = logits.shape[1]
+        segment_counts, segment_finite = _count_segments(model, x, noise, segments, generators, first=number == 0)
         if counts is None:
-            counts = torch.zeros(len(x) * num_classes, dtype=torch.int64, device=logits.device)
-        owner = torch.repeat_interleave(
-            torch.tensor([i for i, _ in segments], device=logits.device),
-            torch.tensor([c for _, c in segments], device=logits.device),
-        )
-        counts += torch.bincount(owner * num_classes + logits.argmax(1), minlength=len(counts))
+            counts = torch.zeros(len(x), segment_counts.shape[1], dtype=torch.int64, device=segment_counts.device)
+        owners = torch.tensor([i for i, _ in segments], device=counts.device)
+        counts.index_add_(0, owners, segment_counts)
+        finite = finite.to(counts.device) & segment_finite
     check_finite_logits(finite, model)
-    return counts.view(len(x), -1).cpu()
+    return counts.cpu()
+
+
+def _count_segments(
+    model: nn.Module,
+    x: Tensor,
+    noise: NoiseSampler,
+    segments: Sequence[tuple[int, int]],
+    generators: Sequence[torch.Generator | None],
+    *,
+    first: bool,
+) -> tuple[Tensor, Tensor]:
+    """One forward pass over (image, samples) segments, each drawn with its image's generator.
+
+    The noise sampler's contract is checked on every pass (its values on the ``first`` pass of a call only), and
+    the model's output shape too; finiteness is returned as a device flag so a caller synchronises once.
+
+    Shape:
+        x: (B, C, H, W). returns: (len(segments), K) int64 counts on the model's device, and a bool scalar.
+    """
+    noisy = []
+    for i, c in segments:
+        clean = x[i].expand(c, *x.shape[1:])
+        noisy.append(noise.sample(clean, generator=generators[i]))
+        check_noise_output(noisy[-1], clean, noise, values=first)
+    noisy = torch.cat(noisy)
+    logits = call_model(model, noisy, first=first)  # (M, K)
+    check_logits(logits, model, len(noisy))
+    num_classes = logits.shape[1]
+    owner = torch.repeat_interleave(
+        torch.arange(len(segments), device=logits.device),
+        torch.tensor([c for _, c in segments], device=logits.device),
+    )
+    counts = torch.bincount(owner * num_classes + logits.argmax(1), minlength=len(segments) * num_classes)
+    return counts.view(len(segments), num_classes), torch.isfinite(logits).all()
 
 
 def call_model(model: nn.Module, noisy: Tensor, *, first: bool) -> Tensor:
@@ -160,6 +183,111 @@ def call_model(model: nn.Module, noisy: Tensor, *, first: bool) -> Tensor:
         raise ValueError(msg) from err
 
 
+@torch.no_grad()
+def count_pass(
+    model: nn.Module,
+    x: Tensor,
+    noise: NoiseSampler,
+    segments: Sequence[tuple[int, int]],
+    generators: Sequence[torch.Generator | None],
+    *,
+    first: bool = False,
+) -> Tensor:
+    """One forward pass over (image, samples) segments, each drawn with its image's generator; ``first`` marks
+    a call's first pass, where the noise's values and the model's fit to the images are checked.
+
+    Shape:
+        x: (B, C, H, W). returns: (len(segments), K) int64 top-1 counts on the CPU.
+    """
+    counts, finite = _count_segments(model, x, noise, segments, generators, first=first)
+    check_finite_logits(finite, model)
+    return counts.cpu()
+
+
+def chunked(image: int, num: int, batch_size: int) -> list[tuple[int, int]]:
+    """``num`` samples of ``image`` as (image, size) chunks of ``batch_size``, the last one shorter.
+
+    Cutting each request the same way whatever else is queued keeps an image's noise independent of grouping.
+    """
+    return [(image, min(batch_size, num - start)) for start in range(0, num, batch_size)]
+
+
+def sample_requests(
+    model: nn.Module,
+    x: Tensor,
+    noise: NoiseSampler,
+    requests: Sequence[tuple[int, int]],
+    *,
+    batch_size: int,
+    generators: Sequence[torch.Generator | None],
+) -> Tensor:
+    """Counts for a list of (image, samples) requests, packed in order into passes of at most ``batch_size``.
+
+    Each request is cut by ``chunked`` and drawn with its image's generator, so an image's noise depends only on
+    its own sequence of requests, never on which other images share a pass.
+
+    Shape:
+        x: (B, C, H, W). returns: (len(requests), K) int64 counts on the CPU.
+    """
+    chunks = [(r, chunk) for r, (i, num) in enumerate(requests) for chunk in chunked(i, num, batch_size)]
+    if not chunks:
+        raise ValueError("sample_requests() needs at least one request of at least one sample")
+    totals = None
+    position = 0
+    while position < len(chunks):
+        size, end = 0, position
+        while end < len(chunks) and size + chunks[end][1][1] <= batch_size:
+            size += chunks[end][1][1]
+            end += 1
+        segments = [chunk for _, chunk in chunks[position:end]]
+        counts = count_pass(model, x, noise, segments, generators, first=position == 0)
+        if totals is None:
+            totals = torch.zeros(len(requests), counts.shape[1], dtype=torch.int64)
+        totals.index_add_(0, torch.tensor([r for r, _ in chunks[position:end]]), counts)
+        position = end
+    return totals
+
+
+CLASS_SELECTIONS = ("n0", "label")
+"""How a certifier picks the class to certify: the top class of n0 fresh samples (CERTIFY), or the label
+(evaluation only: it certifies "g(x) = y and robust", saves the n0 pass, and is no deployable prediction)."""
+
+
+def check_class_selection(class_selection: str) -> str:
+    """Return ``class_selection`` if it is one of ``CLASS_SELECTIONS``, else raise ValueError naming it."""
+    if class_selection not in CLASS_SELECTIONS:
+        msg = f"class_selection must be one of {', '.join(CLASS_SELECTIONS)}; got {class_selection!r}"
+        raise ValueError(msg)
+    return class_selection
+
+
+def select_classes(
+    model: nn.Module,
+    x: Tensor,
+    noise: NoiseSampler,
+    *,
+    n0: int,
+    batch_size: int,
+    generators,
+    class_selection: str,
+    labels: Tensor | None,
+) -> tuple[Tensor, int]:
+    """The class to certify for each image and the samples spent choosing it (0 with ``class_selection="label"``).
+
+    Shape:
+        x: (B, C, H, W); labels: (B,) or None. returns: (B,) int64 classes on the CPU, and an int.
+    """
+    if check_class_selection(class_selection) == "label":
+        if labels is None:
+            raise ValueError("class_selection='label' needs the labels: pass labels=(B,) tensor to certify()")
+        labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
+        if labels.shape != (len(x),):
+            raise ValueError(f"labels must have shape ({len(x)},), one per image; got {tuple(labels.shape)}")
+        return labels, 0
+    selection = sample_counts(model, x, noise, n0, batch_size=batch_size, generator=generators)
+    return selection.argmax(1), n0
+
+
 def cohen_certify(
     model: nn.Module,
     x: Tensor,
@@ -170,8 +298,13 @@ def cohen_certify(
     alpha: float = 0.001,
     batch_size: int = 1000,
     generator=None,
+    class_selection: str = "n0",
+    labels: Tensor | None = None,
 ) -> list[Certificate]:
-    """CERTIFY of Cohen et al. for each image of ``x`` (B, C, H, W); abstains below a bound of 1/2."""
+    """CERTIFY of Cohen et al. for each image of ``x`` (B, C, H, W); abstains below a bound of 1/2.
+
+    ``class_selection="label"`` certifies ``labels`` instead of the n0 sample's top class (see ``CLASS_SELECTIONS``).
+    """
     check_smoothing(model, noise)
     check_images(x)
     check_sampling(n0=n0, n=n, alpha=alpha, batch_size=batch_size)
@@ -179,14 +312,23 @@ def cohen_certify(
         warnings.warn(f"n={n} is too small for alpha={alpha}: every input will abstain", stacklevel=2)
     generator = _per_image(generator, len(x))
     with eval_mode(model):
-        selection = sample_counts(model, x, noise, n0, batch_size=batch_size, generator=generator)
-        top = selection.argmax(1)
+        top, spent = select_classes(
+            model,
+            x,
+            noise,
+            n0=n0,
+            batch_size=batch_size,
+            generators=generator,
+            class_selection=class_selection,
+            labels=labels,
+        )
         estimation = sample_counts(model, x, noise, n, batch_size=batch_size, generator=generator)
     n_top = estimation.gather(1, top[:, None]).squeeze(1)
     p_lower = torch.as_tensor(clopper_pearson_lower(n_top.numpy(), n, alpha), dtype=torch.float64)
     radii = noise.radius(p_lower)
+    samples = spent + n
     return [
-        Certificate(int(c), float(r), float(p)) if p >= 0.5 else Certificate(ABSTAIN, 0.0, float(p))
+        Certificate(int(c), float(r), float(p), samples) if p >= 0.5 else Certificate(ABSTAIN, 0.0, float(p), samples)
         for c, r, p in zip(top.tolist(), radii.tolist(), p_lower.tolist())
     ]
 

@@ -1,4 +1,4 @@
-"""The two statistical tests of Cohen et al. (2019), with SciPy only."""
+"""The statistical tests of Cohen et al. (2019) and the one-sided bounds the other certifiers need, with SciPy only."""
 
 from __future__ import annotations
 
@@ -16,6 +16,19 @@ def clopper_pearson_lower(k, n: int, alpha: float) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         bound = beta.ppf(alpha, k, n - k + 1)
     return np.where(k == 0, 0.0, bound)
+
+
+def clopper_pearson_upper(k, n, alpha: float) -> np.ndarray:
+    """One-sided (1 - alpha) Clopper-Pearson upper bound on a binomial proportion from k successes in n.
+
+    This is the (1 - alpha)-quantile of Beta(k + 1, n - k): 1 for k = n and 1 - alpha**(1/n) for k = 0.
+    ``n`` may be an array (one trial count per bound), as the sequential certifier needs.
+    """
+    k = np.asarray(k, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        bound = beta.ppf(1 - alpha, k + 1, n - k)
+    return np.where(k >= n, 1.0, bound)
 
 
 def binomial_pvalue(k: int, n: int) -> float:

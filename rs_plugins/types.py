@@ -141,12 +141,15 @@ class Certificate:
     """The outcome of certifying one input.
 
     ``prediction`` is a class index or ``ABSTAIN``; ``radius`` is 0 when abstaining; ``p_lower`` is the
-    lower confidence bound on the top-class probability that the radius was computed from.
+    lower confidence bound on the top-class probability that the radius was computed from. ``samples`` is the
+    number of noisy copies drawn for this input, class selection included; ``None`` (a certifier that does not
+    count) makes the runner record n0 + n, what CERTIFY draws.
     """
 
     prediction: int
     radius: float
     p_lower: float
+    samples: int | None = None
 
 
 class Certifier(Protocol):
@@ -168,6 +171,9 @@ class Certifier(Protocol):
 
         Shape:
             x: (B, C, H, W) in [0, 1]. ``generator`` is one shared generator or one per input.
+
+        A certifier may also accept ``labels`` (a (B,) int64 tensor, or None): the runner passes the data set's
+        labels to a ``certify`` whose signature has that keyword, for evaluation-only class selection.
         """
         ...
 

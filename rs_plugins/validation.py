@@ -168,7 +168,8 @@ def check_finite_logits(all_finite: Tensor | bool, model: object) -> None:
 
 def check_certificates(certificates: object, count: int, num_classes: int, certifier: object) -> None:
     """A certifier's answer for ``count`` images: one Certificate each, a class of the model or -1 (abstain),
-    and a finite radius >= 0 that is 0 when abstaining. The message names the plugin that built the certifier."""
+    a finite radius >= 0 that is 0 when abstaining, and a sample count (or None). The message names the plugin that
+    built the certifier."""
     name = describe(certifier, type(certifier).__name__)
     items = list(certificates) if isinstance(certificates, (list, tuple)) else None
     problem = ""
@@ -184,6 +185,10 @@ def check_certificates(certificates: object, count: int, num_classes: int, certi
                 problem = f"returned radius {radius!r}, not a finite number >= 0"
             elif prediction == -1 and radius != 0:
                 problem = f"returned radius {radius!r} for an abstention (must be 0)"
+            elif getattr(c, "samples", None) is not None and not (
+                isinstance(c.samples, numbers.Integral) and c.samples >= 0
+            ):
+                problem = f"returned samples {c.samples!r}, not None or a count >= 0"
             if problem:
                 break
     if problem:

@@ -151,10 +151,10 @@ class Files:
         self.ts = root / "m.ts"
         self.ts.write_bytes(b"refused before it is read")
         self.foreign = root / "foreign.tsv"  # a paper repo's log, or one written before sidecars existed
-        self.foreign.write_text("\t".join(CERTIFY_COLUMNS) + "\n0\t3\t3\t0.5\t1\t0:00:01\n")
-        self.bad_label = self._tsv("bad_label.tsv", "0\t-1\t-1\t0.0\t1\t0:00:01\n")
-        self.bad_correct = self._tsv("bad_correct.tsv", "0\t3\t5\t0.5\t1\t0:00:01\n")
-        self.bad_class = self._tsv("bad_class.tsv", "0\t3\t42\t0.5\t0\t0:00:01\n")
+        self.foreign.write_text("\t".join(CERTIFY_COLUMNS) + "\n0\t3\t3\t0.5\t1\t0:00:01\t100\n")
+        self.bad_label = self._tsv("bad_label.tsv", "0\t-1\t-1\t0.0\t1\t0:00:01\t100\n")
+        self.bad_correct = self._tsv("bad_correct.tsv", "0\t3\t5\t0.5\t1\t0:00:01\t100\n")
+        self.bad_class = self._tsv("bad_class.tsv", "0\t3\t42\t0.5\t0\t0:00:01\t100\n")
         (root / "bad_class.tsv.json").write_text('{"provenance": {"num_classes": 10}}')
         self.ckpt_dir_corrupt = root / "corrupt_ckpt"
         self.ckpt_dir_corrupt.mkdir()
@@ -356,7 +356,7 @@ CASES: list[Case] = [
              "--checkpoint-dir", lambda f: f.root / "train_sigma"),
     cli_case("certifier-option-unknown", "certify", "`--certifier-option n1=5`",
              "certifier 'cohen' from plugin rs_plugins.builtin.gaussian has no option 'n1' (--certifier-option); "
-             "accepted: none",
+             "accepted: class_selection",
              *CERTIFY, "--certifier-option", "n1=5", "--checkpoint", lambda f: f.ckpt,
              "--out", lambda f: f.root / "o.tsv"),
     cli_case("loss-option-unknown", "train", "`--loss consistency --loss-option lambda=20`",

@@ -18,7 +18,7 @@ from rs_plugins import cli
 from rs_plugins.cli import build_parser, main, train_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CERTIFY_HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
+CERTIFY_HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples"
 PREDICT_HEADER = "idx\tlabel\tpredict\tcorrect\ttime"
 SMALL_MODEL = ["--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 8}']
 FAST = ["--device", "cpu", "--no-progress"]
@@ -159,6 +159,7 @@ def test_certify_end_to_end(capsys, tmp_path, checkpoint):
         assert (radius == 0) == (predict == -1), r
         assert radius >= 0
         assert r["correct"] == str(int(predict == label)), r
+        assert r["samples"] == "210", r  # n0 + n
     acr = sum(float(r["radius"]) * int(r["correct"]) for r in rows) / len(rows)
     assert acr > 0, "three epochs on digits should certify at least one image correctly"
 
@@ -168,6 +169,7 @@ def test_certify_end_to_end(capsys, tmp_path, checkpoint):
     assert written["images"] == len(rows)
     assert written["abstained"] == sum(r["predict"] == "-1" for r in rows)
     assert written["acr"] == pytest.approx(acr, abs=1e-4)  # the TSV rounds radii to 4 decimals
+    assert written["mean_samples"] == 210 and written["norm"] == "l2" and written["certifier"] == "cohen"
     assert (out.parent / (out.name + ".json")).is_file()  # the settings a resumed run is checked against
 
 
@@ -229,9 +231,10 @@ def test_predict_writes_its_tsv(capsys, tmp_path, checkpoint):
 
 
 def test_report_prints_the_table_and_plots(capsys, tmp_path):
+    """A file without the samples column (the paper repos', ours before it) still reads; samples are unknown."""
     results = tmp_path / "results.tsv"
     results.write_text(
-        CERTIFY_HEADER + "\n"
+        "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
         "0\t3\t3\t0.7000\t1\t0:00:01.500000\n"
         "1\t8\t1\t0.9000\t0\t0:00:01\n"
         "2\t0\t-1\t0.0000\t0\t0:00:00.500000\n"
@@ -249,6 +252,8 @@ def test_report_prints_the_table_and_plots(capsys, tmp_path):
     assert "images: 5 (abstained: 1)" in out
     assert plot.read_bytes().startswith(PNG_SIGNATURE)
     assert json.loads(summary.read_text())["acr"] == pytest.approx(acr)
+    assert json.loads(summary.read_text())["mean_samples"] is None
+    assert "(l2 radius)" in out and "samples per image" not in out
 
     code, _, err = run_cli(capsys, "report", tmp_path / "missing.tsv")
     assert code == 2

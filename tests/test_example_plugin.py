@@ -29,7 +29,7 @@ from rs_plugins.testing import check_mixer, check_noise, tiny_classifier
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "docs" / "examples" / "rs-example-plugin"
 DIST = "rs-example-plugin"
-OURS = {("mixer", "ensemble"), ("noise", "uniform"), ("loss", "needs_missing")}
+OURS = {("mixer", "ensemble"), ("noise", "example_uniform"), ("loss", "needs_missing")}
 
 
 # -- pip install makes the components appear ------------------------------------------------------------------
@@ -76,11 +76,11 @@ def test_pip_install_makes_the_components_appear(site, tmp_path):
     found = _ours(listing)
     assert set(found) == OURS
     assert all(c["plugin"] == DIST for c in found.values())
-    assert found["mixer", "ensemble"]["available"] and found["noise", "uniform"]["available"]
+    assert found["mixer", "ensemble"]["available"] and found["noise", "example_uniform"]["available"]
     missing = found["loss", "needs_missing"]
     assert missing["available"] is False
     assert "rs-example-plugin[fancy]" in missing["install"]
-    assert "arXiv:2002.08118" in found["noise", "uniform"]["reference"]
+    assert "arXiv:2002.08118" in found["noise", "example_uniform"]["reference"]
 
 
 def test_without_the_install_the_components_are_absent(site, tmp_path):
@@ -145,7 +145,7 @@ def _members(num_classes: int = 3) -> list[torch.nn.Module]:
 
 def test_hosts_lists_the_components(host):
     assert host.names("mixer") == ["ensemble"]
-    assert host.names("noise") == ["gaussian", "uniform"]
+    assert host.names("noise") == ["example_uniform", "gaussian"]
     assert host.component("loss", "needs_missing").missing == ("rs_example_missing_dependency",)
 
 
@@ -192,12 +192,12 @@ def test_ensemble_needs_a_classifier(rs_example):
 
 def test_uniform_noise_passes_the_noise_contract(host):
     for sigma in (0.12, 0.5, 1.0):
-        check_noise(host.noise("uniform", sigma=sigma))
+        check_noise(host.noise("example_uniform", sigma=sigma))
 
 
 def test_uniform_noise_has_std_sigma_and_stays_in_its_cube(host):
     sigma = 0.25
-    noise = host.noise("uniform", sigma=sigma)
+    noise = host.noise("example_uniform", sigma=sigma)
     x = torch.full((64, 3, 32, 32), 0.5, dtype=torch.float64)
     delta = noise.sample(x, generator=torch.Generator().manual_seed(1)) - x  # 196,608 draws
     assert abs(float(delta.std()) / sigma - 1) < 0.01
@@ -206,7 +206,7 @@ def test_uniform_noise_has_std_sigma_and_stays_in_its_cube(host):
 
 
 def test_uniform_radius_is_yangs_l1_certificate(host):
-    noise = host.noise("uniform", sigma=0.5)  # lambda = sqrt(3) / 2
+    noise = host.noise("example_uniform", sigma=0.5)  # lambda = sqrt(3) / 2
     assert noise.norm == "l1"
     radii = noise.radius(torch.tensor([0.2, 0.5, 0.75, 0.9]))
     # 2 lambda (p - 1/2) by hand: 0 and 0 at or below 1/2; sqrt(3)/2 * 1/2 = 0.4330127; sqrt(3) * 0.4 = 0.6928203.
@@ -222,7 +222,7 @@ def test_cohen_certifies_uniform_noise_with_its_l1_radius(host):
         def forward(self, x):
             return torch.stack([x.flatten(1).sum(1) * 0 + 1, x.flatten(1).sum(1) * 0], dim=1)
 
-    noise = host.noise("uniform", sigma=0.5)
+    noise = host.noise("example_uniform", sigma=0.5)
     certs = host.certifier("cohen").certify(
         AlwaysZero(), torch.rand(2, 1, 4, 4), noise, n0=10, n=500, alpha=0.01, batch_size=250
     )
@@ -243,7 +243,7 @@ def test_hooks_work_without_a_host(rs_example):
     """Registry hooks yield plain specs, so a plugin can be tested with no host at all."""
     (mixer,) = rs_example.rs_mixers()
     (noise,) = rs_example.rs_noise_samplers()
-    assert (mixer.name, noise.name) == ("ensemble", "uniform")
+    assert (mixer.name, noise.name) == ("ensemble", "example_uniform")
     assert isinstance(noise.build(sigma=0.5), rs_plugins.NoiseSampler)
 
 
@@ -261,7 +261,7 @@ def test_cli_certifies_an_ensemble_with_uniform_noise(rs_example, monkeypatch, t
     out = tmp_path / "ensemble.tsv"
     argv = [
         "certify", *models, "--mixer", "ensemble", "--mixer-option", "weights=[2,1]",
-        "--noise", "uniform", "--sigma", "0.25", "--data", "digits", "--limit", "2",
+        "--noise", "example_uniform", "--sigma", "0.25", "--data", "digits", "--limit", "2",
         "--n0", "10", "--n", "200", "--alpha", "0.01", "--batch-size", "100",
         "--device", "cpu", "--no-progress", "--out", str(out), "--trust-model-file",
     ]  # fmt: skip

@@ -113,7 +113,7 @@ def test_results_file_parses_with_csv_module(tmp_path):
         reader = csv.DictReader(f, delimiter="\t")
         assert tuple(reader.fieldnames) == CERTIFY_COLUMNS
         records = list(reader)
-    assert path.read_text().splitlines()[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime"
+    assert path.read_text().splitlines()[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples"
     assert records[0] == {
         "idx": "1",
         "label": "8",
@@ -121,6 +121,7 @@ def test_results_file_parses_with_csv_module(tmp_path):
         "radius": "0.6000",
         "correct": "1",
         "time": "0:00:02",
+        "samples": "",  # unknown for a Row built without it
     }
     assert records[1]["predict"] == "-1"
     assert records[1]["radius"] == "0.0000"
@@ -133,7 +134,7 @@ def test_time_column_is_a_timedelta_and_reads_back(tmp_path):
     with ResultsFile(path) as out:
         out.append(Row(idx=6, label=2, predict=2, radius=0.1, correct=True, seconds=1.234567))
         out.append(slow)
-    times = [line.split("\t")[-1] for line in path.read_text().splitlines()[1:]]
+    times = [line.split("\t")[5] for line in path.read_text().splitlines()[1:]]
     assert times == ["0:00:01.234567", "1 day, 1:01:01.234567"]
     assert [row.seconds for row in read_results(path)] == pytest.approx([1.234567, 90061.234567])
 

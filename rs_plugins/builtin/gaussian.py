@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import rs_plugins
-from rs_plugins.smoothing import cohen_certify
+from rs_plugins.smoothing import check_class_selection, cohen_certify
 from rs_plugins.types import Certificate, CertifierSpec, LossOutput, LossSpec, NoiseSampler, NoiseSpec
 from rs_plugins.validation import check_number
 
@@ -47,10 +47,19 @@ class GaussianAugmentation:
 
 
 class CohenCertifier:
-    """CERTIFY: N0 selection samples, N estimation samples, one-sided Clopper-Pearson bound at level alpha."""
+    """CERTIFY: N0 selection samples, N estimation samples, one-sided Clopper-Pearson bound at level alpha.
 
-    def certify(self, model: nn.Module, x: Tensor, noise: NoiseSampler, **sampling) -> list[Certificate]:
-        return cohen_certify(model, x, noise, **sampling)
+    Args:
+        class_selection: n0 (CERTIFY) | label (evaluation only: certifies "g(x) = y and robust", no n0 pass).
+    """
+
+    def __init__(self, class_selection: str = "n0") -> None:
+        self.class_selection = check_class_selection(class_selection)
+
+    def certify(
+        self, model: nn.Module, x: Tensor, noise: NoiseSampler, *, labels: Tensor | None = None, **sampling
+    ) -> list[Certificate]:
+        return cohen_certify(model, x, noise, class_selection=self.class_selection, labels=labels, **sampling)
 
 
 @rs_plugins.hookimpl

@@ -5,11 +5,12 @@ It shows the three things a plugin usually needs:
 * a mixer (``rs_mixers``): ``ensemble`` averages the members' softmax, after Horváth et al., "Boosting
   Randomized Smoothing with Variance Reduced Classifiers", ICLR 2022, arXiv:2106.06946. (The authors' code
   also offers averaging the logits, its default; averaging probabilities is its "soft voting after softmax".)
-* a noise sampler with its own certificate (``rs_noise_samplers``): ``uniform`` draws i.i.d. noise on
+* a noise sampler with its own certificate (``rs_noise_samplers``): ``example_uniform`` draws i.i.d. noise on
   [-lambda, lambda]^d and certifies l1, not l2, with the radius of Yang et al., "Randomized Smoothing of All
   Shapes and Sizes", ICML 2020, arXiv:2002.08118: R = 2 lambda (p_lower - 1/2). Checked against the authors'
   code (tonyduan/rs4a, ``Uniform.certify_l1``) and the short derivation in ``UniformNoise``, not against the
-  paper's text.
+  paper's text. rs-plugins now ships the same noise as its built-in ``uniform``; the example keeps its own
+  copy under another name (names are unique per kind) because it shows how a plugin adds a noise.
 * a component whose dependency is missing (``rs_training_losses``): ``needs_missing`` is listed by
   ``rs-plugins plugins`` as unavailable, and building it fails with ``pip install 'rs-example-plugin[fancy]'``.
 
@@ -110,7 +111,7 @@ def rs_mixers():
 
 @rs_plugins.hookimpl
 def rs_noise_samplers():
-    yield NoiseSpec("uniform", UniformNoise, "i.i.d. uniform, std sigma; certifies l1", YANG)
+    yield NoiseSpec("example_uniform", UniformNoise, "i.i.d. uniform, std sigma; certifies l1", YANG)
 
 
 @rs_plugins.hookimpl

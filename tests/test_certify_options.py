@@ -1,0 +1,80 @@
+"""``certify`` with the certifiers beyond Cohen, their options and the l1 noises, end to end through the CLI.
+
+The model is an untrained SmallCNN(width=8): what is checked is the contract (columns, sidecar, summary,
+labels, errors before any sampling), not the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rs_plugins.cli import main
+
+MODEL = ["--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 8}']
+
+
+def certify(tmp_path, *extra, name="c.tsv"):
+    out = tmp_path / name
+    argv = ["certify", *MODEL, "--data", "digits", "--sigma", "0.25", "--n0", "10", "--n", "300", "--limit", "3"]
+    argv += ["--device", "cpu", "--no-progress", "--out", str(out), "--summary", str(tmp_path / (name + ".sum"))]
+    argv += extra
+    return main([str(a) for a in argv]), out
+
+
+def rows(path):
+    lines = path.read_text().splitlines()
+    return [dict(zip(lines[0].split("\t"), line.split("\t"), strict=True)) for line in lines[1:]]
+
+
+@pytest.mark.parametrize("certifier", ["feng", "sequential"])
+def test_each_certifier_writes_samples_and_a_summary(capsys, tmp_path, certifier):
+    code, out = certify(tmp_path, "--certifier", certifier)
+    assert code == 0, capsys.readouterr().err
+    samples = [int(r["samples"]) for r in rows(out)]
+    assert len(samples) == 3 and all(10 <= s <= 310 for s in samples)
+    if certifier == "feng":
+        assert samples == [310] * 3
+    summary = json.loads((tmp_path / "c.tsv.sum").read_text())
+    assert summary["mean_samples"] == pytest.approx(sum(samples) / 3)
+    assert summary["certifier"] == certifier and "class_selection" not in json.dumps(summary)
+    assert "samples per image" in capsys.readouterr().out
+
+
+def test_label_selection_is_stated_in_sidecar_summary_and_table(capsys, tmp_path):
+    code, out = certify(tmp_path, "--certifier-option", "class_selection=label")
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert [int(r["samples"]) for r in rows(out)] == [300] * 3  # no n0 pass
+    assert [r["predict"] in (r["label"], "-1") for r in rows(out)] == [True] * 3  # the label or nothing
+    sidecar = json.loads((tmp_path / "c.tsv.json").read_text())
+    summary = json.loads((tmp_path / "c.tsv.sum").read_text())
+    for text in (sidecar["certifies"], summary["certifies"], stdout):
+        assert "g(x) = y and robust" in text and "evaluation only" in text
+    code = main(["report", str(out)])
+    assert code == 0 and "g(x) = y and robust" in capsys.readouterr().out
+
+
+def test_l1_noise_radii_are_labelled_l1_by_certify_and_report(capsys, tmp_path):
+    code, out = certify(tmp_path, "--noise", "laplace", "--certifier", "sequential")
+    assert code == 0
+    assert "l1 radius" in capsys.readouterr().out
+    assert json.loads((tmp_path / "c.tsv.sum").read_text())["norm"] == "l1"
+    assert main(["report", str(out), "--plot", str(tmp_path / "p.png")]) == 0
+    assert "(l1 radius)" in capsys.readouterr().out
+    code, gauss = certify(tmp_path, name="g.tsv")
+    capsys.readouterr()
+    assert main(["report", str(out), str(gauss), "--plot", str(tmp_path / "q.png")]) == 2
+    assert "one norm" in capsys.readouterr().err
+
+
+def test_unsupported_pair_and_unknown_option_fail_before_the_model_is_loaded(capsys, tmp_path):
+    missing = ["--checkpoint", str(tmp_path / "no-such-checkpoint.pt")]  # would fail if the model were loaded
+    code, _ = certify(tmp_path, "--certifier", "feng", "--noise", "uniform", *missing)
+    err = capsys.readouterr().err
+    assert code == 2 and "certifier 'feng' supports noise ['gaussian']; got 'uniform'" in err
+    code, _ = certify(tmp_path, "--certifier", "sequential", "--certifier-option", "tolerance=0.1", *missing)
+    err = capsys.readouterr().err
+    accepted = "accepted: mode, radii, tau, beta, first, growth, class_selection"
+    assert code == 2 and "has no option 'tolerance' (--certifier-option); " + accepted in err

@@ -99,7 +99,8 @@ def smoothed_pgd(
         )
         attack.set_device(x.device)
         with torch.enable_grad():
-            adv = attack(x.detach(), y)
+            # torchattacks reshapes with .view, which a channels_last batch does not allow
+            adv = attack(x.detach().contiguous(), y)
     return adv.detach()
 
 

@@ -102,6 +102,8 @@ def sample_counts(
 ) -> Tensor:
     """Count the base classifier's top-1 class over ``num`` noisy copies of each image.
 
+    The noise is drawn on ``x``'s device and the counts stay there until the end: one copy to the CPU per call.
+
     Shape:
         x: (B, C, H, W). returns: (B, K) int64 counts on the CPU.
     """
@@ -119,11 +121,15 @@ def sample_counts(
             raise ValueError(f"the model must return at least 2 class scores; got {num_classes}")
         if counts is None:
             counts = torch.zeros(len(x) * num_classes, dtype=torch.int64, device=logits.device)
-        owner = torch.repeat_interleave(
-            torch.tensor([i for i, _ in segments], device=logits.device),
-            torch.tensor([c for _, c in segments], device=logits.device),
-        )
-        counts += torch.bincount(owner * num_classes + logits.argmax(1), minlength=len(counts))
+        # _plan's passes are consecutive images with equal counts, so the owner of each sample is known without
+        # copying a list to the device: on a GPU such a copy would wait for the pass before it to finish.
+        first, per_image = segments[0][0], segments[0][1]
+        if len(segments) == 1:
+            own = counts[first * num_classes : (first + 1) * num_classes]
+            own += torch.bincount(logits.argmax(1), minlength=num_classes)
+        else:
+            owner = torch.arange(first, first + len(segments), device=logits.device).repeat_interleave(per_image)
+            counts += torch.bincount(owner * num_classes + logits.argmax(1), minlength=len(counts))
     return counts.view(len(x), -1).cpu()
 
 

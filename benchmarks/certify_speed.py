@@ -3,6 +3,8 @@
 For each model and execution (fp32, bf16, bf16 + channels_last, + torch.compile, + CUDA graphs) it measures, in one
 process on one device:
 
+With ``--repeats R`` every timing is the best of R (the fastest run, the one least disturbed by other work).
+
 - ``certify``: rs-plugins' ``cohen_certify`` on ``--images`` images with n0 + n samples each, as the CLI runs it
   (the model wrapped by ``rs_plugins.execution.prepare_model``): samples/s, seconds per image, peak memory, and the
   ratio to the raw forward throughput of the same wrapped model at the same batch size (target >= 0.95);
@@ -18,7 +20,7 @@ process on one device:
 Rows are appended to CSV files in ``--out-dir`` as soon as each is measured, so a run stopped early keeps them.
 
     python benchmarks/certify_speed.py --device cpu --threads 1 --models resnet20 --n 4000 --batch-size 400 \\
-        --images 2 --executions fp32 bf16 bf16+cl --loop --agreement 40 --train-batches 2 \\
+        --images 2 --executions fp32 bf16 bf16+cl --loop --repeats 3 --sections certify \\
         --out-dir benchmarks/results/certify_speed_cpu
 """
 
@@ -179,7 +181,7 @@ def bench_certify(args, device, write):
             loop = lambda: cohen_loop(base, x, args.sigma, args.n0, args.n, args.alpha, args.batch_size)  # noqa: E731
             cohen_loop(base, x[:1], args.sigma, args.n0, 2 * args.batch_size, args.alpha, args.batch_size)
             with PeakMemory(device) as memory:
-                seconds, _ = timed(loop, device)
+                seconds = min(timed(loop, device)[0] for _ in range(args.repeats))
             write("certify", row(args, device, model_name, "fp32 (Cohen-style loop)", seconds, memory, None, None, ""))
         for name in args.executions:
             if name not in EXECUTIONS:
@@ -196,9 +198,9 @@ def bench_certify(args, device, write):
             compile_seconds, _ = timed(lambda: run(2 * args.batch_size + 1, x[:1]), device)  # warm-up, every shape
             with PeakMemory(device) as small:
                 run(max(args.n // 10, args.n0), x[:1])
-            raw = raw_forward(model, shape, args.batch_size, device, args.raw_seconds)
+            raw = max(raw_forward(model, shape, args.batch_size, device, args.raw_seconds) for _ in range(args.repeats))
             with PeakMemory(device) as memory:
-                seconds, _ = timed(lambda: run(args.n, x), device)
+                seconds = min(timed(lambda: run(args.n, x), device)[0] for _ in range(args.repeats))
             write("certify", row(args, device, model_name, name, seconds, memory, small, raw, f"{compile_seconds:.1f}"))
             del model
             if device.type == "cuda":
@@ -346,6 +348,7 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.25)
     parser.add_argument("--batch-size", type=int, default=400)
     parser.add_argument("--raw-seconds", type=float, default=3.0, help="how long to time the raw forward pass")
+    parser.add_argument("--repeats", type=int, default=1, help="best of this many timings (for a busy machine)")
     parser.add_argument("--loop", action="store_true", help="also time the per-image fp32 Cohen-style loop")
     parser.add_argument("--auto-batch", action="store_true", help="print what --batch-size auto picks")
     parser.add_argument("--agreement", type=int, default=0, help="images for the fp32 vs bf16+cl comparison")

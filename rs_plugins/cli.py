@@ -11,11 +11,11 @@ from pathlib import Path
 from . import __version__
 from .data import select_indices
 from .errors import RsPluginError
+from .execution import add_execution_arguments, batch_size_arg, execution_from_args
 from .host import Host
 from .report import (
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
-    ResultsFile,
     format_table,
     plot_certified_accuracy,
     read_results,
@@ -104,7 +104,10 @@ def _add_run(p: argparse.ArgumentParser, *, batch_size: int | None) -> None:
     p.add_argument("--noise", default="gaussian", help="noise sampler (default gaussian)")
     p.add_argument("--noise-option", action="append", default=[], metavar="KEY=VALUE")
     default = f"default {batch_size}" if batch_size else "default from --recipe (256; macer 64)"
-    p.add_argument("--batch-size", type=_positive_int, default=batch_size, help=default)
+    if batch_size:  # certify, predict: samples per forward pass; auto measures the GPU's memory
+        default += "; auto: fill ~60%% of the GPU's free memory (CPU: 400)"
+    batch_type = batch_size_arg if batch_size else _positive_int
+    p.add_argument("--batch-size", type=batch_type, default=batch_size, help=default)
     p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -128,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_data(p, "test")
         _add_subset(p)
         _add_run(p, batch_size=1000)
+        add_execution_arguments(p)
         if name == "certify":
             p.add_argument("--certifier", default="cohen", help="certifier (default cohen)")
             p.add_argument("--certifier-option", action="append", default=[], metavar="KEY=VALUE")
@@ -224,7 +228,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
-    from .runner import certify_dataset, predict_dataset, resolve_device
+    import torch
+
+    from .distributed import init_world
+    from .execution import auto_batch_size, prepare_model
+    from .runner import certify_dataset, predict_dataset, resolve_device, run_sharded
 
     certify = args.command == "certify"
     if certify and args.n0 > args.n:
@@ -245,8 +253,13 @@ def cmd_certify(args: argparse.Namespace) -> int:
             "certifier_option": _options(args.certifier_option, "--certifier-option"),
             "n0": args.n0,
         }
+    execution = execution_from_args(args)
+    settings |= execution.settings()  # the certificate is of the model as run: another precision, other rows
     host = Host()
     device = resolve_device(args.device)
+    world = init_world(device.type)  # torchrun: each process takes its share of the images
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
     noise = host.noise(args.noise, sigma=args.sigma, **settings["noise_option"])
     models = [_load_model(host, args, source) for source in args.model]
     if args.mixer:
@@ -258,23 +271,36 @@ def cmd_certify(args: argparse.Namespace) -> int:
         model = models[0]
     dataset = host.load_data(DataRequest(args.data, args.split))
     indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
+    model = prepare_model(model, device, execution)
+    batch_size = args.batch_size
+    if batch_size == "auto":
+        batch_size = auto_batch_size(model, dataset[indices[0]][0].shape, device, limit=args.n)
+        if world.main:
+            print(f"--batch-size auto: {batch_size}", flush=True)
     common = dict(
-        indices=indices,
         n=args.n,
         alpha=args.alpha,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         seed=args.seed,
         device=device,
-        progress=not args.no_progress,
+        progress=not args.no_progress and world.main,
     )
     if certify:
         host.check_compatible(args.certifier, args.noise)
         certifier = host.certifier(args.certifier, **settings["certifier_option"])
-        with ResultsFile(args.out, CERTIFY_COLUMNS, settings) as results:
-            rows = certify_dataset(model, dataset, noise, certifier, results, n0=args.n0, **common)
+        columns = CERTIFY_COLUMNS
+
+        def work(results, share):
+            certify_dataset(model, dataset, noise, certifier, results, indices=share, n0=args.n0, **common)
     else:
-        with ResultsFile(args.out, PREDICT_COLUMNS, settings) as results:
-            rows = predict_dataset(model, dataset, noise, results, **common)
+        columns = PREDICT_COLUMNS
+
+        def work(results, share):
+            predict_dataset(model, dataset, noise, results, indices=share, **common)
+
+    rows = run_sharded(work, args.out, columns, settings, indices, world)
+    if not world.main:
+        return 0  # the main process merged the shares into --out and reports them
     norm = noise.norm
     if certify:
         print(format_table(rows, title=f"certify {args.out} ({norm} radius, sigma={args.sigma}, n={args.n})"))
@@ -409,6 +435,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--"]:  # `torchrun ... -m rs_plugins -- certify --n ...`: the `--` keeps torchrun off our flags
+        argv = argv[1:]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

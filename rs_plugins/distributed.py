@@ -1,4 +1,5 @@
-"""Data-parallel training across processes started by ``torchrun`` (one process per GPU, any number of nodes).
+"""Data-parallel training across processes started by ``torchrun`` (one process per GPU, any number of nodes),
+and the sharding of certification's images across them (``shard``; ``runner.run_sharded`` does the files).
 
 Each process takes its share of every batch, and the gradients are averaged with ``all_reduce`` before each
 optimiser step: the algorithm of ``DistributedDataParallel``. It runs after the loss rather than inside a
@@ -10,12 +11,16 @@ all-reduce per step keeps the traffic the same as DDP's; only the overlap with t
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -97,3 +102,12 @@ def broadcast_model(model: nn.Module, world: World) -> None:
         return
     for tensor in [*model.parameters(), *model.buffers()]:
         dist.broadcast(tensor.data, src=0)
+
+
+def shard(items: Sequence[T], world: World) -> list[T]:
+    """This process's share of ``items``: every ``size``-th item from its rank on.
+
+    The shares are disjoint and together hold every item once: unlike ``DistributedSampler`` nothing is repeated
+    to even them out, so no image is certified twice and counted twice in certified accuracy.
+    """
+    return list(items[world.rank :: world.size])

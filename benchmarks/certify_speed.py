@@ -3,7 +3,8 @@
 For each model and execution (fp32, bf16, bf16 + channels_last, + torch.compile, + CUDA graphs) it measures, in one
 process on one device:
 
-With ``--repeats R`` every timing is the best of R (the fastest run, the one least disturbed by other work).
+With ``--repeats R`` every timing is the best of R (the run least disturbed by other work), the raw forward pass
+and the certification alternating.
 
 - ``certify``: rs-plugins' ``cohen_certify`` on ``--images`` images with n0 + n samples each, as the CLI runs it
   (the model wrapped by ``rs_plugins.execution.prepare_model``): samples/s, seconds per image, peak memory, and the
@@ -20,7 +21,7 @@ With ``--repeats R`` every timing is the best of R (the fastest run, the one lea
 Rows are appended to CSV files in ``--out-dir`` as soon as each is measured, so a run stopped early keeps them.
 
     python benchmarks/certify_speed.py --device cpu --threads 1 --models resnet20 --n 4000 --batch-size 400 \\
-        --images 2 --executions fp32 bf16 bf16+cl --loop --repeats 3 --sections certify \\
+        --images 1 --executions fp32 bf16 bf16+cl --loop --repeats 5 --sections certify \\
         --out-dir benchmarks/results/certify_speed_cpu
 """
 
@@ -198,9 +199,12 @@ def bench_certify(args, device, write):
             compile_seconds, _ = timed(lambda: run(2 * args.batch_size + 1, x[:1]), device)  # warm-up, every shape
             with PeakMemory(device) as small:
                 run(max(args.n // 10, args.n0), x[:1])
-            raw = max(raw_forward(model, shape, args.batch_size, device, args.raw_seconds) for _ in range(args.repeats))
+            raws, times = [], []
             with PeakMemory(device) as memory:
-                seconds = min(timed(lambda: run(args.n, x), device)[0] for _ in range(args.repeats))
+                for _ in range(args.repeats):  # alternated, so both see the same share of a busy machine
+                    raws.append(raw_forward(model, shape, args.batch_size, device, args.raw_seconds))
+                    times.append(timed(lambda: run(args.n, x), device)[0])
+            raw, seconds = max(raws), min(times)
             write("certify", row(args, device, model_name, name, seconds, memory, small, raw, f"{compile_seconds:.1f}"))
             del model
             if device.type == "cuda":

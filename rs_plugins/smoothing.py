@@ -110,7 +110,8 @@ def sample_counts(
     generators = _per_image(generator, len(x))
     counts = None
     for segments in _plan(len(x), num, batch_size):
-        noisy = torch.cat([noise.sample(x[i].expand(c, *x.shape[1:]), generator=generators[i]) for i, c in segments])
+        draws = [noise.sample(x[i].expand(c, *x.shape[1:]), generator=generators[i]) for i, c in segments]
+        noisy = draws[0] if len(draws) == 1 else torch.cat(draws)
         logits = model(noisy)  # (M, K)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != len(noisy):
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__

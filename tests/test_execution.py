@@ -129,3 +129,15 @@ def test_cli_records_the_execution_and_refuses_to_mix_precisions(tmp_path, capsy
     args = build_parser().parse_args([*common, "--precision", "fp32", "--channels-last"])
     with pytest.raises(ResultsFileError, match="precision=bf16.*precision=fp32"):
         args.func(args)  # main() would print the error; the command itself raises it
+
+
+def test_attacks_accept_channels_last_batches():
+    """`train --loss smoothmix --channels-last` feeds NHWC batches to torchattacks, which reshapes with .view."""
+    from rs_plugins.attacks import smoothed_pgd
+    from rs_plugins.losses import draw_deltas
+
+    model = tiny_classifier(channels=3).to(memory_format=torch.channels_last)
+    x = torch.rand(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    deltas = draw_deltas(GaussianNoise(0.25), x, 2)
+    adv = smoothed_pgd(model, x, torch.arange(4) % 3, deltas, epsilon=0.5, step_size=0.25, steps=2, extra="smoothmix")
+    assert adv.shape == x.shape and 0 < float((adv - x).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-5

@@ -21,7 +21,7 @@ and the certification alternating.
 Rows are appended to CSV files in ``--out-dir`` as soon as each is measured, so a run stopped early keeps them.
 
     python benchmarks/certify_speed.py --device cpu --threads 1 --models resnet20 --n 4000 --batch-size 400 \\
-        --images 1 --executions fp32 bf16 bf16+cl --loop --repeats 5 --sections certify \\
+        --images 1 --executions fp32 bf16 bf16+cl bf16+cl+compile --loop --repeats 5 --sections certify \\
         --out-dir benchmarks/results/certify_speed_cpu
 """
 
@@ -34,8 +34,8 @@ import json
 import os
 import platform
 import tempfile
-import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +69,9 @@ def build_model(name: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
         import torchvision
 
         return torchvision.models.resnet50(weights=None), (3, 224, 224)
-    raise ValueError(f"--models: unknown model {name!r}; use resnetD (CIFAR ResNet of depth D, e.g. resnet110) or resnet50")
+    raise ValueError(
+        f"--models: unknown model {name!r}; use resnetD (CIFAR ResNet of depth D, e.g. resnet110) or resnet50"
+    )
 
 
 def prepare(model, device, name):
@@ -136,21 +138,38 @@ def cohen_loop(model, x, sigma, n0, n, alpha, batch_size):
     """Per-image fp32 CERTIFY in the reference implementation's structure; returns (prediction, p_lower) per image."""
     results = []
     for image in x:
-        def counts(num):
-            total, remaining = None, num
-            while remaining > 0:
-                size = min(batch_size, remaining)
-                remaining -= size
-                batch = image.repeat((size, 1, 1, 1))
-                predictions = model(batch + torch.randn_like(batch) * sigma).argmax(1)
-                found = np.bincount(predictions.cpu().numpy(), minlength=10)
-                total = found if total is None else total + found
-            return total
-
-        top = int(counts(n0).argmax())
-        k = int(counts(n)[top])
+        top = int(_loop_counts(model, image, sigma, n0, batch_size).argmax())
+        k = int(_loop_counts(model, image, sigma, n, batch_size)[top])
         results.append((top, float(beta.ppf(alpha, k, n - k + 1)) if k else 0.0))
     return results
+
+
+def _loop_counts(model, image, sigma, num, batch_size):
+    total, remaining = None, num
+    while remaining > 0:
+        size = min(batch_size, remaining)
+        remaining -= size
+        batch = image.repeat((size, 1, 1, 1))
+        predictions = model(batch + torch.randn_like(batch) * sigma).argmax(1)
+        found = np.bincount(predictions.cpu().numpy(), minlength=10)
+        total = found if total is None else total + found
+    return total
+
+
+def certify_images(model, images, noise, device, sampling, num):
+    """``cohen_certify`` as the runner calls it: one generator per image, seeded from (0, index)."""
+    generators = [image_generator(0, i, device) for i in range(len(images))]
+    return cohen_certify(model, images, noise, n=num, generator=generators, **sampling)
+
+
+def train_batch(model, loss, optimizer, x, y, noise, dtype):
+    """One loader batch as ``rs-plugins train`` runs it: the loss's chunks, one SGD step each, under autocast."""
+    for cx, cy in zip(x.tensor_split(loss.chunks), y.tensor_split(loss.chunks)):
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            out = loss(model, cx, cy, noise, progress=1.0)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
 
 
 class Writer:
@@ -179,7 +198,7 @@ def bench_certify(args, device, write):
         base = base.to(device).eval()
         x = torch.rand(args.images, *shape, device=device)
         if args.loop:
-            loop = lambda: cohen_loop(base, x, args.sigma, args.n0, args.n, args.alpha, args.batch_size)  # noqa: E731
+            loop = partial(cohen_loop, base, x, args.sigma, args.n0, args.n, args.alpha, args.batch_size)
             cohen_loop(base, x[:1], args.sigma, args.n0, 2 * args.batch_size, args.alpha, args.batch_size)
             with PeakMemory(device) as memory:
                 seconds = min(timed(loop, device)[0] for _ in range(args.repeats))
@@ -191,19 +210,16 @@ def bench_certify(args, device, write):
                 torch._dynamo.reset()
             model = prepare(base, device, name)
             sampling = dict(n0=args.n0, alpha=args.alpha, batch_size=args.batch_size)
-
-            def run(num, images):
-                generators = [image_generator(0, i, device) for i in range(len(images))]
-                return cohen_certify(model, images, noise, n=num, generator=generators, **sampling)
-
-            compile_seconds, _ = timed(lambda: run(2 * args.batch_size + 1, x[:1]), device)  # warm-up, every shape
+            run = partial(certify_images, model, x, noise, device, sampling)
+            one = partial(certify_images, model, x[:1], noise, device, sampling)
+            compile_seconds, _ = timed(partial(one, 2 * args.batch_size + 1), device)  # warm-up, every shape
             with PeakMemory(device) as small:
-                run(max(args.n // 10, args.n0), x[:1])
+                one(max(args.n // 10, args.n0))
             raws, times = [], []
             with PeakMemory(device) as memory:
                 for _ in range(args.repeats):  # alternated, so both see the same share of a busy machine
                     raws.append(raw_forward(model, shape, args.batch_size, device, args.raw_seconds))
-                    times.append(timed(lambda: run(args.n, x), device)[0])
+                    times.append(timed(partial(run, args.n), device)[0])
             raw, seconds = max(raws), min(times)
             write("certify", row(args, device, model_name, name, seconds, memory, small, raw, f"{compile_seconds:.1f}"))
             del model
@@ -211,8 +227,11 @@ def bench_certify(args, device, write):
                 torch.cuda.empty_cache()
         if args.auto_batch:
             model = prepare(base, device, "bf16+cl")
-            print(f"--batch-size auto for {model_name} bf16+cl on {device}:", auto_batch_size(model, shape, device,
-                  limit=args.n), flush=True)
+            print(
+                f"--batch-size auto for {model_name} bf16+cl on {device}:",
+                auto_batch_size(model, shape, device, limit=args.n),
+                flush=True,
+            )
 
 
 def row(args, device, model_name, execution, seconds, memory, small, raw, warmup):
@@ -247,10 +266,20 @@ def bench_agreement(args, device, write):
     """Certify the same held-out images with the same noise in fp32 and bf16 + channels_last."""
     torch.manual_seed(0)
     model = CifarResNet(args.agreement_depth)
-    config = TrainConfig(epochs=args.agreement_epochs, batch_size=64, lr=0.1, lr_step=max(1, args.agreement_epochs // 2))
+    config = TrainConfig(
+        epochs=args.agreement_epochs, batch_size=64, lr=0.1, lr_step=max(1, args.agreement_epochs // 2)
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        train(model, digits32("train"), GaussianAugmentation(), GaussianNoise(args.sigma), config=config,
-              checkpoint_dir=tmp, device=device, progress=False)
+        train(
+            model,
+            digits32("train"),
+            GaussianAugmentation(),
+            GaussianNoise(args.sigma),
+            config=config,
+            checkpoint_dir=tmp,
+            device=device,
+            progress=False,
+        )
     test = digits32("test")
     every = max(1, len(test) // args.agreement)
     indices = list(range(0, len(test), every))[: args.agreement]
@@ -261,8 +290,16 @@ def bench_agreement(args, device, write):
         prepared = prepare(model, device, name)
         generators = [image_generator(0, i, device) for i in indices]
         start = time.perf_counter()
-        results[name] = cohen_certify(prepared, x, GaussianNoise(args.sigma), n0=args.n0, n=args.agreement_n,
-                                      alpha=args.alpha, batch_size=args.batch_size, generator=generators)
+        results[name] = cohen_certify(
+            prepared,
+            x,
+            GaussianNoise(args.sigma),
+            n0=args.n0,
+            n=args.agreement_n,
+            alpha=args.alpha,
+            batch_size=args.batch_size,
+            generator=generators,
+        )
         print(f"agreement {name}: {time.perf_counter() - start:.1f} s", flush=True)
     a, b = results["fp32"], results["bf16+cl"]
 
@@ -293,8 +330,10 @@ def bench_training(args, device, write):
 
     noise = GaussianNoise(args.sigma)
     shape = (3, 32, 32)
-    losses = {"consistency (m=2, lbd=10)": lambda: ConsistencyLoss(m=2, lbd=10.0),
-              "smoothmix (m=2, T=4, eta=5)": lambda: SmoothMixLoss(m=2, steps=4, eta=5.0)}
+    losses = {
+        "consistency (m=2, lbd=10)": lambda: ConsistencyLoss(m=2, lbd=10.0),
+        "smoothmix (m=2, T=4, eta=5)": lambda: SmoothMixLoss(m=2, steps=4, eta=5.0),
+    }
     for loss_name, make in losses.items():
         for name in ("fp32", "bf16+cl"):
             execution = EXECUTIONS[name][0]
@@ -308,29 +347,29 @@ def bench_training(args, device, write):
             dtype = {"fp32": None, "bf16": torch.bfloat16}[execution.precision]
             x = torch.rand(args.train_batch, *shape, device=device).contiguous(memory_format=memory_format)
             y = torch.randint(0, 10, (args.train_batch,), device=device)
-
-            def batch():
-                for cx, cy in zip(x.tensor_split(loss.chunks), y.tensor_split(loss.chunks)):
-                    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                        out = loss(model, cx, cy, noise, progress=1.0)
-                    optimizer.zero_grad(set_to_none=True)
-                    out.loss.backward()
-                    optimizer.step()
-
+            batch = partial(train_batch, model, loss, optimizer, x, y, noise, dtype)
             batch()  # warm-up
             with PeakMemory(device) as memory:
-                seconds, _ = timed(lambda: [batch() for _ in range(args.train_batches)], device)
+                seconds, _ = timed(partial(_repeat, batch, args.train_batches), device)
             per_batch = seconds / args.train_batches
-            write("training", {
-                "device": device_name(device),
-                "model": f"resnet{args.train_depth}",
-                "loss": loss_name,
-                "execution": name,
-                "batch": args.train_batch,
-                "seconds_per_batch": round(per_batch, 4),
-                "seconds_per_cifar10_epoch": round(per_batch * 50_000 / args.train_batch, 1),
-                "peak_mib": round(memory.mib, 1),
-            })
+            write(
+                "training",
+                {
+                    "device": device_name(device),
+                    "model": f"resnet{args.train_depth}",
+                    "loss": loss_name,
+                    "execution": name,
+                    "batch": args.train_batch,
+                    "seconds_per_batch": round(per_batch, 4),
+                    "seconds_per_cifar10_epoch": round(per_batch * 50_000 / args.train_batch, 1),
+                    "peak_mib": round(memory.mib, 1),
+                },
+            )
+
+
+def _repeat(fn, times):
+    for _ in range(times):
+        fn()
 
 
 def device_name(device):
@@ -369,8 +408,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     write = Writer(Path(args.out_dir))
-    environment = {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
-                   "cuda": torch.version.cuda, "cpus": os.cpu_count(), "args": vars(args)}
+    environment = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
+        "cpus": os.cpu_count(),
+        "args": vars(args),
+    }
     (Path(args.out_dir) / "environment.json").write_text(json.dumps(environment, indent=2) + "\n")
     print(json.dumps(environment), flush=True)
     for section in args.sections:

@@ -50,7 +50,12 @@ def test_reduced_precision_certificates_match_the_closed_form(linear, precision,
     x = at(d)
     assert float(exact.distance(x)) == pytest.approx(d)
     cert = cohen_certify(
-        prepared, x, GaussianNoise(SIGMA), n=100_000, alpha=0.001, batch_size=10_000,
+        prepared,
+        x,
+        GaussianNoise(SIGMA),
+        n=100_000,
+        alpha=0.001,
+        batch_size=10_000,
         generator=[torch.Generator().manual_seed(0)],
     )[0]
     assert seen and set(seen) == {PRECISION_DTYPES[precision]}  # the layer really ran in reduced precision
@@ -76,7 +81,9 @@ def test_reduced_precision_abstains_on_the_boundary(linear):
 def test_wrapper_returns_fp32_logits_in_channels_last_and_keeps_gradients():
     model = tiny_classifier(channels=3)
     formats = []
-    model[0].register_forward_pre_hook(lambda m, a: formats.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+    model[0].register_forward_pre_hook(
+        lambda m, a: formats.append(a[0].is_contiguous(memory_format=torch.channels_last))
+    )
     prepared = prepare_model(model, "cpu", Execution("bf16", channels_last=True))
     assert not prepared.training  # certify's eval_mode restores the wrapper's mode, so it must be eval too
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
@@ -119,8 +126,26 @@ def test_bad_precision_and_batch_size_are_named():
 
 def test_cli_records_the_execution_and_refuses_to_mix_precisions(tmp_path, capsys):
     out = tmp_path / "c.tsv"
-    common = ["certify", "--model", "rs_plugins.nets:SmallCNN", "--data", "digits", "--sigma", "0.25", "--n", "200",
-              "--n0", "20", "--limit", "3", "--device", "cpu", "--no-progress", "--out", str(out)]
+    common = [
+        "certify",
+        "--model",
+        "rs_plugins.nets:SmallCNN",
+        "--data",
+        "digits",
+        "--sigma",
+        "0.25",
+        "--n",
+        "200",
+        "--n0",
+        "20",
+        "--limit",
+        "3",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main([*common, "--precision", "bf16", "--channels-last", "--batch-size", "auto"]) == 0
     assert "--batch-size auto: 200" in capsys.readouterr().out
     settings = json.loads((tmp_path / "c.tsv.json").read_text())

@@ -11,13 +11,13 @@ import sys
 
 import pytest
 
+from rs_plugins.builtin.gaussian import CohenCertifier, GaussianNoise
 from rs_plugins.cli import main
 from rs_plugins.data import load_digits
 from rs_plugins.distributed import World, shard
 from rs_plugins.errors import ResultsFileError
 from rs_plugins.report import CERTIFY_COLUMNS, PREDICT_COLUMNS, ResultsFile, read_results
 from rs_plugins.runner import certify_dataset, partial_path, predict_dataset
-from rs_plugins.builtin.gaussian import CohenCertifier, GaussianNoise
 
 MODEL = '''
 import os
@@ -56,10 +56,33 @@ def root(tmp_path_factory):
     return root
 
 
+# The tests put the model module's folder on sys.path by hand: pytest's syspath_prepend calls pkg_resources, which
+# test_models.py leaves stubbed.
+
+
 def args(root, out, command="certify"):
     sampling = ["--n", "200", "--batch-size", "40"] + (["--n0", "20"] if command == "certify" else [])
-    return [command, "--model", "shard_model:net", "--data", "digits", "--limit", str(IMAGES), "--sigma", "0.1",
-            *sampling, "--alpha", "0.01", "--device", "cpu", "--no-progress", "--seed", "3", "--out", str(out)]
+    return [
+        command,
+        "--model",
+        "shard_model:net",
+        "--data",
+        "digits",
+        "--limit",
+        str(IMAGES),
+        "--sigma",
+        "0.1",
+        *sampling,
+        "--alpha",
+        "0.01",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+    ]
 
 
 def torchrun(root, out, die_after=None):
@@ -124,15 +147,27 @@ def _certify_share(root, out, rank, size, count):
     share = shard(list(range(IMAGES)), World(rank, size))[:count]
     settings = json.loads((root / "one.tsv.json").read_text())
     with ResultsFile(partial_path(out, World(rank, size)), CERTIFY_COLUMNS, settings) as results:
-        certify_dataset(net(), digits, GaussianNoise(0.1), CohenCertifier(), results, indices=share, n0=20, n=200,
-                        alpha=0.01, batch_size=40, seed=3, progress=False)
+        certify_dataset(
+            net(),
+            digits,
+            GaussianNoise(0.1),
+            CohenCertifier(),
+            results,
+            indices=share,
+            n0=20,
+            n=200,
+            alpha=0.01,
+            batch_size=40,
+            seed=3,
+            progress=False,
+        )
 
 
 def test_one_process_finishes_what_a_killed_three_process_run_left(root, reference, monkeypatch):
     out = root / "three.tsv"
     for rank, count in ((0, 2), (1, 4), (2, 0)):
         _certify_share(root, out, rank, 3, count)
-    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setattr(sys, "path", [str(root), *sys.path])  # not syspath_prepend: see above
     assert main(args(root, out)) == 0
     assert cells(out) == cells(reference)
     assert not list(root.glob("three.tsv.part-*"))
@@ -143,7 +178,7 @@ def test_partials_from_other_settings_are_refused(root, reference, monkeypatch):
     part = partial_path(out, World(1, 2))
     with ResultsFile(part, CERTIFY_COLUMNS, {"sigma": 0.5}):
         pass
-    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setattr(sys, "path", [str(root), *sys.path])  # not syspath_prepend: see above
     with pytest.raises(ResultsFileError, match="sigma=0.5.*sigma=0.1"):
         from rs_plugins.cli import build_parser
 
@@ -152,7 +187,7 @@ def test_partials_from_other_settings_are_refused(root, reference, monkeypatch):
 
 
 def test_predict_resumes_from_partials_too(root, monkeypatch):
-    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setattr(sys, "path", [str(root), *sys.path])  # not syspath_prepend: see above
     from shard_model import net  # noqa: PLC0415
 
     reference, out = root / "p1.tsv", root / "p2.tsv"
@@ -160,7 +195,17 @@ def test_predict_resumes_from_partials_too(root, monkeypatch):
     settings = json.loads((root / "p1.tsv.json").read_text())
     digits = load_digits("test")
     with ResultsFile(partial_path(out, World(1, 2)), PREDICT_COLUMNS, settings) as results:
-        predict_dataset(net(), digits, GaussianNoise(0.1), results, indices=[1, 3, 5], n=200, alpha=0.01,
-                        batch_size=40, seed=3, progress=False)
+        predict_dataset(
+            net(),
+            digits,
+            GaussianNoise(0.1),
+            results,
+            indices=[1, 3, 5],
+            n=200,
+            alpha=0.01,
+            batch_size=40,
+            seed=3,
+            progress=False,
+        )
     assert main(args(root, out, "predict")) == 0
     assert cells(out) == cells(reference)

@@ -228,9 +228,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
+    import datetime
+
     import torch
 
-    from .distributed import init_world
+    from .distributed import init_world, leave_world
     from .execution import auto_batch_size, prepare_model
     from .runner import certify_dataset, predict_dataset, resolve_device, run_sharded
 
@@ -257,9 +259,12 @@ def cmd_certify(args: argparse.Namespace) -> int:
     settings |= execution.settings()  # the certificate is of the model as run: another precision, other rows
     host = Host()
     device = resolve_device(args.device)
-    world = init_world(device.type)  # torchrun: each process takes its share of the images
+    # torchrun: each process takes its share of the images. Processes only wait for each other at two barriers,
+    # so gloo (CPU) suffices, and a process done early may wait at the last one for as long as the run lasts.
+    world = init_world("cpu", timeout=datetime.timedelta(days=365))
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)  # else every process would also open a context on GPU 0
     noise = host.noise(args.noise, sigma=args.sigma, **settings["noise_option"])
     models = [_load_model(host, args, source) for source in args.model]
     if args.mixer:
@@ -299,6 +304,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
             predict_dataset(model, dataset, noise, results, indices=share, **common)
 
     rows = run_sharded(work, args.out, columns, settings, indices, world)
+    leave_world(world)
     if not world.main:
         return 0  # the main process merged the shares into --out and reports them
     norm = noise.norm
@@ -329,7 +335,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from .distributed import init_world
+    from .distributed import init_world, leave_world
     from .runner import resolve_device
     from .training import train
 
@@ -361,6 +367,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         world=world,
         settings=settings,
     )
+    leave_world(world)
     if world.main:
         print(f"model state dict: {Path(args.checkpoint_dir) / 'model.pt'}")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -37,10 +38,11 @@ class World:
         return self.rank == 0
 
 
-def init_world(device_type: str) -> World:
+def init_world(device_type: str, *, timeout: timedelta | None = None) -> World:
     """Join the process group torchrun set up through its environment; a lone process needs none.
 
-    The backend is NCCL for training on CUDA and gloo on the CPU (CPU training and the tests).
+    The backend is NCCL for training on CUDA and gloo on the CPU (CPU training and the tests). ``timeout``
+    bounds how long a collective (a barrier too) may wait for the slowest process; torch's default if None.
     """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
@@ -50,8 +52,15 @@ def init_world(device_type: str) -> World:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(world.local_rank)
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, **({"timeout": timeout} if timeout else {}))
     return world
+
+
+def leave_world(world: World) -> None:
+    """Destroy the process group before the interpreter exits: left to exit, gloo's threads can abort the process
+    (``terminate called without an active exception``) after all the work is done."""
+    if world.size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def average_gradients(model: nn.Module, world: World) -> None:

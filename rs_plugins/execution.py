@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -103,7 +104,8 @@ def auto_batch_size(model: nn.Module, image_shape: Sequence[int], device: torch.
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     x = torch.rand(probe, *image_shape, device=device)
-    with torch.no_grad(), torch.compiler.set_stance("force_eager"):
+    eager = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else nullcontext()
+    with torch.no_grad(), eager:
         model(x + torch.randn_like(x)).argmax(1)
     torch.cuda.synchronize(device)
     per_sample = (torch.cuda.max_memory_allocated(device) - before) / probe + 4 * x[0].numel() * 4

@@ -90,7 +90,8 @@ class _BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     """The CIFAR-10 ResNet of He et al. (2016) that the smoothing papers certify: three stages of 16, 32 and 64
-    channels with (depth - 2) / 6 basic blocks each; depth 110 has 1.7M parameters, depth 20 has 0.27M.
+    channels with (depth - 2) / 6 basic blocks each, 1x1 projection shortcuts where the shape changes; depth 110
+    has 1.73M parameters, depth 20 has 0.27M.
 
     Args:
         depth: 6k + 2 layers (20, 32, 44, 56, 110).

@@ -498,3 +498,15 @@ def test_cli_attack_refuses_a_model_with_non_finite_logits(tmp_path, capsys):
     argv = ["attack", "--model", f"torchscript:{path}", "--data", "digits", "--limit", "2", "--attack", "pgd"]
     code, _, err = run_cli(capsys, *argv, "--eps", "0.1", "--out", tmp_path / "a.tsv", *FAST)
     assert code == 2 and "non-finite logits" in err
+
+
+def test_cli_attack_runs_the_model_as_asked_and_records_it(scripted, tmp_path, capsys):
+    out = tmp_path / "bf16.tsv"
+    argv = ["attack", "--model", scripted, "--data", "digits", "--limit", "4", "--attack", "pgd", "--eps", "0.1"]
+    code, _, err = run_cli(capsys, *argv, "--precision", "bf16", "--channels-last", "--out", out, *FAST)
+    assert code == 0, err
+    sidecar = json.loads((tmp_path / "bf16.tsv.json").read_text())
+    assert sidecar["precision"] == "bf16" and sidecar["channels_last"] is True
+    assert sidecar["provenance"]["precision"] == "bf16"
+    code, _, err = run_cli(capsys, *argv, "--out", out, *FAST)  # fp32 onto a bf16 file: other rows, refused
+    assert code == 2 and "precision=bf16" in err

@@ -19,7 +19,6 @@ from .report import (
     ATTACK_COLUMNS,
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
-    ResultsFile,
     format_provenance,
     format_table,
     plot_certified_accuracy,
@@ -411,9 +410,14 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
+    import datetime
+
+    import torch
+
     from . import evaluation as ev
+    from .distributed import init_world, leave_world
     from .execution import prepare_model
-    from .runner import resolve_device
+    from .runner import resolve_device, run_sharded
 
     options = _options(args.attack_option, "--attack-option")
     adversary = ev.make_adversary(args.attack, args.norm, options, smoothed=args.sigma is not None)
@@ -434,6 +438,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
     settings |= execution.settings()  # the robustness measured is that of the model as run
     host = Host()
     device = resolve_device(args.device)
+    world = init_world("cpu", timeout=datetime.timedelta(days=365))  # torchrun: as certify, whole attack groups
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
     noise = None if args.sigma is None else host.noise(args.noise, sigma=args.sigma, **settings["noise_option"])
     model = _classifier(host, args, settings["mixer_option"])
     dataset = host.load_data(DataRequest(args.data, args.split))
@@ -450,12 +458,21 @@ def cmd_attack(args: argparse.Namespace) -> int:
         targets, below = ev.certified_targets(certified)
         indices = [i for i in indices if i in targets]
     smoothing = None if noise is None else ev.Smoothing(noise, m=args.m, n=args.n, alpha=args.alpha)
-    with ResultsFile(args.out, ATTACK_COLUMNS, settings, record) as results:
-        rows = ev.attack_dataset(
-            model, dataset, adversary, results, indices=indices, eps=eps, smoothing=smoothing,
-            batch_size=args.batch_size, seed=args.seed, device=device, progress=not args.no_progress,
+
+    def work(results, share):
+        ev.attack_dataset(
+            model, dataset, adversary, results, indices=share, eps=eps, smoothing=smoothing,
+            batch_size=args.batch_size, seed=args.seed, device=device, progress=not args.no_progress and world.main,
             targets=targets, below=below,
         )  # fmt: skip
+
+    group = ev.attack_group_size(args.batch_size, smoothing)
+    rows = run_sharded(work, args.out, ATTACK_COLUMNS, settings, indices, world, provenance=record, group=group)
+    leave_world(world)
+    if not world.main:
+        return 0  # the main process merged the shares into --out and reports them
+    wanted = ev.attack_keys(indices, eps, below)
+    rows = [row for row in rows if row.key in wanted]  # --out may hold other radii from earlier runs
     target = "base classifier" if noise is None else f"smoothed classifier, sigma={args.sigma}, n={args.n}"
     title = f"attack {args.out} ({adversary.name}, {adversary.norm}; {target})"
     alphas = (0.001 if certify_alpha is None else certify_alpha, args.alpha)  # 0.001: certify's default

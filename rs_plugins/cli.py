@@ -93,7 +93,9 @@ def _add_model(p: argparse.ArgumentParser, *, several: bool) -> None:
 
 def _add_data(p: argparse.ArgumentParser, split: str) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", required=True, help="digits | cifar10:<root> | <file>.pt | <file>.npz")
+    g.add_argument(
+        "--data", required=True, help="digits | mnist:<root> | cifar10:<root> | cifar100:<root> | imagenet:<root> | <file>.pt | <file>.npz",
+    )
     g.add_argument("--split", default=split, choices=["train", "test"], help=f"default {split}")
 
 

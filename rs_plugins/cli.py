@@ -27,7 +27,7 @@ from .report import (
     read_sidecar,
     write_summary,
 )
-from .training import AUGMENTATIONS, PRECISIONS, RECIPES, TrainConfig
+from .training import AUGMENTATIONS, PRECISIONS, RECIPES, VAL_IMAGES, TrainConfig
 from .types import ABSTAIN, DataRequest, ModelRequest
 
 LABEL_CLAIM = (
@@ -201,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and inputs")
     g.add_argument("--deterministic", action="store_true", help="only deterministic kernels (slower on GPU)")
     g.add_argument("--checkpoint-dir", default="checkpoints", help="checkpoint every epoch; rerunning resumes")
+    g = p.add_argument_group("held-out accuracy after each epoch (clean_acc, noisy_acc in train_log.csv)")
+    g.add_argument("--val-split", type=_positive_float, help="hold out this fraction of the training data instead")
+    g.add_argument("--val-data", help="--data source to evaluate on (default: --data's test split)")
+    g.add_argument(
+        "--val-images", type=validation.nonnegative_int, default=VAL_IMAGES,
+        help=f"held-out images per evaluation, spread over the split (default {VAL_IMAGES}; 0: none)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("report", help="tables, plot and summary from certification TSVs")
@@ -475,6 +482,24 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**(RECIPES[args.recipe] | chosen | execution))
 
 
+def _held_out(host: Host, args: argparse.Namespace, dataset):
+    """(training data, held-out data or None) for cmd_train: --val-split, --val-data, or --data's test split."""
+    from .training import hold_out
+
+    if args.val_split is not None and args.val_data is not None:
+        raise ValueError("give --val-split or --val-data, not both")
+    if args.val_images == 0:
+        return dataset, None
+    if args.val_split is not None:
+        return hold_out(dataset, args.val_split, args.seed)
+    if args.val_data is not None:
+        return dataset, host.load_data(DataRequest(args.val_data, "test"))
+    if args.split == "train" and not args.data.lower().endswith((".pt", ".npz")):
+        return dataset, host.load_data(DataRequest(args.data, "test"))
+    print(f"rs-plugins: --data {args.data} has no other split: no held-out accuracy (give --val-split or --val-data)")
+    return dataset, None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -499,6 +524,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = {"loss": args.loss, "loss_option": loss_options, "noise": args.noise, "noise_option": noise_options}
     settings |= {"sigma": args.sigma, "model": args.model, "data": args.data, "split": args.split}
     settings["processes"] = world.size  # noise is seeded per process: another count would not resume exactly
+    dataset, val_data = _held_out(host, args, dataset)
+    settings |= {"val_split": args.val_split, "val_data": args.val_data, "val_images": args.val_images}
     train(
         model,
         dataset,
@@ -510,6 +537,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         world=world,
         settings=settings,
+        val_data=val_data,
+        val_images=args.val_images,
     )
     leave_world(world)
     if world.main:

@@ -14,7 +14,7 @@ The rules, so that a new snippet is checked without a new test:
   must be on a short list (pip, venv, pytest, ...). A command with a bare ``...`` argument is elided on purpose
   and is not parsed.
 * A block preceded by ``<!-- illustrative -->`` is a sketch and is not run; there are at most
-  ``MAX_ILLUSTRATIVE`` of them, each with its reason next to the marker.
+  ``MAX_ILLUSTRATIVE`` of them, each with its reason next to the marker (none is needed today).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +42,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 ILLUSTRATIVE = "<!-- illustrative"
 MAX_ILLUSTRATIVE = 3
 FENCE = re.compile(r"^```(\w*)([^\n]*)\n(.*?)^```[ \t]*$", re.M | re.S)
-OTHER_PROGRAMS = {"bash", "pip", "python", "python3", "pytest", "cd", "export", "mkdir", "du", "git", "mkdocs", "ls", "cp"}
+OTHER_PROGRAMS = {"bash", "pip", "python", "python3", "pytest", "cd", "export", "mkdir", "du", "git", "mkdocs", "cp"}
 
 
 @dataclass

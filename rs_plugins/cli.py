@@ -22,11 +22,10 @@ from .report import (
     format_provenance,
     format_table,
     plot_certified_accuracy,
-    read_results,
     read_sidecar,
     write_summary,
 )
-from .training import AUGMENTATIONS, PRECISIONS, RECIPES, TrainConfig
+from .training import AUGMENTATIONS, PRECISIONS, RECIPES, VAL_IMAGES, TrainConfig
 from .types import ABSTAIN, DataRequest, ModelRequest
 
 LABEL_CLAIM = (
@@ -92,7 +91,8 @@ def _add_model(p: argparse.ArgumentParser, *, several: bool) -> None:
 
 def _add_data(p: argparse.ArgumentParser, split: str) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", required=True, help="digits | cifar10:<root> | <file>.pt | <file>.npz")
+    forms = "digits | mnist:<root> | cifar10:<root> | cifar100:<root> | imagenet:<root> | <file>.pt | <file>.npz"
+    g.add_argument("--data", required=True, help=forms)
     g.add_argument("--split", default=split, choices=["train", "test"], help=f"default {split}")
 
 
@@ -198,12 +198,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and inputs")
     g.add_argument("--deterministic", action="store_true", help="only deterministic kernels (slower on GPU)")
     g.add_argument("--checkpoint-dir", default="checkpoints", help="checkpoint every epoch; rerunning resumes")
+    g = p.add_argument_group("held-out accuracy after each epoch (clean_acc, noisy_acc in train_log.csv)")
+    g.add_argument("--val-split", type=_positive_float, help="hold out this fraction of the training data instead")
+    g.add_argument("--val-data", help="--data source to evaluate on (default: --data's test split)")
+    g.add_argument(
+        "--val-images", type=validation.nonnegative_int, default=VAL_IMAGES,
+        help=f"held-out images per evaluation, spread over the split (default {VAL_IMAGES}; 0: none)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("report", help="tables, plot and summary from certification TSVs")
-    p.add_argument("results", nargs="+", help="TSV files written by certify (or the paper repos)")
-    p.add_argument("--plot", help="PNG with one curve per file")
-    p.add_argument("--summary", help="JSON summary (one file only)")
+    p = sub.add_parser("report", help="tables, plot and summary from certification TSVs; several files: a comparison")
+    p.add_argument("results", nargs="+", help="TSV files written by certify (or the paper repos), radii in one norm")
+    p.add_argument("--label", action="append", help="name of a run, once per file in order (default: noise and sigma)")
+    p.add_argument("--radii", type=_radius, nargs="+", help="table columns (default 0, 0.25, ... to the largest)")
+    p.add_argument("--format", choices=["text", "markdown", "latex", "csv"], help="comparison table format")
+    p.add_argument("--table", help="write the comparison table here; .txt .md .tex .csv pick the format")
+    p.add_argument("--plot", help="certified accuracy vs radius, a curve per file; .pdf/.svg: vector, .png: 200 dpi")
+    p.add_argument("--summary", help="JSON summary (several files: one entry per label)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="train a small CNN on digits with Gaussian noise, certify, report")
@@ -401,7 +412,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
         print(f"predict {args.out} (sigma={args.sigma}, n={args.n}, alpha={args.alpha})")
         print(f"accuracy {100 * accuracy:.1f}%, abstained {abstained} of {len(rows)}")
     if certify and args.plot:
-        plot_certified_accuracy({f"{args.noise} sigma={args.sigma}": rows}, args.plot, title=str(args.out), norm=norm)
+        title = f"{args.certifier}, N = {args.n:,}, α = {args.alpha:g}, {len(rows)} images"
+        plot_certified_accuracy({f"{args.noise} σ = {args.sigma:g}": rows}, args.plot, title=title, norm=norm)
         print(f"plot: {args.plot}")
     if args.summary:
         write_summary(rows, args.summary, record=read_sidecar(args.out), extra=extra)
@@ -490,6 +502,24 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**(RECIPES[args.recipe] | chosen | execution))
 
 
+def _held_out(host: Host, args: argparse.Namespace, dataset):
+    """(training data, held-out data or None) for cmd_train: --val-split, --val-data, or --data's test split."""
+    from .training import hold_out
+
+    if args.val_split is not None and args.val_data is not None:
+        raise ValueError("give --val-split or --val-data, not both")
+    if args.val_images == 0:
+        return dataset, None
+    if args.val_split is not None:
+        return hold_out(dataset, args.val_split, args.seed)
+    if args.val_data is not None:
+        return dataset, host.load_data(DataRequest(args.val_data, "test"))
+    if args.split == "train" and not args.data.lower().endswith((".pt", ".npz")):
+        return dataset, host.load_data(DataRequest(args.data, "test"))
+    print(f"rs-plugins: --data {args.data} has no other split: no held-out accuracy (give --val-split or --val-data)")
+    return dataset, None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -514,6 +544,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = {"loss": args.loss, "loss_option": loss_options, "noise": args.noise, "noise_option": noise_options}
     settings |= {"sigma": args.sigma, "model": args.model, "data": args.data, "split": args.split}
     settings["processes"] = world.size  # noise is seeded per process: another count would not resume exactly
+    dataset, val_data = _held_out(host, args, dataset)
+    settings |= {"val_split": args.val_split, "val_data": args.val_data, "val_images": args.val_images}
     train(
         model,
         dataset,
@@ -525,6 +557,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         world=world,
         settings=settings,
+        val_data=val_data,
+        val_images=args.val_images,
     )
     leave_world(world)
     if world.main:
@@ -532,41 +566,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _norm(path: str, settings: dict) -> str:
-    """The norm a results file's radii are in: its noise's, from the settings stored with it; l2 without them."""
-    if "noise" not in settings:
-        return "l2"  # the paper repos' logs and files written without settings are Gaussian
-    try:
-        return Host().noise(settings["noise"], sigma=settings["sigma"], **settings.get("noise_option", {})).norm
-    except (RsPluginError, ValueError, KeyError, TypeError) as err:
-        print(f"rs-plugins: warning: {path}: cannot tell the radius norm of noise {settings['noise']!r} ({err})")
-        return "l2?"
-
-
 def cmd_report(args: argparse.Namespace) -> int:
-    if args.summary and len(args.results) != 1:
-        raise ValueError("--summary takes exactly one results file")
-    validation.check_output_file(args.summary, "--summary")
+    from . import compare
+
+    for option in ("summary", "table"):
+        validation.check_output_file(getattr(args, option), f"--{option}")
     validation.check_plot_path(args.plot)
-    curves = {path: read_results(path) for path in args.results}
-    settings = {path: read_sidecar(path) or {} for path in args.results}
-    norms = {path: _norm(path, settings[path]) for path in args.results}
-    for path, rows in curves.items():
-        claim = f"\n{settings[path]['certifies']}" if "certifies" in settings[path] else ""
-        print(format_table(rows, title=f"{path} ({norms[path]} radius){claim}"))
-        sidecar = read_sidecar(path)
-        print(format_provenance(sidecar) if sidecar else f"provenance: none ({path}.json is missing)\n")
+    fmt = compare.table_format(args.table, args.format)
+    runs = compare.load_runs(args.results, args.label)  # refuses radii in different norms
+    for run in runs:
+        claim = f"\n{run.settings['certifies']}" if "certifies" in run.settings else ""
+        print(format_table(run.rows, title=f"{run.path} ({run.norm} radius){claim}"))
+        print(format_provenance(run.settings) if run.settings else f"provenance: none ({run.path}.json is missing)\n")
+    notes = compare.comparison_notes(runs)
+    if len(runs) > 1 or args.table or args.format:
+        table = compare.format_comparison(runs, fmt, args.radii, notes)
+        print(table if fmt == "text" or not args.table else compare.format_comparison(runs, "text", args.radii, notes))
+        if args.table:
+            Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.table).write_text(table, encoding="utf-8")
+            print(f"table ({fmt}): {args.table}")
     if args.plot:
-        if len(set(norms.values())) > 1:
-            raise ValueError(f"--plot needs radii in one norm; the files have {norms}")
-        plot_certified_accuracy(curves, args.plot, norm=next(iter(norms.values())))
+        compare.plot_comparison(runs, args.plot)
         print(f"plot: {args.plot}")
+    if args.summary and len(runs) == 1:
+        (run,) = runs
+        extra = {"norm": run.norm} | ({"certifies": run.settings["certifies"]} if "certifies" in run.settings else {})
+        write_summary(run.rows, args.summary, radii=args.radii, record=run.settings or None, extra=extra)
+    elif args.summary:
+        compare.write_comparison_summary(runs, args.summary, args.radii)
     if args.summary:
-        (path,) = curves
-        extra = {"norm": norms[path]}
-        if "certifies" in settings[path]:
-            extra["certifies"] = settings[path]["certifies"]
-        write_summary(curves[path], args.summary, record=read_sidecar(path), extra=extra)
+        print(f"summary: {args.summary}")
     return 0
 
 

@@ -24,7 +24,15 @@ if TYPE_CHECKING:
 
     from rs_plugins.types import DataRequest
 
-DATA_FORMS = ("digits", "cifar10:<root>", "<file>.pt", "<file>.npz")
+DATA_FORMS = (
+    "digits",
+    "mnist:<root>",
+    "cifar10:<root>",
+    "cifar100:<root>",
+    "imagenet:<root>",
+    "<file>.pt",
+    "<file>.npz",
+)
 """The ``--data`` forms the built-in sources accept, for error messages."""
 
 SPLITS = ("train", "test")
@@ -104,6 +112,24 @@ def load_tensor_file(path: str) -> TensorDataset:
     return TensorDataset(x.float(), y.long())
 
 
+def _torchvision(form: str):
+    """torchvision's ``datasets`` and ``transforms`` modules, or a MissingDependencyError naming ``--data form``."""
+    try:
+        from torchvision import datasets, transforms
+    except ImportError as err:
+        msg = f"--data {form} needs torchvision: pip install 'rs-plugins[cifar]' ({err})"
+        raise MissingDependencyError(msg) from err
+    return datasets, transforms
+
+
+def _not_on_disk(form: str, root: str, what: str, err: Exception, fetch: str) -> SourceError:
+    msg = (
+        f"--data {form}:{root}: {what} is missing or corrupt ({err}). It must already be there: nothing is "
+        f"downloaded at run time. On a machine with internet, {fetch} and copy the folder here."
+    )
+    return SourceError(msg)
+
+
 def load_cifar10(root: str, split: str) -> Dataset:
     """CIFAR-10 from ``root/cifar-10-batches-py`` through torchvision; never downloads.
 
@@ -115,21 +141,87 @@ def load_cifar10(root: str, split: str) -> Dataset:
         split: ``"train"`` or ``"test"``.
     """
     _check_split(split)
+    datasets, transforms = _torchvision("cifar10")
     try:
-        from torchvision.datasets import CIFAR10
-        from torchvision.transforms import ToTensor
-    except ImportError as err:
-        msg = f"--data cifar10 needs torchvision: pip install 'rs-plugins[cifar]' ({err})"
-        raise MissingDependencyError(msg) from err
-    try:
-        return CIFAR10(root, train=(split == "train"), download=False, transform=ToTensor())
+        return datasets.CIFAR10(root, train=(split == "train"), download=False, transform=transforms.ToTensor())
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
+        fetch = f"run torchvision.datasets.CIFAR10({root!r}, download=True)"
+        raise _not_on_disk("cifar10", root, f"{root}/cifar-10-batches-py", err, fetch) from err
+
+
+def load_cifar100(root: str, split: str) -> Dataset:
+    """CIFAR-100 (100 fine labels) from ``root/cifar-100-python`` through torchvision; never downloads.
+
+    As for CIFAR-10, torchvision checks the files' MD5 against the published data set's before unpickling them.
+
+    Args:
+        root: the folder that holds ``cifar-100-python`` (files ``train``, ``test``, ``meta``).
+        split: ``"train"`` or ``"test"``.
+    """
+    _check_split(split)
+    datasets, transforms = _torchvision("cifar100")
+    try:
+        return datasets.CIFAR100(root, train=(split == "train"), download=False, transform=transforms.ToTensor())
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
+        fetch = f"run torchvision.datasets.CIFAR100({root!r}, download=True)"
+        raise _not_on_disk("cifar100", root, f"{root}/cifar-100-python", err, fetch) from err
+
+
+def load_mnist(root: str, split: str) -> Dataset:
+    """MNIST (1x28x28) from torchvision's layout ``root/MNIST/raw`` (the four uncompressed idx files
+    ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+    ``t10k-labels-idx1-ubyte``); never downloads. The idx format holds raw bytes: nothing is unpickled.
+
+    Args:
+        root: the folder that holds ``MNIST/raw``.
+        split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
+    """
+    _check_split(split)
+    datasets, transforms = _torchvision("mnist")
+    try:
+        return datasets.MNIST(root, train=(split == "train"), download=False, transform=transforms.ToTensor())
+    except (RuntimeError, OSError, ValueError, AssertionError) as err:
+        fetch = f"run torchvision.datasets.MNIST({root!r}, download=True)"
+        raise _not_on_disk("mnist", root, f"{root}/MNIST/raw (the four idx files)", err, fetch) from err
+
+
+def load_imagenet(root: str, split: str) -> Dataset:
+    """ImageNet as the papers read it: ``root/val`` (``"test"``) or ``root/train`` as class folders (an
+    ImageFolder, the labels in sorted folder order, so ``val`` must be sorted into its 1000 synset folders);
+    never downloads.
+
+    The test split is resized to 256 and center-cropped to 224, the train split random-resized-cropped to 224
+    and flipped, as in the papers' code (Cohen et al. 2019).
+
+    Args:
+        root: the folder that holds ``train`` and/or ``val``.
+        split: ``"train"`` or ``"test"`` (the ``val`` folder).
+    """
+    _check_split(split)
+    datasets, transforms = _torchvision("imagenet")
+    folder = Path(root) / ("train" if split == "train" else "val")
+    if split == "train":
+        steps = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip()]
+    else:
+        steps = [transforms.Resize(256), transforms.CenterCrop(224)]
+    try:
+        return datasets.ImageFolder(str(folder), transforms.Compose([*steps, transforms.ToTensor()]))
+    except (FileNotFoundError, OSError) as err:
         msg = (
-            f"--data cifar10:{root}: {root}/cifar-10-batches-py is missing or corrupt ({err}). It must already be "
-            "there: nothing is downloaded at run time. On a machine with internet, run "
-            f"torchvision.datasets.CIFAR10({root!r}, download=True) and copy the folder here."
+            f"--data imagenet:{root}: {folder} is missing or holds no class folders of images ({err}). It must "
+            "already be there, one folder per class (the validation images sorted into their 1000 synset folders, "
+            "as the papers' code expects); nothing is downloaded at run time."
         )
         raise SourceError(msg) from err
+
+
+FOLDER_SOURCES = {
+    "mnist": (load_mnist, "MNIST/raw"),
+    "cifar10": (load_cifar10, "cifar-10-batches-py"),
+    "cifar100": (load_cifar100, "cifar-100-python"),
+    "imagenet": (load_imagenet, "val and/or train"),
+}
+"""``--data <name>:<root>`` forms: the loader and what ``root`` must hold."""
 
 
 def load_data(request: DataRequest) -> Dataset | None:
@@ -140,12 +232,13 @@ def load_data(request: DataRequest) -> Dataset | None:
     source = request.source
     if source == "digits":
         return load_digits(request.split)
-    if source.startswith("cifar10:"):
-        root = source.removeprefix("cifar10:")
+    name, sep, root = source.partition(":")
+    if sep and name in FOLDER_SOURCES:
+        loader, holds = FOLDER_SOURCES[name]
         if not root:
-            msg = "--data cifar10:<root> needs the folder that holds cifar-10-batches-py, e.g. cifar10:./data"
+            msg = f"--data {name}:<root> needs the folder that holds {holds}, e.g. {name}:./data"
             raise SourceError(msg)
-        return load_cifar10(root, request.split)
+        return loader(root, request.split)
     if source.lower().endswith((".pt", ".npz")):
         return load_tensor_file(source)
     return None

@@ -118,3 +118,95 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.blocks(self.stem(x)))
+
+
+# The papers' per-channel statistics (Cohen et al.'s code and every repository that reuses it). MNIST models there
+# have no normalisation layer; CIFAR-100's are the usual training-set statistics (CAT-RS and others).
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+NORMALIZATIONS = {
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "none": None,
+}
+"""The ``normalize=`` choices of the built-in factories: a data set's statistics, or no normalisation layer."""
+
+
+def _normalized(net: nn.Module, normalize: str) -> nn.Module:
+    """``Sequential(Normalize, net)`` as the papers build their models (``normalize="none"``: ``net`` alone)."""
+    if normalize not in NORMALIZATIONS:
+        msg = f"normalize must be one of {', '.join(NORMALIZATIONS)}; got {normalize!r}"
+        raise ValueError(msg)
+    stats = NORMALIZATIONS[normalize]
+    return net if stats is None else nn.Sequential(Normalize(*stats), net)
+
+
+class LeNet(nn.Module):
+    """The LeNet of the papers' MNIST experiments: two 5x5 convolutions (20 and 50 channels), each followed by
+    2x2 max pooling, then 500 hidden units; 431,080 parameters for 10 classes.
+
+    Args:
+        num_classes: number of logits K.
+
+    Shape:
+        x: (B, 1, 28, 28) in [0, 1]; returns logits (B, K).
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 20, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(20, 50, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        self.head = nn.Sequential(nn.Linear(4 * 4 * 50, 500), nn.ReLU(), nn.Linear(500, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def cifar_resnet110(num_classes: int = 10, normalize: str = "cifar10") -> nn.Module:
+    """``--model rs_plugins.nets:cifar_resnet110``: the papers' CIFAR ResNet-110 (1.73M parameters) behind their
+    normalisation layer.
+
+    Args:
+        num_classes: 10 for CIFAR-10, 100 for CIFAR-100.
+        normalize: whose statistics the first layer standardises with (see ``NORMALIZATIONS``); use
+            ``"cifar100"`` with ``--data cifar100:<root>``.
+
+    Shape:
+        x: (B, 3, 32, 32) in [0, 1]; returns logits (B, K).
+    """
+    return _normalized(CifarResNet(110, num_classes), normalize)
+
+
+def lenet(num_classes: int = 10) -> nn.Module:
+    """``--model rs_plugins.nets:lenet``: the papers' MNIST LeNet; like theirs it normalises nothing.
+
+    Shape:
+        x: (B, 1, 28, 28) in [0, 1]; returns logits (B, K).
+    """
+    return LeNet(num_classes)
+
+
+def resnet50(num_classes: int = 1000, normalize: str = "imagenet") -> nn.Module:
+    """``--model rs_plugins.nets:resnet50``: torchvision's ResNet-50 (25.6M parameters, random weights), the papers'
+    ImageNet model, behind the ImageNet normalisation layer. Needs torchvision (``pip install 'rs-plugins[cifar]'``).
+
+    Shape:
+        x: (B, 3, 224, 224) in [0, 1]; returns logits (B, K).
+    """
+    try:
+        from torchvision.models import resnet50 as torchvision_resnet50
+    except ImportError as err:
+        from rs_plugins.errors import MissingDependencyError
+
+        msg = f"--model rs_plugins.nets:resnet50 needs torchvision: pip install 'rs-plugins[cifar]' ({err})"
+        raise MissingDependencyError(msg) from err
+    return _normalized(torchvision_resnet50(weights=None, num_classes=num_classes), normalize)

@@ -415,7 +415,8 @@ def format_table(rows: Sequence[Row], radii: Sequence[float] | None = None, titl
 def plot_certified_accuracy(
     curves: dict[str, Sequence[Row]], path: StrPath, *, title: str = "", norm: str = "l2"
 ) -> None:
-    """Write a PNG of certified accuracy against radius, one step curve per label, ACR in the legend."""
+    """Plot certified accuracy against radius, one step curve per label, ACR in the legend; the extension of
+    ``path`` picks the format (PDF/SVG: vector)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: leave global state alone
     from matplotlib.figure import Figure
 
@@ -434,9 +435,11 @@ def plot_certified_accuracy(
         ys = certified_accuracy(rows, xs)
         acr = average_certified_radius(rows)
         ax.step([*xs, end], [*ys, 0.0], where="pre", label=f"{label} (ACR {acr:.3f})")
-    ax.set(xlim=(0, end), ylim=(0, 1), xlabel=f"radius ({norm})", ylabel="certified accuracy", title=title)
+    ax.set(xlim=(0, end), ylim=(0, 1), xlabel=f"{norm} radius", ylabel="certified accuracy")
+    ax.set_title(title, fontsize="medium")
     ax.grid(True, alpha=0.3)
     ax.legend()
+    fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
 

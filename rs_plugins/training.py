@@ -119,6 +119,66 @@ RECIPES: dict[str, dict] = {
 """The papers' schedules by name: the shared harness for CIFAR-10, MNIST and ImageNet (Jeong & Shin 2020 and
 the repos that reuse it), and MACER's own CIFAR-10 recipe (Zhai et al. 2020). Explicit settings override them."""
 
+VAL_IMAGES = 500
+"""Held-out images evaluated after every epoch by default: enough to see a useless run, cheap next to an epoch."""
+
+
+def hold_out(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Split ``dataset`` into (train, held-out) with ``fraction`` of the images held out (``--val-split``).
+
+    The split is a permutation seeded by ``seed`` alone, so a resumed run holds out the same images.
+    """
+    from torch.utils.data import Subset
+
+    check_number("--val-split", fraction, above=0)
+    if not fraction < 1:
+        raise ValueError(f"--val-split is the fraction of the training data held out, in (0, 1); got {fraction}")
+    held = max(1, round(fraction * len(dataset)))
+    if held >= len(dataset):
+        raise ValueError(f"--val-split {fraction} holds out all {len(dataset)} images; nothing is left to train on")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(_seed(seed, 2**31))).tolist()
+    return Subset(dataset, order[held:]), Subset(dataset, order[:held])
+
+
+def spread_indices(length: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(length)`` (all of them if ``count >= length``)."""
+    if count >= length:
+        return list(range(length))
+    return [i * length // count for i in range(count)]
+
+
+@torch.no_grad()
+def held_out_accuracy(
+    model: nn.Module,
+    dataset: Dataset,
+    noise: NoiseSampler,
+    indices: list[int],
+    *,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    autocast_dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> dict[str, float]:
+    """Correct predictions on ``indices`` of ``dataset``, clean and under one noise draw per image, in eval mode.
+
+    Returns counts (``clean``, ``noisy``, ``images``) so processes can sum them; the noise is drawn from a
+    generator seeded by ``seed``, so the global RNG (and hence training) is untouched.
+    """
+    generator = torch.Generator(device).manual_seed(seed)
+    counts = {"clean": 0.0, "noisy": 0.0, "images": 0.0}
+    with eval_mode(model), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        for start in range(0, len(indices), batch_size):
+            items = [dataset[i] for i in indices[start : start + batch_size]]
+            x = torch.stack([torch.as_tensor(item[0]) for item in items]).to(device)
+            y = torch.as_tensor([int(item[1]) for item in items], device=device)
+            x = x.contiguous(memory_format=memory_format)
+            counts["clean"] += float((model(x).argmax(1) == y).sum())
+            noisy = noise.sample(x, generator=generator).contiguous(memory_format=memory_format)
+            counts["noisy"] += float((model(noisy).argmax(1) == y).sum())
+            counts["images"] += len(items)
+    return counts
+
 
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
@@ -136,6 +196,8 @@ def train(
     progress: bool = True,
     world: World | None = None,
     settings: dict | None = None,
+    val_data: Dataset | None = None,
+    val_images: int = VAL_IMAGES,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place with ``loss``; resume from ``checkpoint_dir`` if it holds a checkpoint.
 
@@ -143,23 +205,27 @@ def train(
     epoch k ends with the same weights as one that never stopped. With a ``world`` of several torchrun
     processes each takes its share of every batch of ``config.batch_size`` images and gradients are averaged;
     the main process alone writes files. ``settings`` (e.g. the loss, its options, sigma) are stored with the
-    checkpoint, and resuming with other settings is refused like resuming with another config. Returns the
-    per-epoch log.
+    checkpoint, and resuming with other settings is refused like resuming with another config.
+
+    With ``val_data``, each epoch ends by measuring accuracy on ``val_images`` held-out images spread over it,
+    clean and under one draw of ``noise`` (``clean_acc``, ``noisy_acc`` in the log), printed on the main process
+    whether or not ``progress`` shows bars. Returns the per-epoch log (also written to ``train_log.csv``).
     """
+    val = None if val_data is None or val_images < 1 else (val_data, spread_indices(len(val_data), val_images))
     if not config.deterministic:
-        return _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress, world, settings)
+        return _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress, world, settings, val)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic matmuls
     before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     try:
-        return _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress, world, settings)
+        return _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress, world, settings, val)
     finally:  # the switch is process-wide; leave it as the caller had it
         torch.use_deterministic_algorithms(before[0])
         torch.backends.cudnn.benchmark = before[1]
 
 
-def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress, world, settings):
+def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress, world, settings, val):
     world = world or World()
     device = torch.device(device)
     noise = CheckedNoise(noise)  # a loss plugin calls the sampler; a broken one is named, not crashed on
@@ -235,6 +301,16 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
         entry = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         entry |= {k: v / images for k, v in totals.items()}
         entry["seconds"] = time.perf_counter() - started
+        if val is not None:  # each process takes every world.size-th image; the counts are summed
+            val_set, val_indices = val
+            counts = held_out_accuracy(
+                model, val_set, noise, val_indices[world.rank :: world.size], batch_size=config.batch_size,
+                device=device, seed=_seed(config.seed, epoch, world.rank, 1), autocast_dtype=autocast_dtype,
+                memory_format=memory_format,
+            )  # fmt: skip
+            counts = sum_over_processes(counts, world)
+            entry["clean_acc"] = counts["clean"] / max(counts["images"], 1)
+            entry["noisy_acc"] = counts["noisy"] / max(counts["images"], 1)
         if not math.isfinite(entry["loss"]):
             name = describe(loss, f"training loss {type(loss).__name__}")
             msg = f"{name} became {entry['loss']} in epoch {epoch + 1}; "
@@ -246,7 +322,7 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
             _save_checkpoint(directory, epoch + 1, recorded, model, optimizer, scheduler, scaler)
             _write_log(directory, log)
         barrier(world)
-        if show:
+        if world.main:  # --no-progress hides the bars, not these lines
             tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
     if world.main:
         torch.save(model.state_dict(), directory / FINAL_MODEL)

@@ -183,7 +183,8 @@ def train_mixer(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, config.warmup))
     autocast_dtype = PRECISIONS[config.precision]
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    recorded = dataclasses.asdict(config) | (settings or {})
+    # The cosine schedule spans every epoch, so unlike train's, the epoch count is fixed once a run has started.
+    recorded = dataclasses.asdict(config) | (settings or {}) | {"schedule_epochs": config.epochs}
     start_epoch = _resume(directory, recorded, trainable, optimizer, scheduler, scaler, device)
     log = _read_log(directory)[:start_epoch]
     with torch.no_grad():

@@ -386,6 +386,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
     dataset = host.load_data(DataRequest(args.data, args.split))
     indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
     record = _record(host, args, settings, model, dataset, indices, device)
+    if certify and hasattr(certifier, "check_model"):  # e.g. mixed: refuse a classifier it cannot certify, now
+        certifier.check_model(model)
     if certify:
         record["certifier"] = provenance.component(host, "certifier", args.certifier, settings["certifier_option"])
     common = dict(

@@ -87,6 +87,10 @@ class MixedCertifier:
             raise ValueError(f"--certifier-option bound must be one of {', '.join(BOUNDS)}; got {bound!r}")
         self.votes, self.bound = votes, bound
 
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse, before any sampling, a classifier that is not a mixture with a robust member."""
+        _robust_member(model)
+
     def certify(
         self,
         model: nn.Module,

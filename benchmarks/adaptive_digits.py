@@ -122,7 +122,7 @@ def main() -> None:
             mixer = AdaptiveMixer([g, h], alpha_min=alpha_min, alpha_max=alpha_max, width=16, probe_size=8)
             config = MixerTrainConfig(epochs=args.mixer_epochs, batch_size=50, lr=2e-3, accumulate=1, eps=args.eps,
                                       norm="L2", attack_steps=10, seed=seed)  # fmt: skip
-            directory = out / f"mixer_seed{seed}_{alpha_min}_{alpha_max}"
+            directory = out / f"mixer_seed{seed}_eps{args.eps}_{alpha_min}_{alpha_max}"
             train_mixer(mixer, train_set, config=config, checkpoint_dir=directory, progress=False)
             clean, robust = evaluate(mixer.eval(), x, y, args.eps, args.steps, seed)
             label = f"adaptive [{alpha_min}, {alpha_max}]"

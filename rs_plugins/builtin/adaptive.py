@@ -186,10 +186,8 @@ class FeatureTap:
             self.method = model.features
             return
         modules = dict(model.named_modules())
-        names = _resolve_layers(modules, layers, which)
-        for level, name in enumerate(names):
-            modules[name].register_forward_hook(self._keep(level))
-        self.layers = names
+        self.layers = _resolve_layers(modules, layers, which)
+        self.modules = [modules[name] for name in self.layers]
 
     def _keep(self, level: int):
         def hook(module, inputs, output):
@@ -199,12 +197,18 @@ class FeatureTap:
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(logits, f1, f2) of ``x``."""
-        self.outputs.clear()
-        logits = self.model(x)
         if self.method is not None:
             f1, f2 = self.method(x)
-            return logits, f1, f2
-        return logits, self.outputs[0], self.outputs[1]
+            return self.model(x), f1, f2
+        # Hooks live for this call only: the base model is left as it was, and another mixer may share it.
+        handles = [module.register_forward_hook(self._keep(level)) for level, module in enumerate(self.modules)]
+        try:
+            logits = self.model(x)
+            return logits, self.outputs.pop(0), self.outputs.pop(1)
+        finally:
+            self.outputs.clear()
+            for handle in handles:
+                handle.remove()
 
 
 def _resolve_layers(modules: dict[str, nn.Module], layers, which: str) -> list[str]:

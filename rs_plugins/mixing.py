@@ -296,7 +296,9 @@ def tradeoff(
         per_eps = result.summary["per_eps"][f"{eps:g}"]
         row = {"mixer": label, "alpha": "" if alpha_mix is None else alpha_mix}
         row |= {"clean_accuracy": per_eps["clean_accuracy"], "robust_accuracy": per_eps["robust_accuracy"]}
-        if sigma is not None:
+        if sigma is not None and float(getattr(model, "certified_alpha", 0)) <= 0.5:
+            row |= {f"certified_{r:g}": 0.0 for r in radii}  # g may outvote h anywhere: nothing to sample
+        elif sigma is not None:
             certifier, noise = MixedCertifier(), GaussianNoise(sigma)
             certificates = []
             for start in range(0, len(images), 16):

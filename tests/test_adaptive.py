@@ -320,3 +320,23 @@ def test_tradeoff_writes_table_and_plot(checkpoints, tmp_path, capsys):
     assert {"clean_accuracy", "robust_accuracy", "certified_0", "certified_0.1"} <= set(rows[0])
     assert float(rows[0]["certified_0"]) == 0  # alpha = 0 trusts g alone: nothing is certified
     assert plot.stat().st_size > 0
+
+
+def test_default_feature_layers_of_the_robustbench_architectures():
+    from rs_plugins.models import import_robustbench
+
+    import_robustbench()  # robustbench 1.1.1 needs its import fixes first
+    from robustbench.model_zoo.architectures.dm_wide_resnet import DMPreActResNet, DMWideResNet
+    from robustbench.model_zoo.architectures.resnet import PreActResNet18
+    from robustbench.model_zoo.architectures.wide_resnet import WideResNet
+
+    expected = {
+        WideResNet: (lambda: WideResNet(depth=10, widen_factor=1), ["block1", "block2"]),
+        DMWideResNet: (lambda: DMWideResNet(depth=10, width=1), ["layer.0", "layer.1"]),
+        DMPreActResNet: (lambda: DMPreActResNet(depth=18, width=0), ["layer_0", "layer_1"]),
+        PreActResNet18: (PreActResNet18, ["layer1", "layer2"]),
+    }
+    for make, layers in expected.values():
+        mixer = AdaptiveMixer([make(), make()], width=4).eval()
+        assert mixer.taps[0].layers == layers and mixer.taps[1].layers == layers
+        assert mixer(torch.rand(1, 3, 32, 32)).shape == (1, 10)

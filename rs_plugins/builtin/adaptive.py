@@ -30,7 +30,8 @@ MIXING = "Bai et al., L4DC 2024, arXiv:2311.15165"
 # or ends with "." + name (a wrapper such as Sequential(Normalize, net) prefixes it).
 DEFAULT_LAYERS: tuple[tuple[str, str], ...] = (
     ("block1", "block2"),  # RobustBench WideResNet (Carmon, Wu, ...)
-    ("layer.0", "layer.1"),  # RobustBench DMWideResNet / DMPreActResNet (Gowal, Rebuffi, Wang 2023)
+    ("layer.0", "layer.1"),  # RobustBench DMWideResNet (Gowal, Rebuffi, Wang 2023)
+    ("layer_0", "layer_1"),  # RobustBench DMPreActResNet (Rebuffi 2021)
     ("layer1", "layer2"),  # RobustBench PreActResNet, torchvision ResNet
     ("features.1", "features.4"),  # rs_plugins.nets.SmallCNN: first conv + ReLU, second conv + pool
 )

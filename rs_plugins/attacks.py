@@ -122,12 +122,14 @@ def smoothed_pgd(
     with attack_mode(model):
         target = SmoothedSoftClassifier(model, deltas.detach()).eval()  # eval: torchattacks then restores nothing
         with torch.enable_grad():
+            # torchattacks reshapes with .view, which a channels_last batch does not allow
+            x = x.detach().contiguous()
             if clip_first:
-                adv = _clip_then_project(target, x.detach(), y, epsilon=epsilon, step_size=step_size, steps=steps)
+                adv = _clip_then_project(target, x, y, epsilon=epsilon, step_size=step_size, steps=steps)
             else:
                 attack = torchattacks.PGDL2(target, eps=epsilon, alpha=step_size, steps=steps, random_start=False)
                 attack.set_device(x.device)
-                adv = attack(x.detach(), y)
+                adv = attack(x, y)
     return adv.detach()
 
 

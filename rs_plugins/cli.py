@@ -13,12 +13,12 @@ from pathlib import Path
 from . import __version__, provenance, validation
 from .data import select_indices
 from .errors import RsPluginError
+from .execution import add_execution_arguments, batch_size_arg, execution_from_args
 from .host import Host
 from .report import (
     ATTACK_COLUMNS,
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
-    ResultsFile,
     format_provenance,
     format_table,
     plot_certified_accuracy,
@@ -115,7 +115,10 @@ def _add_run(p: argparse.ArgumentParser, *, batch_size: int | None) -> None:
     p.add_argument("--noise", default="gaussian", help="noise sampler (default gaussian)")
     p.add_argument("--noise-option", action="append", default=[], metavar="KEY=VALUE")
     default = f"default {batch_size}" if batch_size else "default from --recipe (256; macer 64)"
-    p.add_argument("--batch-size", type=_positive_int, default=batch_size, help=default)
+    if batch_size:  # certify, predict: samples per forward pass; auto measures the GPU's memory
+        default += "; auto: fill ~60%% of the GPU's free memory (CPU: 400)"
+    batch_type = batch_size_arg if batch_size else _positive_int
+    p.add_argument("--batch-size", type=batch_type, default=batch_size, help=default)
     p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=validation.seed, default=0, help=SEED_HELP)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -139,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_data(p, "test")
         _add_subset(p)
         _add_run(p, batch_size=1000)
+        add_execution_arguments(p)
         if name == "certify":
             p.add_argument("--certifier", default="cohen", help="certifier (default cohen)")
             p.add_argument("--certifier-option", action="append", default=[], metavar="KEY=VALUE")
@@ -176,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="attack.tsv", help="results TSV, one row per image and eps; rerunning resumes it")
     p.add_argument("--plot", help="write robust accuracy vs eps as a PNG")
     p.add_argument("--summary", help="write the summary as JSON")
+    add_execution_arguments(p)
     p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser("train", help="train a base classifier with a loss plugin")
@@ -327,19 +332,19 @@ def _classifier(host: Host, args: argparse.Namespace, mixer_options: dict):
     return models[0]
 
 
-def _record(host: Host, args: argparse.Namespace, settings: dict, model, dataset, indices, device) -> dict:
-    """Check the data against the model, add the weights' hash to ``settings`` (other weights change the rows)
-    and return the run's provenance for the sidecar."""
+def _record(
+    host: Host, args: argparse.Namespace, settings: dict, model, dataset, indices, device, precision: str
+) -> dict:
+    """Check the data against the model (as it will run, on ``device``) and return the run's provenance."""
     from .runner import check_dataset
 
     num_classes = check_dataset(model, dataset, indices, device)
-    settings["model_sha256"] = provenance.weights_sha256(model)
     record = provenance.environment(device) | {
         "models": args.model,
         "num_classes": num_classes,
         "subset": {"start": args.start, "max": args.max, "every": args.every, "limit": args.limit},
         "images": len(indices),
-        "precision": "fp32",
+        "precision": precision,
     }
     if settings.get("noise_option") is not None:
         record["noise"] = provenance.component(host, "noise", args.noise, settings["noise_option"])
@@ -349,7 +354,13 @@ def _record(host: Host, args: argparse.Namespace, settings: dict, model, dataset
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
-    from .runner import certify_dataset, predict_dataset, resolve_device
+    import datetime
+
+    import torch
+
+    from .distributed import init_world, leave_world
+    from .execution import auto_batch_size, prepare_model
+    from .runner import certify_dataset, predict_dataset, resolve_device, run_sharded
 
     certify = args.command == "certify"
     if certify and args.n0 > args.n:
@@ -374,6 +385,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
             "certifier_option": _options(args.certifier_option, "--certifier-option"),
             "n0": args.n0,
         }
+    execution = execution_from_args(args)
+    settings |= execution.settings()  # the certificate is of the model as run: another precision, other rows
     host = Host()
     if certify:  # an unsupported pair or option fails before any model is loaded or any sample drawn
         host.check_compatible(args.certifier, args.noise)
@@ -381,30 +394,51 @@ def cmd_certify(args: argparse.Namespace) -> int:
         if getattr(certifier, "class_selection", "n0") == "label":
             settings["certifies"] = LABEL_CLAIM
     device = resolve_device(args.device)
+    # torchrun: each process takes its share of the images. Processes only wait for each other at two barriers,
+    # so gloo (CPU) suffices, and a process done early may wait at the last one for as long as the run lasts.
+    world = init_world("cpu", timeout=datetime.timedelta(days=365))
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)  # else every process would also open a context on GPU 0
     noise = host.noise(args.noise, sigma=args.sigma, **settings["noise_option"])
     model = _classifier(host, args, settings["mixer_option"])
     dataset = host.load_data(DataRequest(args.data, args.split))
     indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
-    record = _record(host, args, settings, model, dataset, indices, device)
+    settings["model_sha256"] = provenance.weights_sha256(model)  # the weights as loaded; others change the rows
+    model = prepare_model(model, device, execution)
+    batch_size = args.batch_size
+    if batch_size == "auto":
+        batch_size = auto_batch_size(model, dataset[indices[0]][0].shape, device, limit=args.n)
+        if world.main:
+            print(f"--batch-size auto: {batch_size}", flush=True)
+    record = _record(host, args, settings, model, dataset, indices, device, execution.precision)
     if certify and hasattr(certifier, "check_model"):  # e.g. mixed: refuse a classifier it cannot certify, now
         certifier.check_model(model)
     if certify:
         record["certifier"] = provenance.component(host, "certifier", args.certifier, settings["certifier_option"])
     common = dict(
-        indices=indices,
         n=args.n,
         alpha=args.alpha,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         seed=args.seed,
         device=device,
-        progress=not args.no_progress,
+        progress=not args.no_progress and world.main,
     )
     if certify:
-        with ResultsFile(args.out, CERTIFY_COLUMNS, settings, record) as results:
-            rows = certify_dataset(model, dataset, noise, certifier, results, n0=args.n0, **common)
+        columns = CERTIFY_COLUMNS
+
+        def work(results, share):
+            certify_dataset(model, dataset, noise, certifier, results, indices=share, n0=args.n0, **common)
     else:
-        with ResultsFile(args.out, PREDICT_COLUMNS, settings, record) as results:
-            rows = predict_dataset(model, dataset, noise, results, **common)
+        columns = PREDICT_COLUMNS
+
+        def work(results, share):
+            predict_dataset(model, dataset, noise, results, indices=share, **common)
+
+    rows = run_sharded(work, args.out, columns, settings, indices, world, provenance=record)
+    leave_world(world)
+    if not world.main:
+        return 0  # the main process merged the shares into --out and reports them
     norm = noise.norm
     extra = {"norm": norm}
     if certify:
@@ -428,8 +462,14 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
+    import datetime
+
+    import torch
+
     from . import evaluation as ev
-    from .runner import resolve_device
+    from .distributed import init_world, leave_world
+    from .execution import prepare_model
+    from .runner import resolve_device, run_sharded
 
     options = _options(args.attack_option, "--attack-option")
     adversary = ev.make_adversary(args.attack, args.norm, options, smoothed=args.sigma is not None)
@@ -447,13 +487,21 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if args.sigma is not None:
         settings |= {k: getattr(args, k) for k in ("sigma", "noise", "m", "n", "alpha", "certified")}
         settings["noise_option"] = _noise_options(args)
+    execution = execution_from_args(args)
+    settings |= execution.settings()  # the robustness measured is that of the model as run
     host = Host()
     device = resolve_device(args.device)
+    world = init_world("cpu", timeout=datetime.timedelta(days=365))  # torchrun: as certify, whole attack groups
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
     noise = None if args.sigma is None else host.noise(args.noise, sigma=args.sigma, **settings["noise_option"])
     model = _classifier(host, args, settings["mixer_option"])
     dataset = host.load_data(DataRequest(args.data, args.split))
     indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
-    record = _record(host, args, settings, model, dataset, indices, device)
+    settings["model_sha256"] = provenance.weights_sha256(model)  # the weights as loaded; others change the rows
+    model = prepare_model(model, device, execution)
+    record = _record(host, args, settings, model, dataset, indices, device, execution.precision)
     targets = below = certified = certify_alpha = None
     if args.certified:
         chosen = set(indices)
@@ -463,12 +511,21 @@ def cmd_attack(args: argparse.Namespace) -> int:
         targets, below = ev.certified_targets(certified)
         indices = [i for i in indices if i in targets]
     smoothing = None if noise is None else ev.Smoothing(noise, m=args.m, n=args.n, alpha=args.alpha)
-    with ResultsFile(args.out, ATTACK_COLUMNS, settings, record) as results:
-        rows = ev.attack_dataset(
-            model, dataset, adversary, results, indices=indices, eps=eps, smoothing=smoothing,
-            batch_size=args.batch_size, seed=args.seed, device=device, progress=not args.no_progress,
+
+    def work(results, share):
+        ev.attack_dataset(
+            model, dataset, adversary, results, indices=share, eps=eps, smoothing=smoothing,
+            batch_size=args.batch_size, seed=args.seed, device=device, progress=not args.no_progress and world.main,
             targets=targets, below=below,
         )  # fmt: skip
+
+    group = ev.attack_group_size(args.batch_size, smoothing)
+    rows = run_sharded(work, args.out, ATTACK_COLUMNS, settings, indices, world, provenance=record, group=group)
+    leave_world(world)
+    if not world.main:
+        return 0  # the main process merged the shares into --out and reports them
+    wanted = ev.attack_keys(indices, eps, below)
+    rows = [row for row in rows if row.key in wanted]  # --out may hold other radii from earlier runs
     target = "base classifier" if noise is None else f"smoothed classifier, sigma={args.sigma}, n={args.n}"
     title = f"attack {args.out} ({adversary.name}, {adversary.norm}; {target})"
     alphas = (0.001 if certify_alpha is None else certify_alpha, args.alpha)  # 0.001: certify's default
@@ -489,7 +546,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from .distributed import init_world
+    from .distributed import init_world, leave_world
     from .runner import resolve_device
     from .training import train
 
@@ -522,6 +579,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         world=world,
         settings=settings,
     )
+    leave_world(world)
     if world.main:
         print(f"model state dict: {Path(args.checkpoint_dir) / 'model.pt'}")
     return 0
@@ -624,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command. Mistakes in the input (RsPluginError, ValueError, OSError such as a missing or unwritable
     file) print one line and exit 2; Ctrl-C exits 130 (finished rows and checkpoints are kept); anything else is
     a bug, shown with its traceback and exit 3."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--"]:  # `torchrun ... -m rs_plugins -- certify --n ...`: the `--` keeps torchrun off our flags
+        argv = argv[1:]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

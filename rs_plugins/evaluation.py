@@ -307,6 +307,18 @@ class _Judge:
         return EOTSoftClassifier(self.model, torch.stack(draws, dim=1), s.noise).eval()  # (m, B, C, H, W)
 
 
+def attack_group_size(batch_size: int, smoothing: Smoothing | None) -> int:
+    """Images per attack call: ``batch_size``, or ``batch_size // m`` for a smoothed target (m draws per image)."""
+    return max(1, batch_size // (smoothing.m if smoothing else 1))
+
+
+def attack_keys(
+    indices: Sequence[int], eps: Sequence[float], below: dict[int, float] | None = None
+) -> set[tuple[int, float]]:
+    """The (index, eps) pairs a run attacks: every pair, or with ``below`` only radii under each image's."""
+    return {(i, float(e)) for i in indices for e in eps if below is None or e < below.get(i, 0.0)}
+
+
 def _num_classes(model: nn.Module, x: Tensor) -> int:
     with torch.no_grad():
         logits = model(x[:1])
@@ -332,9 +344,14 @@ def attack_dataset(
 ) -> list[AttackRow]:
     """Attack ``dataset[i]`` at every radius in ``eps`` for each i in ``indices``; returns all finished rows.
 
-    Images are attacked in fixed groups of ``indices`` (``batch_size`` images, or ``batch_size // m`` when
-    smoothed), each group and radius under its own seed, so a resumed run recomputes an unfinished group exactly
-    as an uninterrupted run did and appends only the rows it lacks.
+    Images are attacked in fixed groups of ``indices`` (``attack_group_size``: ``batch_size`` images, or
+    ``batch_size // m`` when smoothed), each group and radius under its own seed drawn from (seed, first index,
+    eps), so a resumed run recomputes an unfinished group exactly as an uninterrupted run did and appends only the
+    rows it lacks. Per-image seeds cannot replace them: torchattacks draws a whole batch's random starts from the
+    global generator at once. A sharded run (``runner.run_sharded`` with ``group=attack_group_size(...)``)
+    therefore gives each process whole groups of the full index list, all their images included, and its share
+    cut here again yields the same groups (only the list's last group may be short): each group has the same
+    images, batch and seed whatever the process count, so the rows equal a one-process run's.
 
     Args:
         targets: the class to attack per index instead of the label (the certified class in a cross-check).
@@ -346,8 +363,8 @@ def attack_dataset(
     if smoothing is not None:
         check_sampling(n=smoothing.n, alpha=smoothing.alpha, batch_size=batch_size)
     judge = _Judge(model, smoothing, batch_size=batch_size, seed=seed, device=device)
-    group = max(1, batch_size // (smoothing.m if smoothing else 1))
-    wanted = {(i, e) for i in indices for e in eps if below is None or e < below.get(i, 0.0)}
+    group = attack_group_size(batch_size, smoothing)
+    wanted = attack_keys(indices, eps, below)
     groups = [indices[start : start + group] for start in range(0, len(indices), group)]
     with tqdm(total=len(wanted), desc=f"attack {adversary.name}", unit="row", disable=not progress) as bar:
         bar.update(len(wanted & results.done))

@@ -15,6 +15,7 @@ estimates instead; that is not a certificate.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,7 +104,7 @@ class MixedCertifier:
         batch_size: int,
         generator=None,
     ) -> list[Certificate]:
-        robust, alpha_mix = _robust_member(model)
+        robust, alpha_mix, scale = _robust_member(model)
         generators = _per_image(generator, len(x))
         if self.votes == "hard":
             top = sample_counts(robust, x, noise, n0, batch_size=batch_size, generator=generators).argmax(1)
@@ -113,7 +114,6 @@ class MixedCertifier:
             p1 = clopper_pearson_lower(counts[np.arange(len(x)), top], n, alpha / 2)
             others = clopper_pearson_upper(counts, n, alpha / (2 * max(k - 1, 1)))
         else:
-            scale = float(getattr(model, "rob_scale", 1.0))
             top = _soft_sums(robust, x, noise, n0, batch_size, generators, scale)[0].argmax(1).numpy()
             sums, squares = _soft_sums(robust, x, noise, n, batch_size, generators, scale)
             mean = sums.numpy() / n
@@ -136,12 +136,35 @@ class MixedCertifier:
         ]
 
 
-def _robust_member(model: nn.Module) -> tuple[nn.Module, float]:
-    robust, alpha_mix = getattr(model, "robust", None), getattr(model, "certified_alpha", None)
+def _unwrap(model: nn.Module) -> tuple[nn.Module, Any]:
+    """The mixture inside the execution wrappers (``RunAs``, ``torch.compile``) and the ``RunAs`` settings, if any."""
+    from .execution import RunAs
+
+    execution = None
+    for _ in range(8):
+        if hasattr(model, "certified_alpha"):
+            break
+        if isinstance(model, RunAs):
+            execution, model = model.execution, model.model
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
+            model = model._orig_mod
+        else:
+            break
+    return model, execution
+
+
+def _robust_member(model: nn.Module) -> tuple[nn.Module, float, float]:
+    """The robust member h (run with the mixture's precision and memory format), the certified α and h's scale."""
+    from .execution import RunAs
+
+    mixture, execution = _unwrap(model)
+    robust, alpha_mix = getattr(mixture, "robust", None), getattr(mixture, "certified_alpha", None)
     if not isinstance(robust, nn.Module) or alpha_mix is None:
         msg = "certifier 'mixed' certifies a mixture with a smoothed robust member: use --mixer mix or adaptive "
-        raise ValueError(msg + f"with two --model (accurate, robust); got a {type(model).__name__}")
-    return robust, float(alpha_mix)
+        raise ValueError(msg + f"with two --model (accurate, robust); got a {type(mixture).__name__}")
+    if execution is not None:
+        robust = RunAs(robust, execution).eval()
+    return robust, float(alpha_mix), float(getattr(mixture, "rob_scale", 1.0))
 
 
 @torch.no_grad()

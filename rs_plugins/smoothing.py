@@ -113,19 +113,21 @@ def sample_counts(
 ) -> Tensor:
     """Count the base classifier's top-1 class over ``num`` noisy copies of each image.
 
+    The noise is drawn on ``x``'s device and the counts stay there until the end: one copy to the CPU per call.
+
     Shape:
         x: (B, C, H, W). returns: (B, K) int64 counts on the CPU.
     """
     generators = _per_image(generator, len(x))
     counts = None
-    finite = torch.ones((), dtype=torch.bool)
+    finite = None
     for number, segments in enumerate(_plan(len(x), num, batch_size)):
         segment_counts, segment_finite = _count_segments(model, x, noise, segments, generators, first=number == 0)
         if counts is None:
             counts = torch.zeros(len(x), segment_counts.shape[1], dtype=torch.int64, device=segment_counts.device)
-        owners = torch.tensor([i for i, _ in segments], device=counts.device)
-        counts.index_add_(0, owners, segment_counts)
-        finite = finite.to(counts.device) & segment_finite
+        start = segments[0][0]  # _plan's passes hold consecutive images: no index list to copy to the device
+        counts[start : start + len(segments)] += segment_counts
+        finite = segment_finite if finite is None else finite & segment_finite
     check_finite_logits(finite, model)
     return counts.cpu()
 
@@ -147,20 +149,23 @@ def _count_segments(
     Shape:
         x: (B, C, H, W). returns: (len(segments), K) int64 counts on the model's device, and a bool scalar.
     """
-    noisy = []
+    draws = []
     for i, c in segments:
         clean = x[i].expand(c, *x.shape[1:])
-        noisy.append(noise.sample(clean, generator=generators[i]))
-        check_noise_output(noisy[-1], clean, noise, values=first)
-    noisy = torch.cat(noisy)
+        draws.append(noise.sample(clean, generator=generators[i]))
+        check_noise_output(draws[-1], clean, noise, values=first)
+    noisy = draws[0] if len(draws) == 1 else torch.cat(draws)  # one image per pass: no copy
     logits = call_model(model, noisy, first=first)  # (M, K)
     check_logits(logits, model, len(noisy))
-    num_classes = logits.shape[1]
-    owner = torch.repeat_interleave(
-        torch.arange(len(segments), device=logits.device),
-        torch.tensor([c for _, c in segments], device=logits.device),
-    )
-    counts = torch.bincount(owner * num_classes + logits.argmax(1), minlength=len(segments) * num_classes)
+    num_classes, top = logits.shape[1], logits.argmax(1)
+    if len(segments) == 1:
+        return torch.bincount(top, minlength=num_classes)[None], torch.isfinite(logits).all()
+    arange = torch.arange(len(segments), device=logits.device)
+    if len({c for _, c in segments}) == 1:  # equal shares need no list copied to the device, which would sync
+        owner = arange.repeat_interleave(segments[0][1])
+    else:
+        owner = arange.repeat_interleave(torch.tensor([c for _, c in segments], device=logits.device))
+    counts = torch.bincount(owner * num_classes + top, minlength=len(segments) * num_classes)
     return counts.view(len(segments), num_classes), torch.isfinite(logits).all()
 
 

@@ -340,3 +340,21 @@ def test_default_feature_layers_of_the_robustbench_architectures():
         mixer = AdaptiveMixer([make(), make()], width=4).eval()
         assert mixer.taps[0].layers == layers and mixer.taps[1].layers == layers
         assert mixer(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_mixed_certifier_sees_through_the_execution_wrapper():
+    """certify wraps the mixture for --precision/--channels-last; the certificate smooths h run the same way."""
+    from rs_plugins.execution import Execution, RunAs, prepare_model
+
+    torch.manual_seed(0)
+    w = torch.randn(1, 4, 4)
+    mixer = MixedClassifier([LinearClassifier(-w, 0.0), LinearClassifier(w, 0.0)], alpha=0.9)
+    wrapped = prepare_model(mixer, "cpu", Execution(precision="bf16", channels_last=True))
+    x = torch.rand(2, 1, 4, 4)
+    options = dict(n0=20, n=200, alpha=0.01, batch_size=100)
+    plain = MixedCertifier().certify(mixer, x, GaussianNoise(0.5), generator=torch.Generator().manual_seed(0),
+                                     **options)  # fmt: skip
+    run_as = MixedCertifier().certify(wrapped, x, GaussianNoise(0.5), generator=torch.Generator().manual_seed(0),
+                                      **options)  # fmt: skip
+    assert isinstance(wrapped, RunAs) and len(run_as) == len(plain) == 2
+    assert [c.prediction for c in run_as] == [c.prediction for c in plain]

@@ -240,7 +240,7 @@ CASES: list[Case] = [
     cli_case("n-zero", "certify", "`--n 0`", "argument --n: must be a positive integer; got 0", *CERTIFY, "--n", "0"),
     cli_case("start-negative", "certify", "`--start -3`", "argument --start: must be an integer >= 0; got -3",
              *CERTIFY, "--start", "-3"),
-    cli_case("batch-size-text", "predict", "`--batch-size abc`", "argument --batch-size: must be an integer; got 'abc'",
+    cli_case("batch-size-text", "predict", "`--batch-size abc`", "argument --batch-size: must be a positive integer or auto; got abc",
              *PREDICT, "--batch-size", "abc"),
     cli_case("lr-inf", "train", "`--lr inf`", "argument --lr: must be a finite number > 0; got inf",
              *TRAIN, "--lr", "inf"),

@@ -28,7 +28,7 @@ class GaussianNoise:
 
     def sample(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return x + self.sigma * noise
+        return noise.mul_(self.sigma).add_(x)  # x + sigma * noise, bit for bit, without two more temporaries
 
     def radius(self, p_lower: Tensor) -> Tensor:
         p = torch.as_tensor(p_lower, dtype=torch.float64)

@@ -1,0 +1,168 @@
+"""Certification in reduced precision and channels_last: still valid certificates, of the model as run.
+
+The closed form of a linear base classifier under Gaussian noise (see test_smoothing.py) gives the exact radius
+d; run in bf16 or fp16, the classifier is that hyperplane up to rounding, so Cohen's radius must still not
+exceed d by more than the rounding can move the boundary, and must approach it.
+"""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from rs_plugins import ABSTAIN, cohen_certify
+from rs_plugins.builtin.gaussian import GaussianNoise
+from rs_plugins.cli import build_parser, main
+from rs_plugins.errors import ResultsFileError
+from rs_plugins.execution import Execution, RunAs, auto_batch_size, batch_size_arg, prepare_model
+from rs_plugins.testing import LinearClassifier, tiny_classifier
+
+SIGMA = 0.5
+
+
+def float_linear(model: LinearClassifier) -> nn.Module:
+    """``LinearClassifier``'s hyperplane as an fp32 ``nn.Linear``, which autocast runs in bf16/fp16 (the
+    double-precision original it leaves alone)."""
+    layer = nn.Linear(len(model.w), 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.stack([-model.w, model.w]).float())
+        layer.bias.copy_(torch.tensor([-model.b, model.b]))
+    return nn.Sequential(nn.Flatten(), layer)
+
+
+@pytest.fixture
+def linear():
+    w = torch.tensor([1.0, -1.0] * 8).reshape(1, 4, 4)
+    centre = torch.full((1, 4, 4), 0.5)
+    exact = LinearClassifier(w, b=-float((w * centre).sum()))
+    unit = w / w.norm()
+    return float_linear(exact), exact, lambda d: (centre + d * unit)[None]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("d", [0.2, 0.6])
+def test_reduced_precision_certificates_match_the_closed_form(linear, precision, d):
+    model, exact, at = linear
+    seen = []
+    model[1].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    prepared = prepare_model(model, "cpu", Execution(precision, channels_last=True))
+    x = at(d)
+    assert float(exact.distance(x)) == pytest.approx(d)
+    cert = cohen_certify(
+        prepared,
+        x,
+        GaussianNoise(SIGMA),
+        n=100_000,
+        alpha=0.001,
+        batch_size=10_000,
+        generator=[torch.Generator().manual_seed(0)],
+    )[0]
+    assert seen and set(seen) == {PRECISION_DTYPES[precision]}  # the layer really ran in reduced precision
+    rounding = 0.01  # inputs rounded to 8 (bf16) or 11 (fp16) mantissa bits move the boundary by less than this
+    assert cert.prediction == 1
+    assert cert.radius <= d + rounding
+    assert d - cert.radius < 0.05 * SIGMA + rounding  # the confidence-bound gap at n = 100 000
+
+
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def test_reduced_precision_abstains_on_the_boundary(linear):
+    model, _, at = linear
+    prepared = prepare_model(model, "cpu", Execution("bf16"))
+    generators = [torch.Generator().manual_seed(i) for i in range(20)]
+    certs = cohen_certify(
+        prepared, at(0.0).expand(20, 1, 4, 4), GaussianNoise(SIGMA), n=2_000, batch_size=2_000, generator=generators
+    )
+    assert sum(c.prediction != ABSTAIN for c in certs) <= 1  # alpha = 0.001 per image
+
+
+def test_wrapper_returns_fp32_logits_in_channels_last_and_keeps_gradients():
+    model = tiny_classifier(channels=3)
+    formats = []
+    model[0].register_forward_pre_hook(
+        lambda m, a: formats.append(a[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    prepared = prepare_model(model, "cpu", Execution("bf16", channels_last=True))
+    assert not prepared.training  # certify's eval_mode restores the wrapper's mode, so it must be eval too
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(4, 3, 8, 8, requires_grad=True)
+    logits = prepared(x)
+    assert logits.dtype == torch.float32 and formats == [True]
+    logits.sum().backward()  # attacks run through the wrapper
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_fp16_failure_on_the_cpu_is_named():
+    class NoHalf(nn.Module):
+        def forward(self, x):
+            if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.float16:
+                raise RuntimeError("\"some_kernel\" not implemented for 'Half'")
+            return x.flatten(1)[:, :2]
+
+    with pytest.raises(ValueError, match="--precision fp16 .*CPU.*use --precision bf16"):
+        prepare_model(NoHalf(), "cpu", Execution("fp16"))(torch.rand(2, 1, 2, 2))
+
+
+def test_compile_compiles_the_model_inside_the_wrapper(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m: compiled.append(m) or nn.Sequential(m))  # inductor is slow
+    model = tiny_classifier()
+    prepared = prepare_model(model, "cpu", Execution(compile=True))
+    assert compiled == [model] and isinstance(prepared, RunAs) and prepared.model[0] is model
+
+
+def test_bad_precision_and_batch_size_are_named():
+    with pytest.raises(ValueError, match="--precision must be one of fp32, bf16, fp16; got 'fp8'"):
+        Execution("fp8")
+    assert batch_size_arg("auto") == "auto" and batch_size_arg("12") == 12
+    for bad in ("0", "-3", "big"):
+        with pytest.raises(Exception, match=f"positive integer or auto; got {bad}"):
+            batch_size_arg(bad)
+    assert auto_batch_size(tiny_classifier(), (1, 8, 8), "cpu", limit=10_000) == 400
+    assert auto_batch_size(tiny_classifier(), (1, 8, 8), "cpu", limit=100) == 100
+
+
+def test_cli_records_the_execution_and_refuses_to_mix_precisions(tmp_path, capsys):
+    out = tmp_path / "c.tsv"
+    common = [
+        "certify",
+        "--model",
+        "rs_plugins.nets:SmallCNN",
+        "--data",
+        "digits",
+        "--sigma",
+        "0.25",
+        "--n",
+        "200",
+        "--n0",
+        "20",
+        "--limit",
+        "3",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
+    assert main([*common, "--precision", "bf16", "--channels-last", "--batch-size", "auto"]) == 0
+    assert "--batch-size auto: 200" in capsys.readouterr().out
+    settings = json.loads((tmp_path / "c.tsv.json").read_text())
+    assert (settings["precision"], settings["channels_last"], settings["compile"]) == ("bf16", True, False)
+    assert len(out.read_text().splitlines()) == 4
+    args = build_parser().parse_args([*common, "--precision", "fp32", "--channels-last"])
+    with pytest.raises(ResultsFileError, match="precision=bf16.*precision=fp32"):
+        args.func(args)  # main() would print the error; the command itself raises it
+
+
+def test_attacks_accept_channels_last_batches():
+    """`train --loss smoothmix --channels-last` feeds NHWC batches to torchattacks, which reshapes with .view."""
+    from rs_plugins.attacks import smoothed_pgd
+    from rs_plugins.losses import draw_deltas
+
+    model = tiny_classifier(channels=3).to(memory_format=torch.channels_last)
+    x = torch.rand(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    deltas = draw_deltas(GaussianNoise(0.25), x, 2)
+    adv = smoothed_pgd(model, x, torch.arange(4) % 3, deltas, epsilon=0.5, step_size=0.25, steps=2, extra="smoothmix")
+    assert adv.shape == x.shape and 0 < float((adv - x).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-5

@@ -1,0 +1,217 @@
+"""Certification sharded across torchrun processes: the merged --out equals a one-process run row for row, and a
+killed run resumes without losing or repeating an image (two CPU processes with gloo, as in test_distributed.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rs_plugins.builtin.gaussian import CohenCertifier, GaussianNoise
+from rs_plugins.cli import main
+from rs_plugins.data import load_digits
+from rs_plugins.distributed import World, shard
+from rs_plugins.errors import ResultsFileError
+from rs_plugins.report import RECORD_KEYS, CERTIFY_COLUMNS, PREDICT_COLUMNS, ResultsFile, read_results
+from rs_plugins.runner import certify_dataset, partial_path, predict_dataset
+
+MODEL = '''
+import os
+
+import torch
+
+calls = 0
+
+
+class Net(torch.nn.Module):
+    """A fixed random linear classifier; on rank 1 it kills its process after DIE_AFTER forward passes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+
+    def forward(self, x):
+        global calls
+        calls += 1
+        if os.environ.get("RANK") == "1" and calls > int(os.environ.get("DIE_AFTER") or 10**9):
+            os._exit(3)  # as abrupt as a kill: no cleanup, no flush
+        return 20 * self.body(x)
+
+
+def net():
+    return Net()
+'''
+IMAGES = 12
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shard")
+    (root / "shard_model.py").write_text(MODEL)
+    return root
+
+
+# The tests put the model module's folder on sys.path by hand: pytest's syspath_prepend calls pkg_resources, which
+# test_models.py leaves stubbed.
+
+
+def args(root, out, command="certify"):
+    sampling = ["--n", "200", "--batch-size", "40"] + (["--n0", "20"] if command == "certify" else [])
+    return [
+        command,
+        "--model",
+        "shard_model:net",
+        "--data",
+        "digits",
+        "--limit",
+        str(IMAGES),
+        "--sigma",
+        "0.1",
+        *sampling,
+        "--alpha",
+        "0.01",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+    ]
+
+
+def torchrun(root, out, die_after=None):
+    env = os.environ | {"PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("DIE_AFTER", None)
+    if die_after:
+        env["DIE_AFTER"] = str(die_after)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "rs_plugins", "--", *args(root, out)]  # `--`: torchrun's parser would take --n for its own
+    return subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=300)
+
+
+def cells(path):
+    """Rows without the time column, which differs between runs."""
+    return [(r.idx, r.label, r.predict, r.radius, r.correct) for r in read_results(path)]
+
+
+@pytest.fixture(scope="module")
+def reference(root):
+    """The same certification in one process."""
+    out = root / "one.tsv"
+    sys.path.insert(0, str(root))
+    try:
+        assert main(args(root, out)) == 0
+    finally:
+        sys.path.remove(str(root))
+    return out
+
+
+def test_shards_are_disjoint_and_cover_without_padding():
+    items = list(range(7))
+    for size in (1, 2, 3, 8):
+        shares = [shard(items, World(rank, size)) for rank in range(size)]
+        assert sorted(i for share in shares for i in share) == items
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_killed_two_process_run_resumes_to_the_one_process_rows(root, reference):
+    """Rank 1 dies in its second group of images (two checking passes first, then 11 passes per group of 2);
+    the rerun finishes and merges."""
+    out = root / "two.tsv"
+    killed = torchrun(root, out, die_after=14)
+    assert killed.returncode != 0
+    parts = [partial_path(out, World(rank, 2)) for rank in range(2)]
+    assert len(read_results(parts[1])) == 2  # rank 1 finished its first group before dying
+    assert read_results(out) == []  # nothing merged yet
+    done = torchrun(root, out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert cells(out) == cells(reference)  # every image once, in index order, same certificates
+    assert not any(p.exists() for p in parts) and not list(root.glob("two.tsv.part-*"))
+    assert settings_of(root / "two.tsv") == settings_of(root / "one.tsv")
+    assert done.stdout.count("ACR:") == 1  # only the main process reports
+
+
+def settings_of(out):
+    """The settings stored with a results file, without the provenance (dates, hosts) that differs per run."""
+    return {k: v for k, v in json.loads(out.with_name(out.name + ".json").read_text()).items() if k not in RECORD_KEYS}
+
+
+def _certify_share(root, out, rank, size, count):
+    """What process ``rank`` of ``size`` had written when killed after ``count`` images."""
+    sys.path.insert(0, str(root))
+    try:
+        from shard_model import net  # noqa: PLC0415
+    finally:
+        sys.path.remove(str(root))
+    digits = load_digits("test")
+    share = shard(list(range(IMAGES)), World(rank, size))[:count]
+    settings = settings_of(root / "one.tsv")
+    with ResultsFile(partial_path(out, World(rank, size)), CERTIFY_COLUMNS, settings) as results:
+        certify_dataset(
+            net(),
+            digits,
+            GaussianNoise(0.1),
+            CohenCertifier(),
+            results,
+            indices=share,
+            n0=20,
+            n=200,
+            alpha=0.01,
+            batch_size=40,
+            seed=3,
+            progress=False,
+        )
+
+
+def test_one_process_finishes_what_a_killed_three_process_run_left(root, reference, monkeypatch):
+    out = root / "three.tsv"
+    for rank, count in ((0, 2), (1, 4), (2, 0)):
+        _certify_share(root, out, rank, 3, count)
+    monkeypatch.setattr(sys, "path", [str(root), *sys.path])  # not syspath_prepend: see above
+    assert main(args(root, out)) == 0
+    assert cells(out) == cells(reference)
+    assert not list(root.glob("three.tsv.part-*"))
+
+
+def test_partials_from_other_settings_are_refused(root, reference, monkeypatch):
+    out = root / "other.tsv"
+    part = partial_path(out, World(1, 2))
+    with ResultsFile(part, CERTIFY_COLUMNS, {"sigma": 0.5}):
+        pass
+    monkeypatch.setattr(sys, "path", [str(root), *sys.path])  # not syspath_prepend: see above
+    with pytest.raises(ResultsFileError, match="sigma=0.5.*sigma=0.1"):
+        from rs_plugins.cli import build_parser
+
+        parsed = build_parser().parse_args(args(root, out))
+        parsed.func(parsed)
+
+
+def test_predict_resumes_from_partials_too(root, monkeypatch):
+    monkeypatch.setattr(sys, "path", [str(root), *sys.path])  # not syspath_prepend: see above
+    from shard_model import net  # noqa: PLC0415
+
+    reference, out = root / "p1.tsv", root / "p2.tsv"
+    assert main(args(root, reference, "predict")) == 0
+    settings = json.loads((root / "p1.tsv.json").read_text())
+    digits = load_digits("test")
+    with ResultsFile(partial_path(out, World(1, 2)), PREDICT_COLUMNS, settings) as results:
+        predict_dataset(
+            net(),
+            digits,
+            GaussianNoise(0.1),
+            results,
+            indices=[1, 3, 5],
+            n=200,
+            alpha=0.01,
+            batch_size=40,
+            seed=3,
+            progress=False,
+        )
+    assert main(args(root, out, "predict")) == 0
+    assert cells(out) == cells(reference)

@@ -80,7 +80,7 @@ def interpolate_clean(curve: list[tuple[float, float]], robust: float) -> float:
     """Clean accuracy of the fixed-α curve at ``robust`` (the upper envelope, linearly interpolated); NaN outside."""
     points = sorted(curve)
     envelope = []
-    for r, c in points:  # best clean accuracy at robust accuracy >= r
+    for r, _ in points:  # best clean accuracy at robust accuracy >= r
         envelope.append((r, max(c2 for r2, c2 in points if r2 >= r)))
     rs, cs = zip(*envelope)
     if robust < rs[0] or robust > rs[-1]:
@@ -165,7 +165,8 @@ def plot(rows, path: Path, args) -> None:
         for r in rows:
             if r["seed"] == seed and r["mixer"] != "mix":
                 marker = "*" if "0.5," in r["mixer"] else "P"
-                ax.plot(r["robust"], r["clean"], marker, color=f"C{i}", markersize=12, label=f"{r['mixer']}, seed {seed}")
+                label = f"{r['mixer']}, seed {seed}"
+                ax.plot(r["robust"], r["clean"], marker, color=f"C{i}", markersize=12, label=label)
     ax.set_xlabel(f"robust accuracy (APGD-CE and -DLR, l2 eps={args.eps}, through the mixture)")
     ax.set_ylabel("clean accuracy")
     ax.set_title("digits: g plain SmallCNN, h Consistency sigma=0.5", fontsize=9)

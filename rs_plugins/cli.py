@@ -83,7 +83,9 @@ def _add_model(p: argparse.ArgumentParser, *, several: bool) -> None:
         g.add_argument("--model-kwargs", action="append", help="JSON keyword arguments for the factory; once for "
                        "all --model, or once per --model in order")  # fmt: skip
     else:
-        g.add_argument("--checkpoint", help="state dict (loaded with weights_only=True) for a package.module:factory model")
+        g.add_argument(
+            "--checkpoint", help="state dict (loaded with weights_only=True) for a package.module:factory model"
+        )
         g.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for the factory")
     g.add_argument("--dataset", default="cifar10", help="RobustBench data set (default cifar10)")
     g.add_argument("--threat-model", default="L2", help="RobustBench threat model (default L2)")

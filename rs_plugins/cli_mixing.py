@@ -63,7 +63,7 @@ def add_commands(sub) -> None:
                    help="fixed alphas of --mixer mix (default 0 .25 .5 .6 .7 .8 .9 1)")  # fmt: skip
     p.add_argument("--adaptive", action="append", default=[], metavar="MIXING_PT",
                    help="add the adaptive mixer with this mixing network (from train-mixer; repeatable); "
-                   "--mixer-option configures it, and its std_scale/rob_scale also apply to the fixed alphas")  # fmt: skip
+                   "--mixer-option configures it; its std_scale/rob_scale also apply to the fixed alphas")  # fmt: skip
     g = p.add_argument_group("adversary (through the whole mixture)")
     g.add_argument("--attack", default="APGD", help="torchattacks class (default APGD)")
     g.add_argument("--norm", help="Linf | L2 (default: the attack's only norm)")
@@ -155,7 +155,8 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
     labels = torch.tensor([int(dataset[i][1]) for i in indices])
     rows = tradeoff(mixers, images, labels, attack=args.attack, norm=args.norm, eps=args.eps, options=attack_options,
                     sigma=args.sigma, radii=args.radii, n0=args.n0, n=args.n, alpha=args.alpha,
-                    batch_size=args.batch_size, seed=args.seed, device=device, progress=not args.no_progress)  # fmt: skip
+                    batch_size=args.batch_size, seed=args.seed, device=device,
+                    progress=not args.no_progress)  # fmt: skip
     title = f"{args.attack} eps={args.eps:g} on {len(indices)} images" + (f", sigma={args.sigma}" if args.sigma else "")
     write_tradeoff(rows, args.out, args.plot, title=title)
     columns = list(rows[0])

@@ -183,7 +183,7 @@ class FeatureTap:
         self.method = None
         self.outputs: dict[int, Tensor] = {}
         features = getattr(type(model), "features", None)
-        if layers is None and callable(features) and not isinstance(getattr(model, "features"), nn.Module):
+        if layers is None and callable(features) and not isinstance(model.features, nn.Module):
             self.method = model.features
             return
         modules = dict(model.named_modules())

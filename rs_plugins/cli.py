@@ -76,8 +76,16 @@ def _add_model(p: argparse.ArgumentParser, *, several: bool) -> None:
         g.add_argument("--mixer-option", action="append", default=[], metavar="KEY=VALUE")
     else:
         g.add_argument("--model", required=True, help=help_)
-    g.add_argument("--checkpoint", help="state dict (loaded with weights_only=True) for a package.module:factory model")
-    g.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for the factory")
+    if several:  # one per --model, paired in order (a single one still serves a single --model)
+        g.add_argument("--checkpoint", action="append", help="state dict for a package.module:factory model; repeat "
+                       "once per --model, in order (none for a model without one)")  # fmt: skip
+        g.add_argument("--model-kwargs", action="append", help="JSON keyword arguments for the factory; once for "
+                       "all --model, or once per --model in order")  # fmt: skip
+    else:
+        g.add_argument(
+            "--checkpoint", help="state dict (loaded with weights_only=True) for a package.module:factory model"
+        )
+        g.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for the factory")
     g.add_argument("--dataset", default="cifar10", help="RobustBench data set (default cifar10)")
     g.add_argument("--threat-model", default="L2", help="RobustBench threat model (default L2)")
     g.add_argument("--model-dir", default="./models", help="RobustBench checkpoint folder (default ./models)")
@@ -207,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(func=cmd_train)
 
+    from .cli_mixing import add_commands  # train-mixer and tradeoff (adaptive smoothing)
+
+    add_commands(sub)
+
     p = sub.add_parser("report", help="tables, plot and summary from certification TSVs; several files: a comparison")
     p.add_argument("results", nargs="+", help="TSV files written by certify (or the paper repos), radii in one norm")
     p.add_argument("--label", action="append", help="name of a run, once per file in order (default: noise and sigma)")
@@ -229,21 +241,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_kwargs(args: argparse.Namespace) -> dict:
+def _parse_kwargs(text: str) -> dict:
     try:
-        kwargs = json.loads(args.model_kwargs)
+        kwargs = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"--model-kwargs must be a JSON object; {err}") from None
     if not isinstance(kwargs, dict):
-        raise ValueError(f"--model-kwargs must be a JSON object; got {args.model_kwargs!r}")
+        raise ValueError(f"--model-kwargs must be a JSON object; got {text!r}")
     return kwargs
 
 
-def _load_model(host: Host, args: argparse.Namespace, source: str):
+def _model_kwargs(args: argparse.Namespace) -> dict | list[dict]:
+    """The --model-kwargs as stored with results: one dict, or one per --model when they differ per model."""
+    if args.model_kwargs is None:  # a repeatable --model-kwargs not given
+        return {}
+    if not isinstance(args.model_kwargs, list):
+        return _parse_kwargs(args.model_kwargs)
+    parsed = [_parse_kwargs(text) for text in args.model_kwargs]
+    return parsed[0] if len(parsed) == 1 else parsed or {}
+
+
+def _checkpoints(args: argparse.Namespace) -> list[str | None]:
+    """One --checkpoint per --model ("none" for a model without one); none given means none for each."""
+    models = args.model if isinstance(args.model, list) else [args.model]
+    given = args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint] * len(models)
+    if not given:
+        return [None] * len(models)
+    if len(given) != len(models):
+        msg = f"--checkpoint given {len(given)} times for {len(models)} --model; give one per --model, in the same "
+        raise ValueError(msg + "order (--checkpoint none for a model without one)")
+    return [None if c in (None, "", "none") else c for c in given]
+
+
+def _checkpoint_setting(args: argparse.Namespace) -> str | list[str] | None:
+    """--checkpoint as stored with results: the one file (or None), or the list when there are several."""
+    given = args.checkpoint
+    return given[0] if isinstance(given, list) and len(given) == 1 else given or None
+
+
+def _kwargs_per_model(args: argparse.Namespace) -> list[dict]:
+    kwargs, count = _model_kwargs(args), len(args.model) if isinstance(args.model, list) else 1
+    if not isinstance(kwargs, list):
+        return [kwargs] * count
+    if len(kwargs) != count:
+        msg = f"--model-kwargs given {len(kwargs)} times for {count} --model; give it once for all, or once per "
+        raise ValueError(msg + "--model in the same order")
+    return kwargs
+
+
+def _load_model(host: Host, args: argparse.Namespace, source: str, position: int = 0):
     request = ModelRequest(
         source,
-        args.checkpoint,
-        _model_kwargs(args),
+        _checkpoints(args)[position],
+        _kwargs_per_model(args)[position],
         args.dataset,
         args.threat_model,
         args.model_dir,
@@ -285,7 +335,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def _classifier(host: Host, args: argparse.Namespace, mixer_options: dict):
     """The --model classifier, or the --mixer combination of several."""
-    models = [_load_model(host, args, source) for source in args.model]
+    _checkpoints(args), _kwargs_per_model(args)  # counts checked before any model is loaded
+    models = [_load_model(host, args, source, i) for i, source in enumerate(args.model)]
     if args.mixer:
         return host.mixer(args.mixer, models, **mixer_options)
     if len(models) > 1:
@@ -335,6 +386,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
         k: getattr(args, k)
         for k in ("model", "mixer", "checkpoint", "data", "split", "sigma", "noise", "n", "alpha", "seed")
     }
+    settings["checkpoint"] = _checkpoint_setting(args)
     settings |= {
         "model_kwargs": _model_kwargs(args),
         "noise_option": _noise_options(args),
@@ -373,6 +425,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
         if world.main:
             print(f"--batch-size auto: {batch_size}", flush=True)
     record = _record(host, args, settings, model, dataset, indices, device, execution.precision)
+    if certify and hasattr(certifier, "check_model"):  # e.g. mixed: refuse a classifier it cannot certify, now
+        certifier.check_model(model)
     if certify:
         record["certifier"] = provenance.component(host, "certifier", args.certifier, settings["certifier_option"])
     common = dict(
@@ -441,6 +495,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     validation.check_plot_path(args.plot)
     # Everything that changes a row is stored with --out; more --eps values on a rerun only add rows.
     settings = {k: getattr(args, k) for k in ("model", "mixer", "checkpoint", "data", "split", "seed", "batch_size")}
+    settings["checkpoint"] = _checkpoint_setting(args)
     settings |= {"attack": adversary.name, "norm": adversary.norm, "attack_option": options}
     settings |= {"model_kwargs": _model_kwargs(args), "mixer_option": _options(args.mixer_option, "--mixer-option")}
     if args.sigma is not None:

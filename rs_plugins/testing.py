@@ -115,9 +115,15 @@ def check_mixer(mixed: nn.Module, *, channels: int = 1, size: int = 8, num_class
     assert x.grad is not None and torch.isfinite(x.grad).all(), "the mixer must be differentiable in its input"
 
 
-def check_certifier(certifier: Certifier, noise: NoiseSampler, *, num_classes: int = 3) -> None:
-    """Predictions are classes or ABSTAIN, radii are non-negative and 0 when abstaining, one per image."""
-    model = tiny_classifier(num_classes=num_classes).eval()
+def check_certifier(
+    certifier: Certifier, noise: NoiseSampler, *, num_classes: int = 3, model: nn.Module | None = None
+) -> None:
+    """Predictions are classes or ABSTAIN, radii are non-negative and 0 when abstaining, one per image.
+
+    ``model`` (default: a tiny CNN with ``num_classes`` classes) is for certifiers that need a particular kind of
+    classifier, e.g. a mixture for ``mixed``.
+    """
+    model = tiny_classifier(num_classes=num_classes).eval() if model is None else model
     x = torch.rand(3, 1, 8, 8)
     generators = [torch.Generator().manual_seed(i) for i in range(3)]
     certs = certifier.certify(model, x, noise, n0=10, n=200, alpha=0.01, batch_size=64, generator=generators)

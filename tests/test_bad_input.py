@@ -22,7 +22,7 @@ from torch import nn
 
 import rs_plugins
 from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict
-from rs_plugins.builtin import consistency, gaussian, sources
+from rs_plugins.builtin import adaptive, consistency, gaussian, sources
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.errors import RsPluginError
 from rs_plugins.nets import SmallCNN
@@ -93,7 +93,7 @@ class BrokenPlugin:
 
 
 def host() -> rs_plugins.Host:
-    return rs_plugins.Host(entry_points=False, plugins=[gaussian, consistency, sources, BrokenPlugin()])
+    return rs_plugins.Host(entry_points=False, plugins=[gaussian, consistency, sources, adaptive, BrokenPlugin()])
 
 
 class NaNModel(nn.Module):
@@ -205,6 +205,8 @@ def api_case(id, where, given, expect, run):
 
 CERTIFY = [*MODEL, "--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "2"]
 PREDICT = [*MODEL, "--data", "digits", "--sigma", "0.25", "--n", "20", "--limit", "2"]
+TWO_MODELS = ["--model", "rs_plugins.nets:SmallCNN", "--checkpoint", lambda f: f.ckpt, "--model",
+              "rs_plugins.nets:SmallCNN", "--checkpoint", lambda f: f.ckpt, "--model-kwargs", '{"width": 4}']
 TRAIN = [*MODEL, "--data", "digits", "--sigma", "0.25", "--epochs", "1", "--checkpoint-dir", lambda f: f.root / "t"]
 
 
@@ -438,6 +440,38 @@ CASES: list[Case] = [
              "--checkpoint", lambda f: f.ckpt, "--out", lambda f: f.resumed_with_other_sigma()),
     api_case("api-resume-no-sidecar", "`ResultsFile`", "a foreign TSV with `settings=`",
              "no settings file", lambda f: ResultsFile(f.foreign, CERTIFY_COLUMNS, {"sigma": 0.25})),
+    # adaptive smoothing: two models, each with its own checkpoint, and options in range
+    cli_case("checkpoint-count", "certify", "two `--model`, one `--checkpoint`",
+             "--checkpoint given 1 times for 2 --model; give one per --model, in the same order",
+             *TWO_MODELS[:5], *TWO_MODELS[7:], "--mixer", "mix", *CERTIFY[4:], "--out", lambda f: f.root / "u.tsv"),
+    cli_case("mix-one-model", "certify", "`--mixer mix` with one `--model`",
+             "mixer 'mix' combines exactly two --model classifiers, the accurate one first and the robust one second",
+             *CERTIFY, "--mixer", "mix", "--checkpoint", lambda f: f.ckpt, "--out", lambda f: f.root / "u.tsv"),
+    cli_case("mix-alpha-range", "certify", "`--mixer-option alpha=1.5`",
+             "--mixer-option alpha must be a number in [0, 1]; got 1.5",
+             *TWO_MODELS, "--mixer", "mix", "--mixer-option", "alpha=1.5", *CERTIFY[4:],
+             "--out", lambda f: f.root / "u.tsv"),
+    cli_case("adaptive-unknown-layer", "predict", "`--mixer adaptive --mixer-option std_layers=stem,body`",
+             "--mixer-option std_layers: no layer named 'stem', 'body' in the std model",
+             *TWO_MODELS, "--mixer", "adaptive", "--mixer-option", "std_layers=stem,body", *PREDICT[4:],
+             "--out", lambda f: f.root / "u.tsv"),
+    cli_case("mixed-certifier-no-mixer", "certify", "`--certifier mixed` on one model",
+             "certifier 'mixed' certifies a mixture with a smoothed robust member: use --mixer mix or adaptive",
+             *CERTIFY, "--certifier", "mixed", "--checkpoint", lambda f: f.ckpt, "--out", lambda f: f.root / "u.tsv"),
+    cli_case("mixed-certifier-votes", "certify", "`--certifier mixed --certifier-option votes=maybe`",
+             "--certifier-option votes must be one of hard, soft; got 'maybe'",
+             *TWO_MODELS, "--mixer", "mix", "--certifier", "mixed", "--certifier-option", "votes=maybe",
+             *CERTIFY[4:], "--out", lambda f: f.root / "u.tsv"),
+    cli_case("train-mixer-fixed-alpha", "train-mixer", "`--mixer mix`",
+             "--mixer mix has nothing to train; train-mixer trains --mixer adaptive",
+             *TWO_MODELS, "--mixer", "mix", "--data", "digits", "--device", "cpu", "--no-progress",
+             "--checkpoint-dir", lambda f: f.root / "tm"),
+    cli_case("tradeoff-alpha-range", "tradeoff", "`--alphas 0.5 2`", "--alphas must lie in [0, 1]; got 2.0",
+             *TWO_MODELS, "--alphas", "0.5", "2", "--data", "digits", "--eps", "0.1", "--device", "cpu",
+             "--out", lambda f: f.root / "u.csv"),
+    api_case("api-mix-scale", "`Host.mixer`", "`mixer('mix', [g, h], rob_scale=0)`",
+             "--mixer-option rob_scale must be a finite number > 0; got 0",
+             lambda f: host().mixer("mix", [small(), small()], rob_scale=0)),
 ]
 # fmt: on
 

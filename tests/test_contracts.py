@@ -5,7 +5,7 @@ import torch
 
 from rs_plugins import Host, LossOutput
 from rs_plugins.builtin.gaussian import GaussianNoise
-from rs_plugins.testing import check_certifier, check_loss, check_noise
+from rs_plugins.testing import check_certifier, check_loss, check_mixer, check_noise, tiny_classifier
 
 HOST = Host()
 
@@ -26,7 +26,16 @@ def test_loss_contract(name):
 
 @pytest.mark.parametrize("name", available("certifier"))
 def test_certifier_contract(name):
-    check_certifier(HOST.certifier(name), HOST.noise("gaussian", sigma=0.25))
+    model = None
+    if name == "mixed":  # it certifies a mixture of an accurate and a robust classifier
+        model = HOST.mixer("mix", [tiny_classifier(seed=0), tiny_classifier(seed=1)], alpha=0.9)
+    check_certifier(HOST.certifier(name), HOST.noise("gaussian", sigma=0.25), model=model)
+
+
+@pytest.mark.parametrize("name", available("mixer"))
+def test_mixer_contract(name):
+    options = {"std_layers": "0,2", "rob_layers": "0,2", "probe_size": 8} if name == "adaptive" else {}
+    check_mixer(HOST.mixer(name, [tiny_classifier(seed=0), tiny_classifier(seed=1)], **options).eval())
 
 
 class WrongScale(GaussianNoise):

@@ -1,0 +1,372 @@
+"""Adaptive Smoothing: the mixed classifier of an accurate and a robust network, with a fixed or input-dependent α.
+
+References: Y. Bai, B. G. Anderson, A. Kim, S. Sojoudi. "Improving the Accuracy-Robustness Trade-Off of Classifiers
+via Adaptive Smoothing", SIMODS 2024, arXiv:2301.12554; Y. Bai, B. G. Anderson, S. Sojoudi. "Mixing Classifiers to
+Alleviate the Accuracy-Robustness Trade-Off", L4DC 2024, arXiv:2311.15165.
+
+Both mixers output m(x) = log((1 - α)·softmax(s_g·g(x)) + α·softmax(s_h·h(x))): a mixture in probability space,
+logged so that cross-entropy and attacks apply. The first ``--model`` is g (accurate), the second h (robust); both
+are frozen and stay in eval mode. ``mix`` fixes α; ``adaptive`` computes α(x) with the paper's mixing network from
+intermediate features of both bases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import rs_plugins
+from rs_plugins.mixed_certificate import MixedCertifier
+from rs_plugins.types import CertifierSpec, MixerSpec
+from rs_plugins.validation import check_number, load_weights_only
+
+ADAPTIVE = "Bai et al., SIMODS 2024, arXiv:2301.12554"
+MIXING = "Bai et al., L4DC 2024, arXiv:2311.15165"
+
+# Candidate (stage-1, stage-2) layer names, tried in order; a name matches a module whose dotted path is the name
+# or ends with "." + name (a wrapper such as Sequential(Normalize, net) prefixes it).
+DEFAULT_LAYERS: tuple[tuple[str, str], ...] = (
+    ("block1", "block2"),  # RobustBench WideResNet (Carmon, Wu, ...)
+    ("layer.0", "layer.1"),  # RobustBench DMWideResNet (Gowal, Rebuffi, Wang 2023)
+    ("layer_0", "layer_1"),  # RobustBench DMPreActResNet (Rebuffi 2021)
+    ("layer1", "layer2"),  # RobustBench PreActResNet, torchvision ResNet
+    ("features.1", "features.4"),  # rs_plugins.nets.SmallCNN: first conv + ReLU, second conv + pool
+)
+
+
+def _unit(option: str, value: object) -> float:
+    """A number in [0, 1], or a ValueError naming the --mixer-option."""
+    number = check_number(f"--mixer-option {option}", value, at_least=0)
+    if number > 1:
+        raise ValueError(f"--mixer-option {option} must be a number in [0, 1]; got {value!r}")
+    return number
+
+
+def _check_bases(base_classifiers: Sequence[nn.Module], mixer: str) -> tuple[nn.Module, nn.Module]:
+    bases = list(base_classifiers)
+    if len(bases) != 2 or not all(isinstance(m, nn.Module) for m in bases):
+        msg = f"mixer {mixer!r} combines exactly two --model classifiers, the accurate one first and the robust one "
+        raise ValueError(msg + f"second; got {len(bases)}")
+    for model in bases:  # frozen: only the mixing network learns, and attacks differentiate through the bases
+        model.eval()
+        model.requires_grad_(False)
+    return bases[0], bases[1]
+
+
+def mix_log_probs(std_logits: Tensor, rob_logits: Tensor, alpha: Tensor | float, std_scale: float, rob_scale: float):
+    """log((1 - α)·softmax(s_g·g) + α·softmax(s_h·h)), computed in log space (exact at α = 0 and α = 1).
+
+    Shape:
+        std_logits, rob_logits: (B, K); alpha: a float or (B,). returns: (B, K).
+    """
+    alpha = torch.as_tensor(alpha, dtype=std_logits.dtype, device=std_logits.device)
+    alpha = alpha.reshape(-1, 1) if alpha.dim() else alpha
+    log_g = F.log_softmax(std_scale * std_logits, dim=1) + torch.log1p(-alpha)
+    log_h = F.log_softmax(rob_scale * rob_logits, dim=1) + torch.log(alpha)
+    return torch.logaddexp(log_g, log_h)
+
+
+class _Mixture(nn.Module):
+    """What both mixers share: the two frozen bases (kept in eval mode) and the logit scales."""
+
+    def __init__(self, base_classifiers, std_scale: float, rob_scale: float, name: str) -> None:
+        super().__init__()
+        self.standard, self.robust = _check_bases(base_classifiers, name)
+        self.std_scale = check_number("--mixer-option std_scale", std_scale, above=0)
+        self.rob_scale = check_number("--mixer-option rob_scale", rob_scale, above=0)
+
+    def train(self, mode: bool = True) -> _Mixture:
+        super().train(mode)
+        self.standard.eval()  # the bases are frozen, BatchNorm statistics included
+        self.robust.eval()
+        return self
+
+
+class MixedClassifier(_Mixture):
+    """The fixed-α mixed classifier m_α (L4DC 2024): α = 0 is g alone, α = 1 is h alone (up to log-softmax).
+
+    Args:
+        base_classifiers: [g, h], the accurate and the robust network (in [0, 1] -> logits).
+        alpha: weight of the robust network, in [0, 1]. 0.76 is the SIMODS RS experiment's highlighted value.
+        std_scale, rob_scale: logit temperatures s_g, s_h. The authors trained at 1 / 1; their RobustBench
+            CIFAR-10 entry uses 1.2 / 0.3 and the CIFAR-100 ones 2 / 1.
+
+    Shape:
+        x: (B, C, H, W) in [0, 1]; returns (B, K) log-probabilities.
+    """
+
+    def __init__(self, base_classifiers, alpha: float = 0.76, std_scale: float = 1.0, rob_scale: float = 1.0) -> None:
+        super().__init__(base_classifiers, std_scale, rob_scale, "mix")
+        self.alpha = _unit("alpha", alpha)
+
+    @property
+    def certified_alpha(self) -> float:
+        """The α the mixed certificate may assume on the whole ball."""
+        return self.alpha
+
+    def forward(self, x: Tensor) -> Tensor:
+        return mix_log_probs(self.standard(x), self.robust(x), self.alpha, self.std_scale, self.rob_scale)
+
+
+# -- the mixing network ------------------------------------------------------------------------------------------
+
+
+class PreActBlock(nn.Module):
+    """A pre-activation residual block (He et al. 2016): BN-ReLU-conv3x3 twice, 1x1 shortcut when shapes change."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+def preact_stage(in_planes: int, planes: int, stride: int) -> nn.Sequential:
+    """Two PreAct blocks, the first with ``stride``."""
+    return nn.Sequential(PreActBlock(in_planes, planes, stride), PreActBlock(planes, planes, 1))
+
+
+class MixingNetwork(nn.Module):
+    """The paper's mixing network (``MixingNetV4``): features of both bases -> one scalar γ per image.
+
+    Stage-1 features of g and h, concatenated, go through a PreAct stage (stride 2); stage-2 features, concatenated,
+    through a 1x1 convolution; the two are summed (the level-2 map is average-pooled to the level-1 output's size
+    when they differ), pass a second PreAct stage, BN-ReLU, global average pooling and a bias-free linear layer.
+
+    Shape:
+        features: ((B, C1g, ...), (B, C2g, ...), (B, C1h, ...), (B, C2h, ...)); returns γ (B,).
+    """
+
+    def __init__(self, channels: Sequence[int], width: int = 64) -> None:
+        super().__init__()
+        c1g, c2g, c1h, c2h = channels
+        self.stage1 = preact_stage(c1g + c1h, width, stride=2)
+        self.fuse = nn.Conv2d(c2g + c2h, width, 1, bias=False)
+        self.stage2 = preact_stage(width, 2 * width, stride=2)
+        self.bn = nn.BatchNorm2d(2 * width)
+        self.linear = nn.Linear(2 * width, 1, bias=False)
+
+    def forward(self, f1g: Tensor, f2g: Tensor, f1h: Tensor, f2h: Tensor) -> Tensor:
+        level1 = self.stage1(torch.cat([f1g, _resize(f1h, f1g)], dim=1))
+        level2 = self.fuse(torch.cat([f2g, _resize(f2h, f2g)], dim=1))
+        out = self.stage2(level1 + _resize(level2, level1))
+        out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
+        return self.linear(out).squeeze(1)
+
+
+def _resize(x: Tensor, like: Tensor) -> Tensor:
+    return x if x.shape[-2:] == like.shape[-2:] else F.adaptive_avg_pool2d(x, like.shape[-2:])
+
+
+class FeatureTap:
+    """Stage-1 and stage-2 feature maps of a model's last forward pass, from forward hooks on two named layers.
+
+    A model with a ``features(x) -> (f1, f2)`` *method* is asked directly instead (an extra forward pass).
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str] | str | None, which: str) -> None:
+        self.model = model
+        self.method = None
+        self.outputs: dict[int, Tensor] = {}
+        features = getattr(type(model), "features", None)
+        if layers is None and callable(features) and not isinstance(model.features, nn.Module):
+            self.method = model.features
+            return
+        modules = dict(model.named_modules())
+        self.layers = _resolve_layers(modules, layers, which)
+        self.modules = [modules[name] for name in self.layers]
+
+    def _keep(self, level: int):
+        def hook(module, inputs, output):
+            self.outputs[level] = output
+
+        return hook
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(logits, f1, f2) of ``x``."""
+        if self.method is not None:
+            f1, f2 = self.method(x)
+            return self.model(x), f1, f2
+        # Hooks live for this call only: the base model is left as it was, and another mixer may share it.
+        handles = [module.register_forward_hook(self._keep(level)) for level, module in enumerate(self.modules)]
+        try:
+            logits = self.model(x)
+            return logits, self.outputs.pop(0), self.outputs.pop(1)
+        finally:
+            self.outputs.clear()
+            for handle in handles:
+                handle.remove()
+
+
+def _resolve_layers(modules: dict[str, nn.Module], layers, which: str) -> list[str]:
+    flag = f"--mixer-option {which}_layers"
+    if isinstance(layers, str):
+        layers = [part.strip() for part in layers.split(",")]
+    candidates = [tuple(layers)] if layers is not None else list(DEFAULT_LAYERS)
+    if layers is not None and len(layers) != 2:
+        raise ValueError(f"{flag} takes two layer names, stage 1 then stage 2 (e.g. layer1,layer2); got {layers!r}")
+    for pair in candidates:
+        found = [_find(modules, name) for name in pair]
+        if all(found):
+            return found
+        if layers is not None:
+            missing = [name for name, hit in zip(pair, found) if not hit]
+            sample = ", ".join(n for n in list(modules)[1:12])
+            raise ValueError(f"{flag}: no layer named {', '.join(map(repr, missing))} in the {which} model; "
+                             f"its layers include {sample}")  # fmt: skip
+    defaults = "; ".join(",".join(pair) for pair in DEFAULT_LAYERS)
+    msg = f"the {which} model has none of the default feature layers ({defaults}) and no features(x) method; "
+    raise ValueError(msg + f"name two with {flag}=STAGE1,STAGE2")
+
+
+def _find(modules: dict[str, nn.Module], name: str) -> str | None:
+    if name in modules:
+        return name
+    hits = [path for path in modules if path.endswith("." + name)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _pair(value, option: str) -> tuple[float, float]:
+    if not (isinstance(value, (list, tuple)) and len(value) == 2):
+        raise ValueError(f"--mixer-option {option} takes [scale, bias]; got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+class AdaptiveMixer(_Mixture):
+    """Adaptive smoothing: m(x) with α(x) from the mixing network over features of both bases (SIMODS 2024).
+
+    γ is post-processed as in the authors' code: in training, clamped to the batch mean ± 0.6 std; then
+    normalised by a BatchNorm1d (no affine, momentum 0.01) and mapped to γ·scale + bias (``train_gamma`` in
+    training, ``eval_gamma`` in eval). α = sigmoid(γ) in training; in eval mode α = α_min + (α_max - α_min)·sigmoid(γ),
+    so α(x) never leaves [α_min, α_max] and a certificate at α_min holds.
+
+    Args:
+        base_classifiers: [g, h]; both frozen.
+        alpha_min, alpha_max: the eval-mode range of α (paper's CIFAR-10 EDM config: 0.84, 0.99).
+        train_gamma, eval_gamma: (scale, bias) of the normalised γ (paper: (2, 0.4) and (2, 1.3)).
+        std_scale, rob_scale: logit temperatures, as in ``mix``.
+        std_layers, rob_layers: "stage1,stage2" module names to hook; default: a ``features(x)`` method or the
+            first of ``DEFAULT_LAYERS`` the model has.
+        width: channels of the mixing network's first stage (the second has twice as many).
+        checkpoint: the mixing network's state dict, e.g. ``mixing.pt`` from ``rs-plugins train-mixer``.
+        probe_size: side of the blank image used once to read the feature channels.
+
+    Shape:
+        x: (B, C, H, W) in [0, 1]; returns (B, K) log-probabilities. ``last_gamma`` holds the last γ (B,).
+    """
+
+    def __init__(
+        self,
+        base_classifiers,
+        alpha_min: float = 0.84,
+        alpha_max: float = 0.99,
+        train_gamma: Sequence[float] = (2.0, 0.4),
+        eval_gamma: Sequence[float] = (2.0, 1.3),
+        std_scale: float = 1.0,
+        rob_scale: float = 1.0,
+        std_layers: str | Sequence[str] | None = None,
+        rob_layers: str | Sequence[str] | None = None,
+        width: int = 64,
+        checkpoint: str | None = None,
+        probe_size: int = 32,
+    ) -> None:
+        super().__init__(base_classifiers, std_scale, rob_scale, "adaptive")
+        self.alpha_min = _unit("alpha_min", alpha_min)
+        self.alpha_max = _unit("alpha_max", alpha_max)
+        if alpha_min > alpha_max:
+            raise ValueError(f"--mixer-option alpha_min ({alpha_min}) must not exceed alpha_max ({alpha_max})")
+        self.train_gamma = _pair(train_gamma, "train_gamma")
+        self.eval_gamma = _pair(eval_gamma, "eval_gamma")
+        if not (isinstance(width, int) and width >= 1):
+            raise ValueError(f"--mixer-option width must be a positive integer; got {width!r}")
+        self.taps = (FeatureTap(self.standard, std_layers, "std"), FeatureTap(self.robust, rob_layers, "rob"))
+        channels = self._channels(int(probe_size))
+        self.mixing = MixingNetwork(channels, width)
+        self.gamma_norm = nn.BatchNorm1d(1, affine=False, momentum=0.01)
+        self.last_gamma: Tensor | None = None
+        if checkpoint is not None:
+            state = load_weights_only(checkpoint, "--mixer-option checkpoint", "a mixing-network state dict")
+            try:
+                self.trainable().load_state_dict(state)
+            except (RuntimeError, TypeError, AttributeError) as err:
+                msg = f"--mixer-option checkpoint={checkpoint} does not fit this mixing network ({err}); "
+                raise ValueError(msg + "use the width and layers it was trained with") from None
+
+    @property
+    def certified_alpha(self) -> float:
+        """The α the mixed certificate may assume on the whole ball: the eval-mode clamp's lower end."""
+        return self.alpha_min
+
+    def trainable(self) -> nn.Module:
+        """The mixing network and its γ normalisation: what ``train-mixer`` trains and saves."""
+        return nn.ModuleDict({"mixing": self.mixing, "gamma_norm": self.gamma_norm})
+
+    @torch.no_grad()
+    def _channels(self, size: int) -> list[int]:
+        conv = next((m for m in self.standard.modules() if isinstance(m, nn.Conv2d)), None)
+        in_channels = conv.in_channels if conv is not None else 3
+        x = torch.full((1, in_channels, size, size), 0.5)
+        device = next(self.standard.parameters(), torch.empty(0)).device
+        channels = []
+        for tap in self.taps:
+            _, f1, f2 = tap(x.to(device))
+            channels += [f1.shape[1], f2.shape[1]]
+        return [channels[0], channels[1], channels[2], channels[3]]
+
+    def gamma(self, features: Sequence[Tensor]) -> Tensor:
+        """γ after the paper's post-processing (batch clamp in training, BatchNorm, scale and bias). Shape: (B,)."""
+        gamma = self.mixing(*features)
+        if self.training and len(gamma) > 1:
+            mean, std = gamma.mean().detach(), gamma.std().detach()
+            gamma = torch.minimum(torch.maximum(gamma, mean - 0.6 * std), mean + 0.6 * std)
+        gamma = self.gamma_norm(gamma.float().unsqueeze(1)).squeeze(1)
+        scale, bias = self.train_gamma if self.training else self.eval_gamma
+        return gamma * scale + bias
+
+    def alpha(self, gamma: Tensor) -> Tensor:
+        """α from γ: sigmoid in training; squashed into [α_min, α_max] in eval mode. Shape: (B,) -> (B,)."""
+        if self.training:
+            return torch.sigmoid(gamma)
+        return self.alpha_min + (self.alpha_max - self.alpha_min) * torch.sigmoid(gamma)
+
+    def forward(self, x: Tensor) -> Tensor:
+        std_logits, f1g, f2g = self.taps[0](x)
+        rob_logits, f1h, f2h = self.taps[1](x)
+        self.last_gamma = self.gamma((f1g, f2g, f1h, f2h))
+        alpha = self.alpha(self.last_gamma)
+        return mix_log_probs(std_logits, rob_logits, alpha, self.std_scale, self.rob_scale)
+
+
+@rs_plugins.hookimpl
+def rs_mixers():
+    yield MixerSpec(
+        "mix", MixedClassifier, "log((1-a) softmax(s_g g) + a softmax(s_h h)): accurate g, robust h, fixed a", MIXING
+    )
+    yield MixerSpec(
+        "adaptive", AdaptiveMixer, "mix with a(x) from a mixing network over features of both bases", ADAPTIVE
+    )
+
+
+@rs_plugins.hookimpl
+def rs_certifiers():
+    yield CertifierSpec(
+        "mixed",
+        MixedCertifier,
+        "mixture of any g with a Gaussian-smoothed robust h: p1 lower / p2 upper bounds, radius at the mixer's alpha",
+        ADAPTIVE,
+        noises=("gaussian",),
+    )

@@ -488,7 +488,7 @@ def message_of(case: Case, files: Files, capsys, monkeypatch) -> str:
     """The message the user sees; asserts a clean failure (exit 2 and no traceback, or a user-facing error)."""
     monkeypatch.chdir(files.root)  # a default output path (certify.tsv, checkpoints/) lands there, if anywhere
     if case.where.startswith("`rs-plugins"):
-        monkeypatch.setattr(cli, "Host", host)
+        monkeypatch.setattr(cli.shared, "Host", host)  # the commands build theirs there
         monkeypatch.syspath_prepend(str(Path(__file__).parent))  # for --model test_bad_input:NaNModel
         argv = [str(a) for a in case.run(files)]
         try:

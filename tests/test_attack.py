@@ -302,7 +302,7 @@ def test_cli_labels_outside_the_models_classes(tmp_path, capsys):
 
 def test_cli_attacks_a_mixture_of_two_models(rs_example, scripted, monkeypatch, tmp_path, capsys):
     plugins = [gaussian_module, sources_module, rs_example]
-    monkeypatch.setattr(cli, "Host", functools.partial(rs_plugins.Host, entry_points=False, plugins=plugins))
+    monkeypatch.setattr(cli.shared, "Host", functools.partial(rs_plugins.Host, entry_points=False, plugins=plugins))
     other = tmp_path / "other.pt"
     torch.jit.script(tiny_classifier(num_classes=10, seed=1).eval()).save(str(other))
     argv = ["attack", "--model", scripted, "--model", f"torchscript:{other}", "--mixer", "ensemble"]

@@ -356,6 +356,9 @@ CASES: list[Case] = [
     cli_case("noise-option-sigma", "train", "`--noise-option sigma=0.5`",
              "--noise-option sigma=0.5: give the noise level with --sigma", *TRAIN, "--noise-option", "sigma=0.5",
              "--checkpoint-dir", lambda f: f.root / "train_sigma"),
+    cli_case("train-mixer-flag", "train", "`--mixer mix` (a mixture has nothing to train there)",
+             "`train` trains one base classifier. Train the adaptive mixer's network with `rs-plugins train-mixer",
+             *TRAIN, "--mixer", "mix"),
     cli_case("certifier-option-unknown", "certify", "`--certifier-option n1=5`",
              "certifier 'cohen' from plugin rs_plugins.builtin.gaussian has no option 'n1' (--certifier-option); "
              "accepted: class_selection",
@@ -488,7 +491,7 @@ def message_of(case: Case, files: Files, capsys, monkeypatch) -> str:
     """The message the user sees; asserts a clean failure (exit 2 and no traceback, or a user-facing error)."""
     monkeypatch.chdir(files.root)  # a default output path (certify.tsv, checkpoints/) lands there, if anywhere
     if case.where.startswith("`rs-plugins"):
-        monkeypatch.setattr(cli, "Host", host)
+        monkeypatch.setattr(cli.shared, "Host", host)  # the commands build theirs there
         monkeypatch.syspath_prepend(str(Path(__file__).parent))  # for --model test_bad_input:NaNModel
         argv = [str(a) for a in case.run(files)]
         try:

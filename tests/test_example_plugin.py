@@ -252,7 +252,7 @@ def test_hooks_work_without_a_host(rs_example):
 
 def test_cli_certifies_an_ensemble_with_uniform_noise(rs_example, monkeypatch, tmp_path, capsys):
     plugins = [gaussian_module, sources_module, rs_example]  # what the CLI's Host() sees
-    monkeypatch.setattr(cli, "Host", functools.partial(rs_plugins.Host, entry_points=False, plugins=plugins))
+    monkeypatch.setattr(cli.shared, "Host", functools.partial(rs_plugins.Host, entry_points=False, plugins=plugins))
     models = []
     for seed in range(2):
         path = tmp_path / f"m{seed}.pt"

@@ -1,0 +1,73 @@
+"""``rs-plugins``: list plugins, train, certify, predict, attack, report, and a demo of it all on built-in data."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from .. import __version__
+from ..errors import RsPluginError
+from . import adaptive, attack, certify, plugins, report, train
+from .attack import cmd_attack
+from .certify import cmd_certify
+from .plugins import cmd_demo, cmd_plugins
+from .report import cmd_report
+from .train import cmd_train, train_config
+
+__all__ = [
+    "build_parser",
+    "cmd_attack",
+    "cmd_certify",
+    "cmd_demo",
+    "cmd_plugins",
+    "cmd_report",
+    "cmd_train",
+    "main",
+    "train_config",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rs-plugins", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"rs-plugins {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    plugins.add_plugins(sub)
+    certify.add_certify(sub)
+    attack.add_attack(sub)
+    train.add_train(sub)
+    adaptive.add_commands(sub)  # train-mixer and tradeoff (adaptive smoothing)
+    report.add_report(sub)
+    plugins.add_demo(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a command. Mistakes in the input (RsPluginError, ValueError, OSError such as a missing or unwritable
+    file) print one line and exit 2; Ctrl-C exits 130 (finished rows and checkpoints are kept); anything else is
+    a bug, shown with its traceback and exit 3."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--"]:  # `torchrun ... -m rs_plugins -- certify --n ...`: the `--` keeps torchrun off our flags
+        argv = argv[1:]
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RsPluginError, ValueError, OSError) as err:
+        print(f"rs-plugins: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rs-plugins: interrupted; finished results are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print(
+            "rs-plugins: internal error: the traceback above is a bug in rs-plugins or in a plugin it names, not a "
+            "mistake in your input; please report it with the command line",
+            file=sys.stderr,
+        )
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

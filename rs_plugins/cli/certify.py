@@ -1,0 +1,159 @@
+"""``rs-plugins certify`` and ``rs-plugins predict``: Cohen et al.'s CERTIFY and PREDICT over a data set."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import provenance, validation
+from ..data import select_indices
+from ..execution import add_execution_arguments, execution_from_args
+from ..report import (
+    CERTIFY_COLUMNS,
+    PREDICT_COLUMNS,
+    format_table,
+    plot_certified_accuracy,
+    read_sidecar,
+    write_summary,
+)
+from ..types import ABSTAIN, DataRequest
+from . import shared
+from .shared import _positive_int, _probability
+
+LABEL_CLAIM = (
+    "class_selection=label: certifies g(x) = y and robust (evaluation only, no n0 pass; not a deployable prediction)"
+)
+
+
+def add_certify(sub) -> None:
+    """Add ``certify`` and ``predict`` to the ``rs-plugins`` sub-parsers."""
+    for name, help_ in (
+        ("certify", "Cohen et al.'s CERTIFY over a data set"),
+        ("predict", "Cohen et al.'s PREDICT over a data set"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        shared._add_model(p, several=True)
+        shared._add_data(p, "test")
+        shared._add_subset(p)
+        shared._add_run(p, batch_size=1000)
+        add_execution_arguments(p)
+        if name == "certify":
+            p.add_argument("--certifier", default="cohen", help="certifier (default cohen)")
+            p.add_argument("--certifier-option", action="append", default=[], metavar="KEY=VALUE")
+            p.add_argument("--n0", type=_positive_int, default=100, help="selection samples (default 100)")
+        p.add_argument("--n", type=_positive_int, default=100_000, help="estimation samples (default 100000)")
+        p.add_argument("--alpha", type=_probability, default=0.001, help="failure probability (default 0.001)")
+        p.add_argument("--out", default=f"{name}.tsv", help="results TSV; rerunning resumes it")
+        p.add_argument(
+            "--plot", help="write certified accuracy vs radius as a PNG" if name == "certify" else argparse.SUPPRESS
+        )
+        p.add_argument("--summary", help="write the summary as JSON")
+        p.set_defaults(func=cmd_certify)
+
+
+def cmd_certify(args: argparse.Namespace) -> int:
+    import datetime
+
+    import torch
+
+    from ..distributed import init_world, leave_world
+    from ..execution import auto_batch_size, prepare_model
+    from ..runner import certify_dataset, predict_dataset, resolve_device, run_sharded
+
+    certify = args.command == "certify"
+    if certify and args.n0 > args.n:
+        raise ValueError(f"--n0 ({args.n0}) must not exceed --n ({args.n})")
+    for option in ("out", "summary"):  # before any work: a bad path must not cost a finished run
+        validation.check_output_file(getattr(args, option), f"--{option}")
+    validation.check_plot_path(args.plot)
+    # Everything that changes the rows is stored with --out, so a resumed file never mixes configurations.
+    settings = {
+        k: getattr(args, k)
+        for k in ("model", "mixer", "checkpoint", "data", "split", "sigma", "noise", "n", "alpha", "seed")
+    }
+    settings["checkpoint"] = shared._checkpoint_setting(args)
+    settings |= {
+        "model_kwargs": shared._model_kwargs(args),
+        "noise_option": shared._noise_options(args),
+        "mixer_option": shared._options(args.mixer_option, "--mixer-option"),
+    }
+    if certify:
+        settings |= {
+            "certifier": args.certifier,
+            "certifier_option": shared._options(args.certifier_option, "--certifier-option"),
+            "n0": args.n0,
+        }
+    execution = execution_from_args(args)
+    settings |= execution.settings()  # the certificate is of the model as run: another precision, other rows
+    host = shared.Host()
+    if certify:  # an unsupported pair or option fails before any model is loaded or any sample drawn
+        host.check_compatible(args.certifier, args.noise)
+        certifier = host.certifier(args.certifier, **settings["certifier_option"])
+        if getattr(certifier, "class_selection", "n0") == "label":
+            settings["certifies"] = LABEL_CLAIM
+    device = resolve_device(args.device)
+    # torchrun: each process takes its share of the images. Processes only wait for each other at two barriers,
+    # so gloo (CPU) suffices, and a process done early may wait at the last one for as long as the run lasts.
+    world = init_world("cpu", timeout=datetime.timedelta(days=365))
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)  # else every process would also open a context on GPU 0
+    noise = host.noise(args.noise, sigma=args.sigma, **settings["noise_option"])
+    model = shared._classifier(host, args, settings["mixer_option"])
+    dataset = host.load_data(DataRequest(args.data, args.split))
+    indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
+    settings["model_sha256"] = provenance.weights_sha256(model)  # the weights as loaded; others change the rows
+    model = prepare_model(model, device, execution)
+    batch_size = args.batch_size
+    if batch_size == "auto":
+        batch_size = auto_batch_size(model, dataset[indices[0]][0].shape, device, limit=args.n)
+        if world.main:
+            print(f"--batch-size auto: {batch_size}", flush=True)
+    record = shared._record(host, args, settings, model, dataset, indices, device, execution.precision)
+    if certify and hasattr(certifier, "check_model"):  # e.g. mixed: refuse a classifier it cannot certify, now
+        certifier.check_model(model)
+    if certify:
+        record["certifier"] = provenance.component(host, "certifier", args.certifier, settings["certifier_option"])
+    common = dict(
+        n=args.n,
+        alpha=args.alpha,
+        batch_size=batch_size,
+        seed=args.seed,
+        device=device,
+        progress=not args.no_progress and world.main,
+    )
+    if certify:
+        columns = CERTIFY_COLUMNS
+
+        def work(results, share):
+            certify_dataset(model, dataset, noise, certifier, results, indices=share, n0=args.n0, **common)
+    else:
+        columns = PREDICT_COLUMNS
+
+        def work(results, share):
+            predict_dataset(model, dataset, noise, results, indices=share, **common)
+
+    rows = run_sharded(work, args.out, columns, settings, indices, world, provenance=record)
+    leave_world(world)
+    if not world.main:
+        return 0  # the main process merged the shares into --out and reports them
+    norm = noise.norm
+    extra = {"norm": norm}
+    if certify:
+        extra |= {"certifier": args.certifier, "certifies": settings.get("certifies", "g(x) and its robustness")}
+        title = f"certify {args.out} ({args.certifier}, {norm} radius, sigma={args.sigma}, n={args.n})"
+        if "certifies" in settings:
+            title += f"\n{LABEL_CLAIM}"
+        print(format_table(rows, title=title))
+    else:
+        abstained = sum(row.predict == ABSTAIN for row in rows)
+        accuracy = sum(row.correct for row in rows) / len(rows)
+        print(f"predict {args.out} (sigma={args.sigma}, n={args.n}, alpha={args.alpha})")
+        print(f"accuracy {100 * accuracy:.1f}%, abstained {abstained} of {len(rows)}")
+    if certify and args.plot:
+        title = f"{args.certifier}, N = {args.n:,}, α = {args.alpha:g}, {len(rows)} images"
+        plot_certified_accuracy({f"{args.noise} σ = {args.sigma:g}": rows}, args.plot, title=title, norm=norm)
+        print(f"plot: {args.plot}")
+    if args.summary:
+        write_summary(rows, args.summary, record=read_sidecar(args.out), extra=extra)
+        print(f"summary: {args.summary}")
+    return 0

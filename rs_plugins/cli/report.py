@@ -1,0 +1,57 @@
+"""``rs-plugins report``: tables, plot and summary from certification TSVs; several files, a comparison."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import validation
+from ..report import format_provenance, format_table, write_summary
+from .shared import _radius
+
+
+def add_report(sub) -> None:
+    """Add ``report`` to the ``rs-plugins`` sub-parsers."""
+    p = sub.add_parser("report", help="tables, plot and summary from certification TSVs; several files: a comparison")
+    p.add_argument("results", nargs="+", help="TSV files written by certify (or the paper repos), radii in one norm")
+    p.add_argument("--label", action="append", help="name of a run, once per file in order (default: noise and sigma)")
+    p.add_argument("--radii", type=_radius, nargs="+", help="table columns (default 0, 0.25, ... to the largest)")
+    p.add_argument("--format", choices=["text", "markdown", "latex", "csv"], help="comparison table format")
+    p.add_argument("--table", help="write the comparison table here; .txt .md .tex .csv pick the format")
+    p.add_argument("--plot", help="certified accuracy vs radius, a curve per file; .pdf/.svg: vector, .png: 200 dpi")
+    p.add_argument("--summary", help="JSON summary (several files: one entry per label)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .. import compare
+
+    for option in ("summary", "table"):
+        validation.check_output_file(getattr(args, option), f"--{option}")
+    validation.check_plot_path(args.plot)
+    fmt = compare.table_format(args.table, args.format)
+    runs = compare.load_runs(args.results, args.label)  # refuses radii in different norms
+    for run in runs:
+        claim = f"\n{run.settings['certifies']}" if "certifies" in run.settings else ""
+        print(format_table(run.rows, title=f"{run.path} ({run.norm} radius){claim}"))
+        print(format_provenance(run.settings) if run.settings else f"provenance: none ({run.path}.json is missing)\n")
+    notes = compare.comparison_notes(runs)
+    if len(runs) > 1 or args.table or args.format:
+        table = compare.format_comparison(runs, fmt, args.radii, notes)
+        print(table if fmt == "text" or not args.table else compare.format_comparison(runs, "text", args.radii, notes))
+        if args.table:
+            Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.table).write_text(table, encoding="utf-8")
+            print(f"table ({fmt}): {args.table}")
+    if args.plot:
+        compare.plot_comparison(runs, args.plot)
+        print(f"plot: {args.plot}")
+    if args.summary and len(runs) == 1:
+        (run,) = runs
+        extra = {"norm": run.norm} | ({"certifies": run.settings["certifies"]} if "certifies" in run.settings else {})
+        write_summary(run.rows, args.summary, radii=args.radii, record=run.settings or None, extra=extra)
+    elif args.summary:
+        compare.write_comparison_summary(runs, args.summary, args.radii)
+    if args.summary:
+        print(f"summary: {args.summary}")
+    return 0

@@ -1,0 +1,207 @@
+"""Argument groups, option parsing and model loading shared by the ``rs-plugins`` commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from .. import provenance, validation
+from ..execution import batch_size_arg
+from ..host import Host  # the commands call shared.Host(): one place a test swaps in its own host
+from ..types import ModelRequest
+
+SEED_HELP = "seed; each image's noise is seeded from (seed, index), so reruns and resumed runs agree"
+
+
+_positive_int = validation.positive_int
+_positive_float = validation.positive_float
+_probability = validation.probability
+
+
+def _radius(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text}")
+    return value
+
+
+def _epochs(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated epochs like 200,400; got {text}") from None
+
+
+def _options(pairs: list[str], flag: str) -> dict:
+    """KEY=VALUE pairs to a dict; values are parsed as JSON when they can be (numbers, booleans, lists)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} takes KEY=VALUE; got {pair!r}")
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    return options
+
+
+def _add_model(p: argparse.ArgumentParser, *, several: bool) -> None:
+    g = p.add_argument_group("model")
+    help_ = "robustbench:<name> | package.module:factory | torchscript:<file> | <file>.pt2"
+    if several:
+        g.add_argument("--model", action="append", required=True, help=help_ + " (repeat to combine with --mixer)")
+        g.add_argument("--mixer", help="mixer that combines several --model classifiers")
+        g.add_argument("--mixer-option", action="append", default=[], metavar="KEY=VALUE")
+    else:
+        g.add_argument("--model", required=True, help=help_)
+    if several:  # one per --model, paired in order (a single one still serves a single --model)
+        g.add_argument("--checkpoint", action="append", help="state dict for a package.module:factory model; repeat "
+                       "once per --model, in order (none for a model without one)")  # fmt: skip
+        g.add_argument("--model-kwargs", action="append", help="JSON keyword arguments for the factory; once for "
+                       "all --model, or once per --model in order")  # fmt: skip
+    else:
+        g.add_argument(
+            "--checkpoint", help="state dict (loaded with weights_only=True) for a package.module:factory model"
+        )
+        g.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for the factory")
+    g.add_argument("--dataset", default="cifar10", help="RobustBench data set (default cifar10)")
+    g.add_argument("--threat-model", default="L2", help="RobustBench threat model (default L2)")
+    g.add_argument("--model-dir", default="./models", help="RobustBench checkpoint folder (default ./models)")
+    g.add_argument(
+        validation.TRUST_FLAG,
+        action="store_true",
+        help="allow model files whose loading can run code they carry: .pt2, torchscript:, and checkpoints "
+        "that need full unpickling; only for files you made or whose author you trust",
+    )
+
+
+def _add_data(p: argparse.ArgumentParser, split: str) -> None:
+    g = p.add_argument_group("data")
+    forms = "digits | mnist:<root> | cifar10:<root> | cifar100:<root> | imagenet:<root> | <file>.pt | <file>.npz"
+    g.add_argument("--data", required=True, help=forms)
+    g.add_argument("--split", default=split, choices=["train", "test"], help=f"default {split}")
+
+
+def _add_subset(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("subset (as in the paper repos)")
+    g.add_argument("--start", type=validation.nonnegative_int, default=0, help="first data-set index")
+    g.add_argument("--max", type=_positive_int, default=None, help="stop before this data-set index")
+    g.add_argument("--every", "--skip", dest="every", type=_positive_int, default=1, help="every k-th index (--skip k)")
+    g.add_argument("--limit", type=_positive_int, default=None, help="at most this many images")
+
+
+def _add_run(p: argparse.ArgumentParser, *, batch_size: int | None) -> None:
+    p.add_argument("--sigma", type=_positive_float, required=True, help="noise level in [0, 1] pixel units")
+    p.add_argument("--noise", default="gaussian", help="noise sampler (default gaussian)")
+    p.add_argument("--noise-option", action="append", default=[], metavar="KEY=VALUE")
+    default = f"default {batch_size}" if batch_size else "default from --recipe (256; macer 64)"
+    if batch_size:  # certify, predict: samples per forward pass; auto measures the GPU's memory
+        default += "; auto: fill ~60%% of the GPU's free memory (CPU: 400)"
+    batch_type = batch_size_arg if batch_size else _positive_int
+    p.add_argument("--batch-size", type=batch_type, default=batch_size, help=default)
+    p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=validation.seed, default=0, help=SEED_HELP)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _parse_kwargs(text: str) -> dict:
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--model-kwargs must be a JSON object; {err}") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--model-kwargs must be a JSON object; got {text!r}")
+    return kwargs
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict | list[dict]:
+    """The --model-kwargs as stored with results: one dict, or one per --model when they differ per model."""
+    if args.model_kwargs is None:  # a repeatable --model-kwargs not given
+        return {}
+    if not isinstance(args.model_kwargs, list):
+        return _parse_kwargs(args.model_kwargs)
+    parsed = [_parse_kwargs(text) for text in args.model_kwargs]
+    return parsed[0] if len(parsed) == 1 else parsed or {}
+
+
+def _checkpoints(args: argparse.Namespace) -> list[str | None]:
+    """One --checkpoint per --model ("none" for a model without one); none given means none for each."""
+    models = args.model if isinstance(args.model, list) else [args.model]
+    given = args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint] * len(models)
+    if not given:
+        return [None] * len(models)
+    if len(given) != len(models):
+        msg = f"--checkpoint given {len(given)} times for {len(models)} --model; give one per --model, in the same "
+        raise ValueError(msg + "order (--checkpoint none for a model without one)")
+    return [None if c in (None, "", "none") else c for c in given]
+
+
+def _checkpoint_setting(args: argparse.Namespace) -> str | list[str] | None:
+    """--checkpoint as stored with results: the one file (or None), or the list when there are several."""
+    given = args.checkpoint
+    return given[0] if isinstance(given, list) and len(given) == 1 else given or None
+
+
+def _kwargs_per_model(args: argparse.Namespace) -> list[dict]:
+    kwargs, count = _model_kwargs(args), len(args.model) if isinstance(args.model, list) else 1
+    if not isinstance(kwargs, list):
+        return [kwargs] * count
+    if len(kwargs) != count:
+        msg = f"--model-kwargs given {len(kwargs)} times for {count} --model; give it once for all, or once per "
+        raise ValueError(msg + "--model in the same order")
+    return kwargs
+
+
+def _load_model(host: Host, args: argparse.Namespace, source: str, position: int = 0):
+    request = ModelRequest(
+        source,
+        _checkpoints(args)[position],
+        _kwargs_per_model(args)[position],
+        args.dataset,
+        args.threat_model,
+        args.model_dir,
+        trust=args.trust_model_file,
+    )
+    return host.load_model(request)
+
+
+def _noise_options(args: argparse.Namespace) -> dict:
+    options = _options(args.noise_option, "--noise-option")
+    if "sigma" in options:
+        raise ValueError(f"--noise-option sigma={options['sigma']}: give the noise level with --sigma")
+    return options
+
+
+def _classifier(host: Host, args: argparse.Namespace, mixer_options: dict):
+    """The --model classifier, or the --mixer combination of several."""
+    _checkpoints(args), _kwargs_per_model(args)  # counts checked before any model is loaded
+    models = [_load_model(host, args, source, i) for i, source in enumerate(args.model)]
+    if args.mixer:
+        return host.mixer(args.mixer, models, **mixer_options)
+    if len(models) > 1:
+        mixers = ", ".join(host.names("mixer")) or "none installed"
+        raise ValueError(f"{len(models)} --model given; combine them with --mixer (available: {mixers})")
+    return models[0]
+
+
+def _record(
+    host: Host, args: argparse.Namespace, settings: dict, model, dataset, indices, device, precision: str
+) -> dict:
+    """Check the data against the model (as it will run, on ``device``) and return the run's provenance."""
+    from ..runner import check_dataset
+
+    num_classes = check_dataset(model, dataset, indices, device)
+    record = provenance.environment(device) | {
+        "models": args.model,
+        "num_classes": num_classes,
+        "subset": {"start": args.start, "max": args.max, "every": args.every, "limit": args.limit},
+        "images": len(indices),
+        "precision": precision,
+    }
+    if settings.get("noise_option") is not None:
+        record["noise"] = provenance.component(host, "noise", args.noise, settings["noise_option"])
+    if args.mixer:
+        record["mixer"] = provenance.component(host, "mixer", args.mixer, settings["mixer_option"])
+    return record

@@ -60,6 +60,7 @@ def leave_world(world: World) -> None:
     """Destroy the process group before the interpreter exits: left to exit, gloo's threads can abort the process
     (``terminate called without an active exception``) after all the work is done."""
     if world.size > 1 and dist.is_initialized():
+        dist.barrier()  # no process tears its connections down while another still uses them
         dist.destroy_process_group()
 
 

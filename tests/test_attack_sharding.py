@@ -10,11 +10,11 @@ seeds) that a one-process run does.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
+from torchrun_model import torchrun as launch
+from torchrun_model import write_model
 
 from rs_plugins.cli import main
 from rs_plugins.data import load_digits
@@ -23,33 +23,6 @@ from rs_plugins.evaluation import attack_dataset, make_adversary
 from rs_plugins.report import ATTACK_COLUMNS, RECORD_KEYS, ResultsFile, read_attack_results
 from rs_plugins.runner import partial_path
 
-MODEL = '''
-import os
-
-import torch
-
-calls = 0
-
-
-class Net(torch.nn.Module):
-    """A fixed random linear classifier; on rank 1 it kills its process after DIE_AFTER forward passes."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-
-    def forward(self, x):
-        global calls
-        calls += 1
-        if os.environ.get("RANK") == "1" and calls > int(os.environ.get("DIE_AFTER") or 10**9):
-            os._exit(3)  # as abrupt as a kill: no cleanup, no flush
-        return 4 * self.body(x)
-
-
-def net():
-    return Net()
-'''
 IMAGES, BATCH, EPS, STEPS = 10, 3, (0.5, 1.0), 2  # groups [0 1 2] [3 4 5] [6 7 8] [9]: rank 1 of 2 has [3 4 5] [9]
 # Forward passes: one to check the data, then per group one for the class count, one clean prediction and, per eps,
 # STEPS attack steps and one prediction at the adversarial point: 1 + 8 for rank 1's first group.
@@ -59,7 +32,7 @@ DIE_AFTER = 12
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("attack_shard")
-    (root / "attack_shard_model.py").write_text(MODEL)
+    write_model(root, "attack_shard_model", 4)
     return root
 
 
@@ -76,13 +49,7 @@ def args(out, batch_size=BATCH):
 
 
 def torchrun(root, out, die_after=None):
-    env = os.environ | {"PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("DIE_AFTER", None)
-    if die_after:
-        env["DIE_AFTER"] = str(die_after)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += ["-m", "rs_plugins", "--", *args(out)]  # `--`: torchrun's parser would take --max for its own
-    return subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    return launch(root, args(out), die_after)
 
 
 def run_here(root, out, batch_size=BATCH):

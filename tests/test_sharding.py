@@ -5,54 +5,27 @@ killed run resumes without losing or repeating an image (two CPU processes with 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
+from torchrun_model import torchrun as launch
+from torchrun_model import write_model
 
 from rs_plugins.builtin.gaussian import CohenCertifier, GaussianNoise
 from rs_plugins.cli import main
 from rs_plugins.data import load_digits
 from rs_plugins.distributed import World, shard
 from rs_plugins.errors import ResultsFileError
-from rs_plugins.report import RECORD_KEYS, CERTIFY_COLUMNS, PREDICT_COLUMNS, ResultsFile, read_results
+from rs_plugins.report import CERTIFY_COLUMNS, PREDICT_COLUMNS, RECORD_KEYS, ResultsFile, read_results
 from rs_plugins.runner import certify_dataset, partial_path, predict_dataset
 
-MODEL = '''
-import os
-
-import torch
-
-calls = 0
-
-
-class Net(torch.nn.Module):
-    """A fixed random linear classifier; on rank 1 it kills its process after DIE_AFTER forward passes."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-
-    def forward(self, x):
-        global calls
-        calls += 1
-        if os.environ.get("RANK") == "1" and calls > int(os.environ.get("DIE_AFTER") or 10**9):
-            os._exit(3)  # as abrupt as a kill: no cleanup, no flush
-        return 20 * self.body(x)
-
-
-def net():
-    return Net()
-'''
 IMAGES = 12
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("shard")
-    (root / "shard_model.py").write_text(MODEL)
+    write_model(root, "shard_model", 20)
     return root
 
 
@@ -86,13 +59,7 @@ def args(root, out, command="certify"):
 
 
 def torchrun(root, out, die_after=None):
-    env = os.environ | {"PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("DIE_AFTER", None)
-    if die_after:
-        env["DIE_AFTER"] = str(die_after)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += ["-m", "rs_plugins", "--", *args(root, out)]  # `--`: torchrun's parser would take --n for its own
-    return subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    return launch(root, args(root, out), die_after)
 
 
 def cells(path):

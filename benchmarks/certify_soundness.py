@@ -34,7 +34,8 @@ class ThreeBins(torch.nn.Module):
 
     def forward(self, x):
         z = x.flatten(1)[:, 0]
-        return torch.nn.functional.one_hot(torch.bucketize(z.contiguous(), torch.tensor([0.0792, 0.9208])), 3)[:, [1, 0, 2]].float()
+        bins = torch.bucketize(z.contiguous(), torch.tensor([0.0792, 0.9208]))
+        return torch.nn.functional.one_hot(bins, 3)[:, [1, 0, 2]].float()
 
 
 def settings():

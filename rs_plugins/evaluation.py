@@ -247,11 +247,6 @@ def check_eps(eps: Sequence[float]) -> list[float]:
     return [float(v) for v in values]
 
 
-def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """The one place a model is made ready for an attack run: on ``device``, in eval mode."""
-    return model.to(device).eval()
-
-
 def _generator(seed: int, idx: int, stream: int, device: torch.device) -> torch.Generator:
     """A generator for one image and one purpose (1: the attack's noise draws, 2: PREDICT at the adversary);
     stream 0 is ``runner.image_generator``, so clean PREDICT equals ``rs-plugins predict``."""
@@ -358,7 +353,7 @@ def attack_dataset(
         below: attack index i only at radii strictly below ``below[i]`` (its certified radius); others are skipped.
     """
     device = torch.device(device)
-    model = prepare_model(model, device)
+    model = model.to(device).eval()  # the CLI has already wrapped it for --precision etc. (execution.prepare_model)
     eps = check_eps(eps)
     if smoothing is not None:
         check_sampling(n=smoothing.n, alpha=smoothing.alpha, batch_size=batch_size)

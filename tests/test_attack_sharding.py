@@ -36,8 +36,7 @@ def root(tmp_path_factory):
     return root
 
 
-# The model module's folder goes on sys.path by hand, as in test_sharding.py (pytest's syspath_prepend calls
-# pkg_resources, which test_models.py leaves stubbed).
+# The model module's folder goes on sys.path by hand, as in test_sharding.py.
 
 
 def args(out, batch_size=BATCH):

@@ -292,7 +292,8 @@ def test_label_selection_skips_the_n0_pass_and_needs_labels():
 
 def test_options_and_noises_are_checked_before_sampling():
     host = Host()
-    with pytest.raises(ValueError, match=r"certifier 'sequential' from plugin .* has no option 'tolerance' .*; accepted: mode, radii"):
+    unknown = r"certifier 'sequential' from plugin .* has no option 'tolerance' .*; accepted: mode, radii"
+    with pytest.raises(ValueError, match=unknown):
         host.certifier("sequential", tolerance=0.1)
     with pytest.raises(Exception, match=r"certifier 'feng' supports noise \['gaussian'\]; got 'laplace'"):
         host.check_compatible("feng", "laplace")

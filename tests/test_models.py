@@ -173,7 +173,8 @@ sys.modules['pkg_resources'] = None  # as with setuptools >= 81
 from rs_plugins.models import import_robustbench
 print('ours:', import_robustbench().__name__)
 import robustbench.loaders
-path = robustbench.loaders.pkg_resources.resource_filename('robustbench.loaders', 'helper_files/imagenet_test_image_ids.txt')
+shim = robustbench.loaders.pkg_resources
+path = shim.resource_filename('robustbench.loaders', 'helper_files/imagenet_test_image_ids.txt')
 print('shim:', os.path.isfile(path), sys.modules.get('pkg_resources') is None)
 """
 

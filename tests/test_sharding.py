@@ -29,8 +29,8 @@ def root(tmp_path_factory):
     return root
 
 
-# The tests put the model module's folder on sys.path by hand: pytest's syspath_prepend calls pkg_resources, which
-# test_models.py leaves stubbed.
+# The tests put the model module's folder on sys.path by hand, only around the calls that import it (torchrun's
+# processes get it through PYTHONPATH).
 
 
 def args(root, out, command="certify"):
@@ -140,7 +140,7 @@ def test_one_process_finishes_what_a_killed_three_process_run_left(root, referen
     out = root / "three.tsv"
     for rank, count in ((0, 2), (1, 4), (2, 0)):
         _certify_share(root, out, rank, 3, count)
-    monkeypatch.setattr(sys, "path", [str(root), *sys.path])  # not syspath_prepend: see above
+    monkeypatch.setattr(sys, "path", [str(root), *sys.path])
     assert main(args(root, out)) == 0
     assert cells(out) == cells(reference)
     assert not list(root.glob("three.tsv.part-*"))
@@ -151,7 +151,7 @@ def test_partials_from_other_settings_are_refused(root, reference, monkeypatch):
     part = partial_path(out, World(1, 2))
     with ResultsFile(part, CERTIFY_COLUMNS, {"sigma": 0.5}):
         pass
-    monkeypatch.setattr(sys, "path", [str(root), *sys.path])  # not syspath_prepend: see above
+    monkeypatch.setattr(sys, "path", [str(root), *sys.path])
     with pytest.raises(ResultsFileError, match="sigma=0.5.*sigma=0.1"):
         from rs_plugins.cli import build_parser
 
@@ -160,7 +160,7 @@ def test_partials_from_other_settings_are_refused(root, reference, monkeypatch):
 
 
 def test_predict_resumes_from_partials_too(root, monkeypatch):
-    monkeypatch.setattr(sys, "path", [str(root), *sys.path])  # not syspath_prepend: see above
+    monkeypatch.setattr(sys, "path", [str(root), *sys.path])
     from shard_model import net  # noqa: PLC0415
 
     reference, out = root / "p1.tsv", root / "p2.tsv"

@@ -243,7 +243,7 @@ def _find(modules: dict[str, nn.Module], name: str) -> str | None:
 def _pair(value, option: str) -> tuple[float, float]:
     if not (isinstance(value, (list, tuple)) and len(value) == 2):
         raise ValueError(f"--mixer-option {option} takes [scale, bias]; got {value!r}")
-    return float(value[0]), float(value[1])
+    return check_number(f"--mixer-option {option}[0]", value[0]), check_number(f"--mixer-option {option}[1]", value[1])
 
 
 class AdaptiveMixer(_Mixture):

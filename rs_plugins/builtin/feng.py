@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 import rs_plugins
 from rs_plugins.attacks import import_torchattacks, smoothadv_input
+from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.losses import (
     EpochAware,
     check_choice,
@@ -37,7 +38,6 @@ from rs_plugins.losses import (
     soft_smoothed,
     warmup_factor,
 )
-from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.smoothing import (
     _per_image,
     check_class_selection,

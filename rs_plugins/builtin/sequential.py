@@ -43,6 +43,7 @@ from rs_plugins.smoothing import (
 )
 from rs_plugins.stats import clopper_pearson_lower, clopper_pearson_upper, min_samples_to_certify
 from rs_plugins.types import ABSTAIN, Certificate, CertifierSpec, NoiseSampler
+from rs_plugins.validation import check_integer, check_number
 
 REFERENCE = "Horváth et al., ICLR 2022, arXiv:2106.06946; Voráček, NeurIPS 2024, arXiv:2406.17830"
 MODES = ("grid", "tolerance")
@@ -120,14 +121,10 @@ class SequentialCertifier:
             raise ValueError(f"radii must be a list of non-negative numbers like [0, 0.5, 1]; got {radii!r}") from None
         if not radii or radii[0] < 0 or not all(math.isfinite(r) for r in radii):
             raise ValueError(f"radii must be a list of non-negative numbers like [0, 0.5, 1]; got {radii!r}")
-        if not (isinstance(tau, (int, float)) and tau > 0):
-            raise ValueError(f"tau must be a positive radius; got {tau!r}")
-        if not (isinstance(beta, (int, float)) and 0 < beta < 1):
-            raise ValueError(f"beta must be in (0, 1); got {beta!r}")
-        if not (isinstance(first, int) and first >= 1):
-            raise ValueError(f"first must be a positive integer; got {first!r}")
-        if not (isinstance(growth, (int, float)) and growth > 1):
-            raise ValueError(f"growth must be > 1; got {growth!r}")
+        tau = check_number("tau", tau, above=0)
+        beta = check_number("beta", beta, above=0, below=1)
+        first = check_integer("first", first)
+        growth = check_number("growth", growth, above=1)
         self.mode, self.radii, self.tau, self.beta = mode, radii, float(tau), float(beta)
         self.first, self.growth = first, float(growth)
         self.class_selection = check_class_selection(class_selection)

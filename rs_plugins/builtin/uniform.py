@@ -14,15 +14,14 @@ from torch import Tensor
 
 import rs_plugins
 from rs_plugins.types import NoiseSpec
+from rs_plugins.validation import check_number
 
 YANG = "Yang et al., ICML 2020, arXiv:2002.08118"
 
 
 def check_sigma(sigma) -> float:
-    """``sigma`` as a float, or ValueError naming it."""
-    if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and sigma > 0):
-        raise ValueError(f"sigma must be a positive number; got {sigma!r}")
-    return float(sigma)
+    """``sigma`` as a finite float > 0, or ValueError naming it (an infinite sigma would certify radius inf)."""
+    return check_number("sigma", sigma, above=0)
 
 
 class UniformNoise:

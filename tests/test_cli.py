@@ -168,9 +168,19 @@ def test_certify_end_to_end(capsys, tmp_path, checkpoint):
     written = json.loads(summary.read_text())
     assert written["images"] == len(rows)
     assert written["abstained"] == sum(r["predict"] == "-1" for r in rows)
-    assert written["acr"] == pytest.approx(acr, abs=1e-4)  # the TSV rounds radii to 4 decimals
+    assert written["acr"] == acr  # the TSV holds each radius exactly (repr), so a re-read gives the same ACR
     assert written["mean_samples"] == 210 and written["norm"] == "l2" and written["certifier"] == "cohen"
-    assert (out.parent / (out.name + ".json")).is_file()  # the settings a resumed run is checked against
+    sidecar = json.loads((out.parent / (out.name + ".json")).read_text())  # what a resumed run is checked against
+    record = sidecar["provenance"]
+    assert record["norm"] == "l2" and record["radius"] == "rs_plugins.builtin.gaussian.GaussianNoise.radius"
+    assert record["images"] == 8  # the planned count, which report compares with the rows
+
+    # report on the same file prints and writes the ACR certify did, to the last bit
+    again = tmp_path / "again.json"
+    code, report_out, _ = run_cli(capsys, "report", out, "--summary", again)
+    assert code == 0 and json.loads(again.read_text())["acr"] == written["acr"]
+    acr_line = next(line for line in stdout.splitlines() if line.startswith("ACR"))
+    assert acr_line in report_out.splitlines()
 
 
 def test_certify_resumes_without_recomputing_and_refuses_other_settings(capsys, tmp_path, checkpoint):

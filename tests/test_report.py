@@ -118,13 +118,13 @@ def test_results_file_parses_with_csv_module(tmp_path):
         "idx": "1",
         "label": "8",
         "predict": "8",
-        "radius": "0.6000",
+        "radius": "0.6",  # repr: the float itself, never rounded
         "correct": "1",
         "time": "0:00:02",
         "samples": "",  # unknown for a Row built without it
     }
     assert records[1]["predict"] == "-1"
-    assert records[1]["radius"] == "0.0000"
+    assert records[1]["radius"] == "0.0"
     assert records[1]["correct"] == "0"
 
 

@@ -238,6 +238,21 @@ def test_predict_writes_its_tsv(capsys, tmp_path, checkpoint):
     abstained = sum(r["predict"] == "-1" for r in rows)
     assert f"accuracy {accuracy:.1f}%, abstained {abstained} of 5" in stdout
     assert "ACR" not in stdout  # PREDICT certifies no radius
+    record = json.loads((tmp_path / "predict.tsv.json").read_text())["provenance"]
+    assert record["norm"] == "l2" and "radius" not in record and record["images"] == 5
+
+
+def test_certify_plot_names_data_and_model_and_marks_the_largest_radius(capsys, tmp_path, checkpoint, monkeypatch):
+    from scipy.stats import norm
+
+    from rs_plugins.cli import certify
+
+    drawn = {}
+    monkeypatch.setattr(certify, "plot_certified_accuracy", lambda curves, path, **kw: drawn.update(kw))
+    argv = certify_argv(checkpoint, tmp_path / "c.tsv", "--limit", "2", "--alpha", "0.01", "--plot", tmp_path / "c.png")
+    assert run_cli(capsys, *argv)[0] == 0
+    assert drawn["title"].startswith("digits test, rs_plugins.nets:SmallCNN\ncohen, N = 200, α = 0.01, 2 images")
+    assert drawn["largest"] == {"gaussian σ = 0.25": pytest.approx(0.25 * norm.ppf(0.01 ** (1 / 200)))}
 
 
 def test_report_prints_the_table_and_plots(capsys, tmp_path):

@@ -10,7 +10,6 @@ table's notes, since they change what the numbers mean.
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import sys
@@ -52,15 +51,11 @@ class Run:
     noise: str | None = None
 
 
-@functools.cache
-def _host() -> Any:
+def _build_noise(name: str, sigma: float, options: dict[str, Any]) -> Any:
+    """The noise sampler ``name`` from the plugins installed now."""
     from .host import Host
 
-    return Host()
-
-
-def _build_noise(name: str, sigma: float, options: dict[str, Any]) -> Any:
-    return _host().noise(name, sigma=sigma, **options)
+    return Host().noise(name, sigma=sigma, **options)
 
 
 def radius_norm(settings: dict[str, Any], noise: str | None = None, sigma: float | None = None) -> str:

@@ -27,6 +27,7 @@ from .report import (
     largest_radius,
     planned_images,
     plot_certified_accuracy,
+    radius_formula,
     read_results,
     read_sidecar,
     recorded,
@@ -130,7 +131,7 @@ def load_runs(
         if len(set(labels)) < len(labels):
             labels = path_labels(paths)
         if len(set(labels)) < len(labels):
-            twice = sorted({p for p in paths if paths.count(p) > 1})
+            twice = sorted({p for p, label in zip(paths, labels) if labels.count(label) > 1})
             raise ValueError(f"results files: {', '.join(twice)} given more than once; give each file once")
     if len(set(labels)) < len(labels):
         raise ValueError(f"--label: each run needs its own label; got {list(labels)}")
@@ -161,7 +162,8 @@ def shortfall(run: Run) -> str | None:
 
 def largest_radii(runs: Sequence[Run]) -> dict[str, float]:
     """Label -> the largest radius each run's N could certify (``report.largest_radius``), for the runs whose
-    sidecar gives N and alpha and whose noise plugin is installed."""
+    sidecar gives N and alpha, whose noise plugin is installed, and whose radii are the noise's (not a
+    certifier's own formula, e.g. the mixed certificate's)."""
     from .errors import RsPluginError
 
     found = {}
@@ -170,9 +172,11 @@ def largest_radii(runs: Sequence[Run]) -> dict[str, float]:
         if n is None or alpha is None or run.noise is None or run.sigma is None:
             continue
         try:
-            found[run.label] = largest_radius(_build_noise(run.noise, run.sigma, options), n, alpha)
+            noise = _build_noise(run.noise, run.sigma, options)
         except (RsPluginError, ValueError, KeyError, TypeError):
             continue  # the plugin is not installed here: no mark, the curve is all the same
+        if recorded(run.settings, "radius") in (None, radius_formula(noise)):
+            found[run.label] = largest_radius(noise, n, alpha)
     return found
 
 
@@ -302,7 +306,7 @@ def table_format(path: StrPath | None, fmt: str | None) -> str:
     return by_extension[suffix]
 
 
-def setup(runs: Sequence[Run]) -> str:
+def shared_setup(runs: Sequence[Run]) -> str:
     """The data set and model every run shares (from the sidecars), for a plot title; "" if they differ."""
     data, split, model, mixer = (_common(runs, key) for key in ("data", "split", "model", "mixer"))
     parts = [" ".join(str(x) for x in (data, split) if x)] if data else []
@@ -324,7 +328,7 @@ def plot_comparison(runs: Sequence[Run], path: StrPath) -> None:
         curves[run.label + sigma] = run.rows
         if run.label in largest:
             marks[run.label + sigma] = largest[run.label]
-    title = "\n".join(part for part in (setup(runs), caption(runs)) if part)
+    title = "\n".join(part for part in (shared_setup(runs), caption(runs)) if part)
     plot_certified_accuracy(curves, path, title=title, norm=runs[0].norm, largest=marks, size=(5, 3.4), dpi=200)
 
 

@@ -237,3 +237,12 @@ def test_plot_title_names_data_and_model_and_marks_the_largest_radius(tmp_path, 
     assert "digits test, rs_plugins.nets:SmallCNN" in svg
     largest = [s * norm.ppf(0.001 ** (1 / 1000)) for s in (0.25, 0.5)]  # σ Φ⁻¹(α^(1/N)), N = 1000
     assert f"largest radius N can certify ({largest[0]:.3f}, {largest[1]:.3f})" in svg
+
+
+def test_no_largest_radius_mark_where_the_certifier_has_its_own_radius(tmp_path):
+    gaussian = {"norm": "l2", "radius": "rs_plugins.builtin.gaussian.GaussianNoise.radius"}
+    own = {"norm": "l2", "radius": "rs_plugins.mixed_certificate.mixed_radius"}
+    a = _write(tmp_path / "a.tsv", A, **(GAUSS | {"provenance": gaussian}))
+    b = _write(tmp_path / "b.tsv", B, **(GAUSS | {"sigma": 0.5, "provenance": own}))
+    c = _write(tmp_path / "c.tsv", B)  # no sidecar: no N, no mark
+    assert set(compare.largest_radii(compare.load_runs([a, b, c], ["a", "b", "c"]))) == {"a"}

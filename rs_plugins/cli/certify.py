@@ -157,7 +157,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
         model = f"{args.mixer} of {' + '.join(args.model)}" if args.mixer else " + ".join(args.model)
         title = f"{args.data} {args.split}, {model}\n{args.certifier}, N = {args.n:,}, α = {args.alpha:g}, "
         label = f"{args.noise} σ = {args.sigma:g}"
-        largest = {label: largest_radius(noise, args.n, args.alpha)}
+        own = radius_formula(noise, certifier) != radius_formula(noise)  # e.g. mixed: not the noise's radius
+        largest = {} if own else {label: largest_radius(noise, args.n, args.alpha)}
         plot_certified_accuracy({label: rows}, args.plot, title=title + f"{len(rows)} images", norm=norm,
                                 largest=largest)  # fmt: skip
         print(f"plot: {args.plot}")

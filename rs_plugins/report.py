@@ -465,7 +465,8 @@ def plot_certified_accuracy(
 ) -> None:
     """Plot certified accuracy against radius, one step curve per label, ACR in the legend; ``largest`` (label ->
     the largest radius the run's N can certify, see ``largest_radius``) adds a dotted line for each, in its
-    curve's colour. The extension of ``path`` picks the format (PDF/SVG: vector; PNG at ``dpi``)."""
+    curve's colour (grey where runs share it). The extension of ``path`` picks the format (PDF/SVG: vector;
+    PNG at ``dpi``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: leave global state alone
     from matplotlib.figure import Figure
 
@@ -485,8 +486,9 @@ def plot_certified_accuracy(
         ys = certified_accuracy(rows, xs)
         acr = average_certified_radius(rows)
         (line,) = ax.step([*xs, end], [*ys, 0.0], where="pre", label=f"{label} (ACR {acr:.3f})")
-        if label in largest:
-            ax.axvline(largest[label], color=line.get_color(), linestyle=":", linewidth=1)
+        if label in largest:  # in the curve's colour; grey where several runs share the value
+            shared = list(largest.values()).count(largest[label]) > 1
+            ax.axvline(largest[label], color="grey" if shared else line.get_color(), linestyle=":", linewidth=1)
     if largest:  # one legend entry for the dotted lines, whose colours say which run each belongs to
         values = ", ".join(f"{r:.3f}" for r in sorted(set(largest.values())))
         ax.plot([], [], color="grey", linestyle=":", label=f"largest radius N can certify ({values})")

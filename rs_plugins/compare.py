@@ -2,8 +2,9 @@
 Markdown, LaTeX or CSV, one plot with a curve per run, and the checks that make such a comparison fair.
 
 Runs are compared only when their radii are in one norm (each file's norm comes from its sidecar; a file
-without one, e.g. a paper repository's log, is Gaussian and so l2). Different N, alpha, data or images are
-allowed but flagged in the table's notes, since they change what the numbers mean.
+without one, e.g. a paper repository's log, has the norm of ``--noise``, else is taken as Gaussian, l2).
+Different N, alpha, data or images, and runs short of their planned images, are allowed but flagged in the
+table's notes, since they change what the numbers mean.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +24,13 @@ from .report import (
     average_certified_radius,
     certified_accuracy,
     default_radii,
+    largest_radius,
+    planned_images,
+    plot_certified_accuracy,
+    radius_formula,
     read_results,
     read_sidecar,
+    recorded,
     summarize,
 )
 
@@ -33,31 +40,44 @@ FORMATS = {"text": ".txt", "markdown": ".md", "latex": ".tex", "csv": ".csv"}
 
 @dataclass
 class Run:
-    """One results file to compare: its rows, its sidecar settings ({} if none), and the radius norm."""
+    """One results file to compare: its rows, its sidecar ({} if none), the radius norm, and the noise and sigma
+    (from the sidecar, or as given with ``--noise``/``--sigma`` for a file without one; None if unknown)."""
 
     label: str
     path: str
     rows: list[Row]
     settings: dict[str, Any] = field(default_factory=dict)
     norm: str = "l2"
-
-    @property
-    def sigma(self) -> float | None:
-        return self.settings.get("sigma")
+    sigma: float | None = None
+    noise: str | None = None
 
 
-def radius_norm(settings: dict[str, Any]) -> str:
-    """The norm of a results file's radii: its noise's (built from the sidecar's settings), l2 without a sidecar."""
-    if "noise" not in settings:
-        return "l2"  # the paper repos' logs and files written without settings are Gaussian
-    from .errors import RsPluginError
+def _build_noise(name: str, sigma: float, options: dict[str, Any]) -> Any:
+    """The noise sampler ``name`` from the plugins installed now."""
     from .host import Host
 
+    return Host().noise(name, sigma=sigma, **options)
+
+
+def radius_norm(settings: dict[str, Any], noise: str | None = None, sigma: float | None = None) -> str:
+    """The norm of a results file's radii: the one its sidecar records, else its noise's (the sidecar's, or
+    ``noise`` for a file without one, built from its installed plugin), else l2 (the paper repos' logs are
+    Gaussian)."""
+    norm = recorded(settings, "norm")
+    if isinstance(norm, str):
+        return norm
+    name = settings.get("noise", noise)
+    if name is None:
+        return "l2"
+    from .errors import RsPluginError
+
     try:
-        return Host().noise(settings["noise"], sigma=settings["sigma"], **settings.get("noise_option", {})).norm
+        return _build_noise(name, settings.get("sigma", sigma or 1.0), settings.get("noise_option", {})).norm
     except (RsPluginError, ValueError, KeyError, TypeError) as err:
-        print(f"rs-plugins: warning: cannot tell the radius norm of noise {settings['noise']!r} ({err})")
-        return f"unknown ({settings['noise']})"
+        if "noise" not in settings:  # the user's --noise: a mistake to refuse, not a file to label
+            raise ValueError(f"--noise {name!r}: {err}") from err
+        print(f"rs-plugins: warning: cannot tell the radius norm of noise {name!r} ({err})", file=sys.stderr)
+        return f"unknown ({name})"
 
 
 def default_label(path: str, settings: dict[str, Any]) -> str:
@@ -67,24 +87,62 @@ def default_label(path: str, settings: dict[str, Any]) -> str:
     return Path(path).stem
 
 
-def load_runs(paths: Sequence[StrPath], labels: Sequence[str] | None = None) -> list[Run]:
-    """Read the files, label them (``labels`` one per file, else ``default_label``; repeated defaults fall back to
-    file names), and refuse files whose radii are in different norms.
+def path_labels(paths: Sequence[str]) -> list[str]:
+    """The shortest part of the paths that tells the files apart: the file names without extension if they differ,
+    else the first folder from the end that does (runs/gauss025/certify.tsv, runs/con025/certify.tsv: gauss025,
+    con025), else the shortest distinct path ends."""
+    parts = [(*Path(p).parent.parts, Path(p).stem) for p in paths]
+    depth = max(len(x) for x in parts)
+    for k in range(1, depth + 1):
+        labels = [x[-k] if len(x) >= k else "" for x in parts]
+        if len(set(labels)) == len(labels) and all(labels):
+            return labels
+    for k in range(2, depth + 1):
+        labels = [str(Path(*x[-k:])) for x in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return list(paths)
+
+
+def load_runs(
+    paths: Sequence[StrPath],
+    labels: Sequence[str] | None = None,
+    *,
+    sigma: float | None = None,
+    noise: str | None = None,
+) -> list[Run]:
+    """Read the files, label them, and refuse files whose radii are in different norms.
+
+    ``labels``: one per file; default ``default_label`` if those differ, else ``path_labels``. ``sigma`` and
+    ``noise`` describe the files without a sidecar (e.g. another repository's logs): σ in the tables, the norm
+    of the radii. Such a file without ``noise`` is taken as Gaussian (l2), with a warning.
 
     Raises:
-        ValueError: a wrong number of labels, or radii in more than one norm.
+        ValueError: a wrong number of labels, a file given twice, an unknown ``noise``, radii in more than one norm.
     """
     paths = [str(p) for p in paths]
     if labels and len(labels) != len(paths):
         raise ValueError(f"--label: give one per results file; got {len(labels)} labels for {len(paths)} files")
-    settings = [read_sidecar(p) or {} for p in paths]
+    sidecars = [read_sidecar(p) or {} for p in paths]
+    given = {k: v for k, v in (("noise", noise), ("sigma", sigma)) if v is not None}
+    described = [s or given for s in sidecars]  # what each file's σ and noise are taken to be
     if not labels:
-        labels = [default_label(p, s) for p, s in zip(paths, settings)]
+        labels = [default_label(p, s) for p, s in zip(paths, described)]
         if len(set(labels)) < len(labels):
-            labels = [Path(p).stem if labels.count(label) > 1 else label for p, label in zip(paths, labels)]
+            labels = path_labels(paths)
+        if len(set(labels)) < len(labels):
+            twice = sorted({p for p, label in zip(paths, labels) if labels.count(label) > 1})
+            raise ValueError(f"results files: {', '.join(twice)} given more than once; give each file once")
     if len(set(labels)) < len(labels):
         raise ValueError(f"--label: each run needs its own label; got {list(labels)}")
-    runs = [Run(label, p, read_results(p), s, radius_norm(s)) for label, p, s in zip(labels, paths, settings)]
+    runs = []
+    for label, path, sidecar, seen in zip(labels, paths, sidecars, described):
+        norm = radius_norm(sidecar, noise, sigma)
+        if not sidecar and noise is None:
+            print(f"rs-plugins: warning: {path} has no settings file ({Path(path).name}.json) and no --noise was "
+                  f"given: its radii are taken as {norm} (Gaussian noise); give --noise NAME if they are not",
+                  file=sys.stderr)  # fmt: skip
+        runs.append(Run(label, path, read_results(path), sidecar, norm, seen.get("sigma"), seen.get("noise")))
     norms = {run.norm for run in runs}
     if len(norms) > 1:
         found = ", ".join(f"{run.path}: {run.norm}" for run in runs)
@@ -93,11 +151,42 @@ def load_runs(paths: Sequence[StrPath], labels: Sequence[str] | None = None) -> 
     return runs
 
 
+def shortfall(run: Run) -> str | None:
+    """A note when the file holds fewer images than the run that last wrote it planned (its sidecar records how
+    many): the run stopped early, or is still running."""
+    planned = planned_images(run.settings)
+    if planned is None or len(run.rows) >= planned:
+        return None
+    return f"{run.label}: {len(run.rows)} of the {planned} images its run planned (stopped early, or still running)"
+
+
+def largest_radii(runs: Sequence[Run]) -> dict[str, float]:
+    """Label -> the largest radius each run's N could certify (``report.largest_radius``), for the runs whose
+    sidecar gives N and alpha, whose noise plugin is installed, and whose radii are the noise's (not a
+    certifier's own formula, e.g. the mixed certificate's)."""
+    from .errors import RsPluginError
+
+    found = {}
+    for run in runs:
+        n, alpha, options = run.settings.get("n"), run.settings.get("alpha"), run.settings.get("noise_option", {})
+        if n is None or alpha is None or run.noise is None or run.sigma is None:
+            continue
+        try:
+            noise = _build_noise(run.noise, run.sigma, options)
+        except (RsPluginError, ValueError, KeyError, TypeError):
+            continue  # the plugin is not installed here: no mark, the curve is all the same
+        if recorded(run.settings, "radius") in (None, radius_formula(noise)):
+            found[run.label] = largest_radius(noise, n, alpha)
+    return found
+
+
 def comparison_notes(runs: Sequence[Run]) -> list[str]:
-    """What differs between runs beyond the technique: N, alpha, n0, data, split, the images certified; and files
-    with no sidecar, whose settings are unknown."""
+    """What differs between runs beyond the technique: N, alpha, n0, data, split, the images certified; files
+    with no sidecar, whose settings are unknown; runs that stopped short of the images they planned."""
     notes = [f"{run.label}: no settings file ({run.path}.json), so N, alpha and data are unknown"
+             + ("" if run.noise else f", and its radii are taken as {run.norm} (give --noise if not)")
              for run in runs if not run.settings]  # fmt: skip
+    notes += [note for note in map(shortfall, runs) if note]
     known = [run for run in runs if run.settings]
     for key, name in (("n", "N"), ("alpha", "alpha"), ("n0", "n0"), ("data", "data"), ("split", "split")):
         values = {run.label: run.settings.get(key) for run in known}
@@ -129,8 +218,10 @@ def caption(runs: Sequence[Run]) -> str:
     return ", ".join(parts)
 
 
-def comparison_rows(runs: Sequence[Run], radii: Sequence[float] | None = None) -> tuple[list[str], list[list[Any]]]:
-    """Header and one row per run: label, sigma, certified accuracy (%) at each radius, ACR.
+def comparison_rows(
+    runs: Sequence[Run], radii: Sequence[float] | None = None, *, percent: bool = True
+) -> tuple[list[str], list[list[Any]]]:
+    """Header and one row per run: label, sigma, certified accuracy (percent, else fraction) at each radius, ACR.
 
     ``radii`` default to 0, 0.25, ... up to the largest radius any run certifies.
     """
@@ -141,21 +232,30 @@ def comparison_rows(runs: Sequence[Run], radii: Sequence[float] | None = None) -
     for run in runs:
         accuracy = certified_accuracy(run.rows, radii)
         sigma = "" if run.sigma is None else f"{run.sigma:g}"
-        table.append([run.label, sigma, *(100 * a for a in accuracy), average_certified_radius(run.rows)])
+        scale = 100 if percent else 1
+        table.append([run.label, sigma, *(scale * a for a in accuracy), average_certified_radius(run.rows)])
     return header, table
 
 
 def format_comparison(
-    runs: Sequence[Run], fmt: str = "text", radii: Sequence[float] | None = None, notes: Sequence[str] = ()
+    runs: Sequence[Run],
+    fmt: str = "text",
+    radii: Sequence[float] | None = None,
+    notes: Sequence[str] = (),
+    *,
+    percent: bool = True,
 ) -> str:
-    """The comparison table in ``fmt`` (see ``FORMATS``); ``notes`` go under the table (LaTeX: in the caption
-    as comments; CSV: left out, so that the file stays plain CSV)."""
+    """The comparison table in ``fmt`` (see ``FORMATS``), accuracies in percent (61.2) or as fractions (0.6120);
+    ``notes`` go under the table (LaTeX: in the caption as comments; CSV: left out, so that the file stays plain
+    CSV)."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    header, table = comparison_rows(runs, radii)
+    header, table = comparison_rows(runs, radii, percent=percent)
     norm = runs[0].norm
-    cells = [[row[0], row[1], *(f"{v:.1f}" for v in row[2:-1]), f"{row[-1]:.3f}"] for row in table]
-    title = f"Certified accuracy (%) at {norm} radius r" + (f"; {caption(runs)}" if caption(runs) else "")
+    digits = 1 if percent else 4  # as report.format_accuracy
+    cells = [[row[0], row[1], *(f"{v:.{digits}f}" for v in row[2:-1]), f"{row[-1]:.3f}"] for row in table]
+    unit = "Certified accuracy (%)" if percent else "Certified accuracy (fraction)"
+    title = f"{unit} at {norm} radius r" + (f"; {caption(runs)}" if caption(runs) else "")
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -206,32 +306,30 @@ def table_format(path: StrPath | None, fmt: str | None) -> str:
     return by_extension[suffix]
 
 
+def shared_setup(runs: Sequence[Run]) -> str:
+    """The data set and model every run shares (from the sidecars), for a plot title; "" if they differ."""
+    data, split, model, mixer = (_common(runs, key) for key in ("data", "split", "model", "mixer"))
+    parts = [" ".join(str(x) for x in (data, split) if x)] if data else []
+    if model:
+        models = " + ".join(model) if isinstance(model, list) else str(model)
+        parts.append(f"{mixer} of {models}" if mixer else models)
+    return ", ".join(parts)
+
+
 def plot_comparison(runs: Sequence[Run], path: StrPath) -> None:
     """Certified accuracy against radius, one step curve per run (label, sigma and ACR in the legend), the norm on
-    the x axis and what the runs share (N, alpha, images) as the title. The extension picks the format: PDF or
-    SVG give vector figures for a paper, PNG a 200 dpi image."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: leave global state alone
-    from matplotlib.figure import Figure
-
-    tops = [row.radius for run in runs for row in run.rows if row.correct]
-    end = 1.05 * max(tops, default=0.0) or 1.0
-    fig = Figure(figsize=(5, 3.4), dpi=200)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    the x axis, the data set and model and what the runs share (N, alpha, images) as the title, and a dotted line
+    at the largest radius each run's N can certify. The extension picks the format: PDF or SVG give vector figures
+    for a paper, PNG a 200 dpi image."""
+    curves, largest = {}, largest_radii(runs)
+    marks = {}
     for run in runs:
-        # Accuracy holds its value up to and including each certified radius, then drops: step "pre".
-        xs = [0.0, *sorted({row.radius for row in run.rows if row.correct and row.radius > 0})]
-        ys = certified_accuracy(run.rows, xs)
         sigma = "" if run.sigma is None or "σ" in run.label else f", σ = {run.sigma:g}"
-        label = f"{run.label}{sigma} (ACR {average_certified_radius(run.rows):.3f})"
-        ax.step([*xs, end], [*ys, 0.0], where="pre", label=label)
-    ax.set(xlim=(0, end), ylim=(0, 1), xlabel=f"{runs[0].norm} radius", ylabel="certified accuracy")
-    ax.set_title(caption(runs), fontsize="medium")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+        curves[run.label + sigma] = run.rows
+        if run.label in largest:
+            marks[run.label + sigma] = largest[run.label]
+    title = "\n".join(part for part in (shared_setup(runs), caption(runs)) if part)
+    plot_certified_accuracy(curves, path, title=title, norm=runs[0].norm, largest=marks, size=(5, 3.4), dpi=200)
 
 
 def write_comparison_summary(runs: Sequence[Run], path: StrPath, radii: Sequence[float] | None = None) -> None:

@@ -81,6 +81,8 @@ class MixedCertifier:
         bound: hoeffding | bernstein, for soft votes.
     """
 
+    radius_formula = "rs_plugins.mixed_certificate.mixed_radius"  # recorded in results sidecars (not noise.radius)
+
     def __init__(self, votes: str = "hard", bound: str = "hoeffding") -> None:
         if votes not in VOTES:
             raise ValueError(f"--certifier-option votes must be one of {', '.join(VOTES)}; got {votes!r}")

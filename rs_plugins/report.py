@@ -91,8 +91,9 @@ def _format_row(row: Row | AttackRow, columns: Sequence[str]) -> str:
         return "\t".join(str(cells[c]) for c in columns) + "\n"
     cells = {"idx": row.idx, "label": row.label, "predict": row.predict, "correct": int(row.correct)}
     cells["samples"] = "" if row.samples is None else row.samples
-    # The time is written as Cohen's certify.py writes it, e.g. 0:00:01.234567.
-    cells.update(radius=f"{row.radius:.4f}", time=str(datetime.timedelta(seconds=row.seconds)))
+    # The radius as repr, the shortest text that reads back as the same float: rounding (0.249996 to 0.2500) would
+    # certify more on a re-read than was computed. The time as Cohen's certify.py writes it, e.g. 0:00:01.234567.
+    cells.update(radius=repr(float(row.radius)), time=str(datetime.timedelta(seconds=row.seconds)))
     return "\t".join(str(cells[c]) for c in columns) + "\n"
 
 
@@ -239,6 +240,38 @@ def format_provenance(sidecar: dict[str, Any]) -> str:
         lines.append("run: " + run(prov))
     lines += ["resumed: " + run(p) for p in sidecar.get("resumed", [])]
     return "\n".join(lines) + "\n"
+
+
+def _records(sidecar: dict[str, Any]) -> list[dict[str, Any]]:
+    """The provenance of each run that wrote the file, the latest last."""
+    runs = [sidecar.get("provenance"), *sidecar.get("resumed", [])]
+    return [p for p in runs if isinstance(p, dict)]
+
+
+def recorded(sidecar: dict[str, Any] | None, key: str) -> Any:
+    """``key`` from the provenance of the latest run that recorded it (e.g. ``norm``, ``images``), else None."""
+    return next((p[key] for p in reversed(_records(sidecar or {})) if key in p), None)
+
+
+def planned_images(sidecar: dict[str, Any] | None) -> int | None:
+    """How many images the latest run that wrote the file set out to do (its subset's size), if recorded."""
+    planned = recorded(sidecar, "images")
+    return planned if isinstance(planned, int) else None
+
+
+def radius_formula(noise: Any, certifier: Any = None) -> str:
+    """The qualified name of what turns a certificate's bound into its radius, for the sidecar: the certifier's
+    ``radius_formula`` if it declares one (a radius of its own), else its noise's ``radius``."""
+    own = getattr(certifier, "radius_formula", None)
+    return str(own) if own else f"{type(noise).__module__}.{type(noise).__qualname__}.radius"
+
+
+def largest_radius(noise: Any, n: int, alpha: float) -> float:
+    """The largest radius N samples can certify: ``noise.radius`` at the one-sided Clopper-Pearson lower bound
+    with all ``n`` votes for the top class, alpha**(1/n) (Cohen et al.'s CERTIFY at level ``alpha``)."""
+    from .stats import clopper_pearson_lower
+
+    return float(noise.radius(float(clopper_pearson_lower(n, n, alpha))))
 
 
 class ResultsFile:
@@ -397,14 +430,22 @@ def summarize(rows: Sequence[Row], radii: Sequence[float] | None = None) -> dict
     }
 
 
-def format_table(rows: Sequence[Row], radii: Sequence[float] | None = None, title: str = "") -> str:
-    """Plain-ASCII table of certified accuracy (percent) per radius, with ACR and counts, for a terminal."""
+def format_accuracy(accuracy: float, percent: bool = True) -> str:
+    """A certified accuracy for a table: percent with one decimal (61.2), or a fraction with four (0.6120)."""
+    return f"{100 * accuracy:.1f}" if percent else f"{accuracy:.4f}"
+
+
+def format_table(
+    rows: Sequence[Row], radii: Sequence[float] | None = None, title: str = "", *, percent: bool = True
+) -> str:
+    """Plain-ASCII table of certified accuracy (percent, or fractions) per radius, with ACR and counts."""
     summary = summarize(rows, radii)
-    cells = [(k, f"{100 * acc:.1f}") for k, acc in summary["certified_accuracy"].items()]
+    cells = [(k, format_accuracy(acc, percent)) for k, acc in summary["certified_accuracy"].items()]
     widths = [max(len(k), len(v)) + 2 for k, v in cells]
     lines = [title] if title else []
     lines.append("radius      " + "".join(k.rjust(w) for (k, _), w in zip(cells, widths, strict=True)))
-    lines.append("cert. acc % " + "".join(v.rjust(w) for (_, v), w in zip(cells, widths, strict=True)))
+    name = "cert. acc % " if percent else "cert. acc   "
+    lines.append(name + "".join(v.rjust(w) for (_, v), w in zip(cells, widths, strict=True)))
     lines.append(f"ACR: {summary['acr']:.3f}")
     lines.append(f"images: {summary['images']} (abstained: {summary['abstained']})")
     if summary["mean_samples"] is not None:
@@ -413,19 +454,29 @@ def format_table(rows: Sequence[Row], radii: Sequence[float] | None = None, titl
 
 
 def plot_certified_accuracy(
-    curves: dict[str, Sequence[Row]], path: StrPath, *, title: str = "", norm: str = "l2"
+    curves: dict[str, Sequence[Row]],
+    path: StrPath,
+    *,
+    title: str = "",
+    norm: str = "l2",
+    largest: dict[str, float] | None = None,
+    size: tuple[float, float] = (6, 4),
+    dpi: int = 120,
 ) -> None:
-    """Plot certified accuracy against radius, one step curve per label, ACR in the legend; the extension of
-    ``path`` picks the format (PDF/SVG: vector)."""
+    """Plot certified accuracy against radius, one step curve per label, ACR in the legend; ``largest`` (label ->
+    the largest radius the run's N can certify, see ``largest_radius``) adds a dotted line for each, in its
+    curve's colour (grey where runs share it). The extension of ``path`` picks the format (PDF/SVG: vector;
+    PNG at ``dpi``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: leave global state alone
     from matplotlib.figure import Figure
 
     if not curves:
         msg = "plot_certified_accuracy() needs at least one curve in `curves`; got none"
         raise ValueError(msg)
+    largest = {label: r for label, r in (largest or {}).items() if label in curves and math.isfinite(r) and r > 0}
     tops = [row.radius for rows in curves.values() for row in rows if row.correct]
-    end = 1.05 * max(tops, default=0.0) or 1.0
-    fig = Figure(figsize=(6, 4), dpi=120)
+    end = 1.05 * max([*tops, *largest.values()], default=0.0) or 1.0
+    fig = Figure(figsize=size, dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for label, rows in curves.items():
@@ -434,11 +485,17 @@ def plot_certified_accuracy(
         xs = [0.0, *sorted({row.radius for row in rows if row.correct and row.radius > 0})]
         ys = certified_accuracy(rows, xs)
         acr = average_certified_radius(rows)
-        ax.step([*xs, end], [*ys, 0.0], where="pre", label=f"{label} (ACR {acr:.3f})")
+        (line,) = ax.step([*xs, end], [*ys, 0.0], where="pre", label=f"{label} (ACR {acr:.3f})")
+        if label in largest:  # in the curve's colour; grey where several runs share the value
+            shared = list(largest.values()).count(largest[label]) > 1
+            ax.axvline(largest[label], color="grey" if shared else line.get_color(), linestyle=":", linewidth=1)
+    if largest:  # one legend entry for the dotted lines, whose colours say which run each belongs to
+        values = ", ".join(f"{r:.3f}" for r in sorted(set(largest.values())))
+        ax.plot([], [], color="grey", linestyle=":", label=f"largest radius N can certify ({values})")
     ax.set(xlim=(0, end), ylim=(0, 1), xlabel=f"{norm} radius", ylabel="certified accuracy")
     ax.set_title(title, fontsize="medium")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -329,6 +329,8 @@ def test_cli_cross_check_with_a_certify_run(scripted, tmp_path, capsys):
     rows = read_attack_results(tmp_path / "a.tsv")
     assert {r.key for r in rows} == {(i, e) for i, c in certified.items() for e in (0.05, 0.3) if e < c.radius}
     cross = json.loads((tmp_path / "s.json").read_text())["cross_check"]
+    record = json.loads((tmp_path / "a.tsv.json").read_text())["provenance"]
+    assert record["norm"] == "L2" and record["noise_norm"] == "l2"  # eps's norm, and the smoothing noise's
     assert cross["pairs"] == len(rows) and "breaks" in stdout
     # chance allows alpha_c per image (0.01, read from cert.tsv.json) plus alpha_p per pair (--alpha 0.01)
     images = len({r.idx for r in rows})
@@ -510,5 +512,6 @@ def test_cli_attack_runs_the_model_as_asked_and_records_it(scripted, tmp_path, c
     sidecar = json.loads((tmp_path / "bf16.tsv.json").read_text())
     assert sidecar["precision"] == "bf16" and sidecar["channels_last"] is True
     assert sidecar["provenance"]["precision"] == "bf16"
+    assert sidecar["provenance"]["norm"] == "Linf" and "noise_norm" not in sidecar["provenance"]  # of eps, no noise
     code, _, err = run_cli(capsys, *argv, "--out", out, *FAST)  # fp32 onto a bf16 file: other rows, refused
     assert code == 2 and "precision=bf16" in err

@@ -476,6 +476,13 @@ CASES: list[Case] = [
     api_case("api-mix-scale", "`Host.mixer`", "`mixer('mix', [g, h], rob_scale=0)`",
              "--mixer-option rob_scale must be a finite number > 0; got 0",
              lambda f: host().mixer("mix", [small(), small()], rob_scale=0)),
+    cli_case("report-noise-unknown", "report", "`--noise laplac` for a file without a sidecar",
+             "--noise 'laplac': no noise sampler named 'laplac'. Did you mean 'laplace'?", "--noise", "laplac",
+             lambda f: f.foreign),
+    cli_case("report-sigma-zero", "report", "`--sigma 0` for a file without a sidecar",
+             "--sigma: must be a finite number > 0", "--sigma", "0", lambda f: f.foreign),
+    cli_case("report-same-file-twice", "report", "the same TSV twice, no `--label`",
+             "given more than once; give each file once", lambda f: f.foreign, lambda f: f.foreign),
 ]
 # fmt: on
 

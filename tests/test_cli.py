@@ -168,9 +168,19 @@ def test_certify_end_to_end(capsys, tmp_path, checkpoint):
     written = json.loads(summary.read_text())
     assert written["images"] == len(rows)
     assert written["abstained"] == sum(r["predict"] == "-1" for r in rows)
-    assert written["acr"] == pytest.approx(acr, abs=1e-4)  # the TSV rounds radii to 4 decimals
+    assert written["acr"] == acr  # the TSV holds each radius exactly (repr), so a re-read gives the same ACR
     assert written["mean_samples"] == 210 and written["norm"] == "l2" and written["certifier"] == "cohen"
-    assert (out.parent / (out.name + ".json")).is_file()  # the settings a resumed run is checked against
+    sidecar = json.loads((out.parent / (out.name + ".json")).read_text())  # what a resumed run is checked against
+    record = sidecar["provenance"]
+    assert record["norm"] == "l2" and record["radius"] == "rs_plugins.builtin.gaussian.GaussianNoise.radius"
+    assert record["images"] == 8  # the planned count, which report compares with the rows
+
+    # report on the same file prints and writes the ACR certify did, to the last bit
+    again = tmp_path / "again.json"
+    code, report_out, _ = run_cli(capsys, "report", out, "--summary", again)
+    assert code == 0 and json.loads(again.read_text())["acr"] == written["acr"]
+    acr_line = next(line for line in stdout.splitlines() if line.startswith("ACR"))
+    assert acr_line in report_out.splitlines()
 
 
 def test_certify_resumes_without_recomputing_and_refuses_other_settings(capsys, tmp_path, checkpoint):
@@ -228,6 +238,21 @@ def test_predict_writes_its_tsv(capsys, tmp_path, checkpoint):
     abstained = sum(r["predict"] == "-1" for r in rows)
     assert f"accuracy {accuracy:.1f}%, abstained {abstained} of 5" in stdout
     assert "ACR" not in stdout  # PREDICT certifies no radius
+    record = json.loads((tmp_path / "predict.tsv.json").read_text())["provenance"]
+    assert record["norm"] == "l2" and "radius" not in record and record["images"] == 5
+
+
+def test_certify_plot_names_data_and_model_and_marks_the_largest_radius(capsys, tmp_path, checkpoint, monkeypatch):
+    from scipy.stats import norm
+
+    from rs_plugins.cli import certify
+
+    drawn = {}
+    monkeypatch.setattr(certify, "plot_certified_accuracy", lambda curves, path, **kw: drawn.update(kw))
+    argv = certify_argv(checkpoint, tmp_path / "c.tsv", "--limit", "2", "--alpha", "0.01", "--plot", tmp_path / "c.png")
+    assert run_cli(capsys, *argv)[0] == 0
+    assert drawn["title"].startswith("digits test, rs_plugins.nets:SmallCNN\ncohen, N = 200, α = 0.01, 2 images")
+    assert drawn["largest"] == {"gaussian σ = 0.25": pytest.approx(0.25 * norm.ppf(0.01 ** (1 / 200)))}
 
 
 def test_report_prints_the_table_and_plots(capsys, tmp_path):

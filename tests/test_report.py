@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from rs_plugins.report import (
@@ -118,13 +119,13 @@ def test_results_file_parses_with_csv_module(tmp_path):
         "idx": "1",
         "label": "8",
         "predict": "8",
-        "radius": "0.6000",
+        "radius": "0.6",  # repr: the float itself, never rounded
         "correct": "1",
         "time": "0:00:02",
         "samples": "",  # unknown for a Row built without it
     }
     assert records[1]["predict"] == "-1"
-    assert records[1]["radius"] == "0.0000"
+    assert records[1]["radius"] == "0.0"
     assert records[1]["correct"] == "0"
 
 
@@ -221,3 +222,47 @@ def test_plot_writes_a_png(tmp_path):
     assert len(data) > 1000
     with pytest.raises(ValueError, match="at least one curve"):
         plot_certified_accuracy({}, path)
+
+
+def test_radii_read_back_exactly_and_never_round_up(tmp_path):
+    """0.249996 written as 0.2500 would count as certified at r = 0.25 on a re-read: radii are written exactly."""
+    path = tmp_path / "results.tsv"
+    rows = [Row(0, 3, 3, 0.249996, True, 1.0), Row(1, 2, 2, 0.7249395856749493, True, 1.0)]
+    rows += [Row(2 + i, 1, 1, r, True, 1.0) for i, r in enumerate((1e-7, 2 / 3, 3.1415926535897931, 0.1 + 0.2))]
+    with ResultsFile(path) as out:
+        for row in rows:
+            out.append(row)
+    again = read_results(path)
+    assert [row.radius for row in again] == [row.radius for row in rows]  # bit for bit
+    assert certified_accuracy(again, [0.25])[0] == certified_accuracy(rows, [0.25])[0] == 4 / 6
+    assert average_certified_radius(again) == average_certified_radius(rows)
+
+
+def test_format_table_in_fractions():
+    table = format_table(ROWS, [0.0, 0.5], percent=False)
+    assert "cert. acc " in table and "%" not in table
+    assert table.splitlines()[1].split()[2:] == ["0.6667", "0.3333"]  # 4 of 6 at 0; 2 of 6 at 0.5
+
+
+def test_largest_radius_is_the_radius_at_the_clopper_pearson_bound_with_all_votes():
+    from scipy.stats import norm
+    from statsmodels.stats.proportion import proportion_confint
+
+    from rs_plugins.builtin.gaussian import GaussianNoise
+    from rs_plugins.builtin.laplace import LaplaceNoise
+    from rs_plugins.report import largest_radius
+
+    for n, alpha in ((100, 0.001), (100_000, 0.001), (1000, 0.05)):
+        p_lower = proportion_confint(n, n, alpha=2 * alpha, method="beta")[0]  # one-sided at alpha: alpha**(1/n)
+        assert largest_radius(GaussianNoise(0.25), n, alpha) == pytest.approx(0.25 * norm.ppf(p_lower), rel=1e-9)
+        laplace = -(0.5 / 2**0.5) * np.log(2 * (1 - p_lower))  # Teng et al.: -lambda log(2 (1 - p))
+        assert largest_radius(LaplaceNoise(0.5), n, alpha) == pytest.approx(laplace, rel=1e-9)
+
+
+def test_planned_images_and_norm_come_from_the_latest_run():
+    from rs_plugins.report import planned_images, recorded
+
+    sidecar = {"sigma": 0.25, "provenance": {"images": 10, "norm": "l1"}, "resumed": [{"images": 20}]}
+    assert planned_images(sidecar) == 20 and recorded(sidecar, "norm") == "l1"
+    assert planned_images({"provenance": {"images": 10}}) == 10
+    assert planned_images({}) is None and planned_images(None) is None and recorded({}, "norm") is None

@@ -87,6 +87,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
     settings["model_sha256"] = provenance.weights_sha256(model)  # the weights as loaded; others change the rows
     model = prepare_model(model, device, execution)
     record = shared._record(host, args, settings, model, dataset, indices, device, execution.precision)
+    record["norm"] = adversary.norm  # of eps and the perturbations; the smoothing noise's is noise_norm
+    if noise is not None:
+        record["noise_norm"] = noise.norm
     targets = below = certified = certify_alpha = None
     if args.certified:
         chosen = set(indices)

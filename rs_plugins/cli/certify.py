@@ -11,7 +11,9 @@ from ..report import (
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
     format_table,
+    largest_radius,
     plot_certified_accuracy,
+    radius_formula,
     read_sidecar,
     write_summary,
 )
@@ -111,8 +113,10 @@ def cmd_certify(args: argparse.Namespace) -> int:
     record = shared._record(host, args, settings, model, dataset, indices, device, execution.precision)
     if certify and hasattr(certifier, "check_model"):  # e.g. mixed: refuse a classifier it cannot certify, now
         certifier.check_model(model)
+    record["norm"] = noise.norm  # so that report knows the radii's norm even where the noise's plugin is missing
     if certify:
         record["certifier"] = provenance.component(host, "certifier", args.certifier, settings["certifier_option"])
+        record["radius"] = radius_formula(noise, certifier)
     common = dict(
         n=args.n,
         alpha=args.alpha,
@@ -150,8 +154,13 @@ def cmd_certify(args: argparse.Namespace) -> int:
         print(f"predict {args.out} (sigma={args.sigma}, n={args.n}, alpha={args.alpha})")
         print(f"accuracy {100 * accuracy:.1f}%, abstained {abstained} of {len(rows)}")
     if certify and args.plot:
-        title = f"{args.certifier}, N = {args.n:,}, α = {args.alpha:g}, {len(rows)} images"
-        plot_certified_accuracy({f"{args.noise} σ = {args.sigma:g}": rows}, args.plot, title=title, norm=norm)
+        model = f"{args.mixer} of {' + '.join(args.model)}" if args.mixer else " + ".join(args.model)
+        title = f"{args.data} {args.split}, {model}\n{args.certifier}, N = {args.n:,}, α = {args.alpha:g}, "
+        label = f"{args.noise} σ = {args.sigma:g}"
+        own = radius_formula(noise, certifier) != radius_formula(noise)  # e.g. mixed: not the noise's radius
+        largest = {} if own else {label: largest_radius(noise, args.n, args.alpha)}
+        plot_certified_accuracy({label: rows}, args.plot, title=title + f"{len(rows)} images", norm=norm,
+                                largest=largest)  # fmt: skip
         print(f"plot: {args.plot}")
     if args.summary:
         write_summary(rows, args.summary, record=read_sidecar(args.out), extra=extra)

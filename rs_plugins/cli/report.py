@@ -7,15 +7,20 @@ from pathlib import Path
 
 from .. import validation
 from ..report import format_provenance, format_table, write_summary
-from .shared import _radius
+from .shared import _positive_float, _radius
 
 
 def add_report(sub) -> None:
     """Add ``report`` to the ``rs-plugins`` sub-parsers."""
     p = sub.add_parser("report", help="tables, plot and summary from certification TSVs; several files: a comparison")
     p.add_argument("results", nargs="+", help="TSV files written by certify (or the paper repos), radii in one norm")
-    p.add_argument("--label", action="append", help="name of a run, once per file in order (default: noise and sigma)")
+    p.add_argument("--label", action="append", help="name of a run, once per file in order (default: noise and sigma, "
+                   "else the shortest part of the paths that tells the files apart)")  # fmt: skip
     p.add_argument("--radii", type=_radius, nargs="+", help="table columns (default 0, 0.25, ... to the largest)")
+    p.add_argument("--sigma", type=_positive_float, help="the noise level of files without a settings sidecar")
+    p.add_argument("--noise", help="the noise of files without a settings sidecar, for their radius norm "
+                   "(default: taken as gaussian, l2, with a warning)")  # fmt: skip
+    p.add_argument("--fractions", action="store_true", help="certified accuracy as fractions (0.6120), not percent")
     p.add_argument("--format", choices=["text", "markdown", "latex", "csv"], help="comparison table format")
     p.add_argument("--table", help="write the comparison table here; .txt .md .tex .csv pick the format")
     p.add_argument("--plot", help="certified accuracy vs radius, a curve per file; .pdf/.svg: vector, .png: 200 dpi")
@@ -30,15 +35,20 @@ def cmd_report(args: argparse.Namespace) -> int:
         validation.check_output_file(getattr(args, option), f"--{option}")
     validation.check_plot_path(args.plot)
     fmt = compare.table_format(args.table, args.format)
-    runs = compare.load_runs(args.results, args.label)  # refuses radii in different norms
+    runs = compare.load_runs(args.results, args.label, sigma=args.sigma, noise=args.noise)  # one norm only
+    percent = not args.fractions
     for run in runs:
         claim = f"\n{run.settings['certifies']}" if "certifies" in run.settings else ""
-        print(format_table(run.rows, title=f"{run.path} ({run.norm} radius){claim}"))
+        sigma = "" if run.settings or run.sigma is None else f", sigma={run.sigma:g} (--sigma)"
+        title = f"{run.path} ({run.norm} radius{sigma}){claim}"
+        short = compare.shortfall(run)
+        print(format_table(run.rows, args.radii, title, percent=percent) + (f"note: {short}\n" if short else ""))
         print(format_provenance(run.settings) if run.settings else f"provenance: none ({run.path}.json is missing)\n")
     notes = compare.comparison_notes(runs)
     if len(runs) > 1 or args.table or args.format:
-        table = compare.format_comparison(runs, fmt, args.radii, notes)
-        print(table if fmt == "text" or not args.table else compare.format_comparison(runs, "text", args.radii, notes))
+        table = compare.format_comparison(runs, fmt, args.radii, notes, percent=percent)
+        text = table if fmt == "text" else compare.format_comparison(runs, "text", args.radii, notes, percent=percent)
+        print(text if args.table else table)
         if args.table:
             Path(args.table).parent.mkdir(parents=True, exist_ok=True)
             Path(args.table).write_text(table, encoding="utf-8")

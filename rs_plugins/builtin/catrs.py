@@ -10,7 +10,8 @@ Per chunk, with M draws d_i and p_b(x) the pre-computed smoothed prediction:
 3. L_low = (sum of the K smallest CE(z_i, y)) / M.
 4. d'_i: T normalised-gradient steps of size 2 eps / T on sum_i KL(p_b || softmax(f(x + d'_i))) (eval mode),
    each followed by the projection ||d' - d|| <= eps (torch.renorm) and the re-standardisation
-   d' <- mean(d) + (d' - mean(d')) * rms(d) / rms(d'), per image and draw.
+   d' <- mean(d) + (d' - mean(d')) * rms(d) / rms(d'), per image and draw (the code scales by the RMS, not the
+   standard deviation: the mean comes back exactly, the RMS up to the mean's tiny share for Gaussian draws).
 5. L_high = max_i KL(p_b || softmax(f(x + d'_i))), counted only where K = M.
 6. L = mean(L_low + lbd * L_high * 1[K = M]).
 """
@@ -49,7 +50,7 @@ def kl_to(p_b: Tensor, logits: Tensor) -> Tensor:
 
 
 def restandardise(delta: Tensor, reference: Tensor) -> Tensor:
-    """Give each sample of ``delta`` the mean and RMS of ``reference``'s: mean(r) + (d - mean(d)) rms(r) / rms(d)."""
+    """mean(r) + (d - mean(d)) * rms(r) / rms(d) per sample: ``reference``'s mean, and about its RMS."""
 
     def stats(t: Tensor) -> tuple[Tensor, Tensor]:
         flat = t.flatten(1)

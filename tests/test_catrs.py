@@ -6,6 +6,7 @@ same RNG state (the budget is the only random draw of either), so a wrong sort, 
 re-standardisation or KL shows up as a mismatch beyond 1e-9.
 """
 
+import json
 import math
 
 import pytest
@@ -19,10 +20,12 @@ from torch.utils.data import TensorDataset
 from rs_plugins.builtin.catrs import CatrsLoss, budget, low_confidence_loss, noise_adversary, restandardise
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.cli import main
+from rs_plugins.distributed import World, shard
 from rs_plugins.errors import PluginBuildError, ResultsFileError
 from rs_plugins.host import Host
-from rs_plugins.report import read_confidence
-from rs_plugins.runner import read_confidence_targets
+from rs_plugins.nets import SmallCNN
+from rs_plugins.report import CONFIDENCE_COLUMNS, RECORD_KEYS, ResultsFile, read_confidence
+from rs_plugins.runner import confidence_dataset, partial_path, read_confidence_targets
 from rs_plugins.training import TrainConfig, hold_out, train
 from rs_plugins.types import DataRequest, LossOutput
 
@@ -381,3 +384,24 @@ def test_train_catrs_end_to_end_and_a_refused_file(tmp_path, votes):
     torch.save({"x": torch.rand(30, 1, 8, 8), "y": (torch.arange(30) + 1) % 3}, other)
     assert main([*args, "--data", str(other), "--checkpoint-dir", str(tmp_path / "refused")]) == 2
     assert not (tmp_path / "refused" / "checkpoint.pt").exists()
+
+
+def test_predict_confidence_finishes_and_merges_what_a_killed_sharded_run_left(tmp_path, votes):
+    """Partial files of a 3-process run killed part-way (written with the reference's settings) are finished by a
+    one-process rerun and merged into the same rows as the uninterrupted run's."""
+    data, reference = votes
+    out = tmp_path / "sharded.tsv"
+    stored = json.loads(reference.with_name(reference.name + ".json").read_text())
+    settings = {k: v for k, v in stored.items() if k not in RECORD_KEYS}
+    dataset = Host().load_data(DataRequest(str(data), "train"))
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=3)
+    for rank, count in ((0, 3), (1, 5), (2, 0)):
+        share = shard(list(range(30)), World(rank, 3))[:count]
+        with ResultsFile(partial_path(out, World(rank, 3)), CONFIDENCE_COLUMNS, settings) as results:
+            options = dict(indices=share, n=40, batch_size=80, augment="crop-flip", progress=False)
+            confidence_dataset(model, dataset, GaussianNoise(0.25), results, **options)
+    torch.manual_seed(0)
+    assert confidence_cli(tmp_path, data, out, "--augment", "crop-flip") == 0
+    assert [(r.idx, r.counts) for r in read_confidence(out)] == [(r.idx, r.counts) for r in read_confidence(reference)]
+    assert not list(tmp_path.glob("sharded.tsv.part-*"))

@@ -8,6 +8,9 @@ training and certification and only rebuilds the tables.
 
     python benchmarks/train_techniques.py --sigmas 0.25 0.5 --seeds 0 1 --out-dir results/techniques
 
+``catrs`` first gets its p_b: the Gaussian sigma = 0.25 model of the same seed, then ``rs-plugins
+predict-confidence`` on the training digits (``--confidence-n`` votes each).
+
 Writes ``results.csv`` (one row per run), ``summary.md`` (mean and spread over seeds) and one plot per sigma.
 """
 

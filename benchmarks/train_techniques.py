@@ -8,6 +8,9 @@ training and certification and only rebuilds the tables.
 
     python benchmarks/train_techniques.py --sigmas 0.25 0.5 --seeds 0 1 --out-dir results/techniques
 
+``catrs`` first gets its p_b: the Gaussian sigma = 0.25 model of the same seed, then ``rs-plugins
+predict-confidence`` on the training digits (``--confidence-n`` votes each).
+
 Writes ``results.csv`` (one row per run), ``summary.md`` (mean and spread over seeds) and one plot per sigma.
 """
 
@@ -37,6 +40,8 @@ OPTIONS = {
     "macer": {0.25: {"k": 16, "lbd": 16}, 0.5: {"k": 16, "lbd": 16}},
     "smoothadv": {s: {"m": 4, "epsilon": 255 / 256, "steps": 10} for s in (0.25, 0.5)},
     "adre": {s: {"k": 8, "lbd": 0.1} for s in (0.25, 0.5)},
+    # CAT-RS: the CIFAR-10 M, eps, T; lbd 1.0 as in the authors' MNIST sigma = 0.25 run
+    "catrs": {s: {"m": 4, "epsilon": 1.0, "steps": 4, "lbd": 1.0} for s in (0.25, 0.5)},
 }
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 
@@ -65,18 +70,44 @@ def run_dir_of(args: argparse.Namespace, label: str, sigma: float, seed: int) ->
     return Path(args.out_dir) / f"sigma{sigma}" / f"{label.replace(':', '_').replace(',', '_')}_seed{seed}"
 
 
-def run_one(args: argparse.Namespace, technique: str, sigma: float, seed: int) -> dict:
-    """Train and certify one (technique, sigma, seed); both steps resume if they were done before."""
-    run_dir = run_dir_of(args, technique, sigma, seed)
+def common_args(args: argparse.Namespace, sigma: float, seed: int) -> list[str]:
     common = ["--model", "rs_plugins.nets:SmallCNN", "--data", "digits", "--sigma", str(sigma)]
-    common += ["--device", args.device, "--seed", str(seed)]
+    return [*common, "--device", args.device, "--seed", str(seed)]
+
+
+def train_one(args: argparse.Namespace, technique: str, sigma: float, seed: int, extra: list[str] = ()) -> Path:
+    """Train one (technique, sigma, seed), or resume it; returns its run folder."""
+    run_dir = run_dir_of(args, technique, sigma, seed)
     options = options_for(technique, sigma, args.lr_step)
-    loss_options = [f"--loss-option={k}={v}" for k, v in options.items()]
-    train = ["train", *common, "--loss", parse_label(technique)[0], *loss_options, "--epochs", str(args.epochs)]
-    train += ["--batch-size", str(args.batch_size), "--lr", str(args.lr), "--lr-step", str(args.lr_step)]
-    train += ["--checkpoint-dir", str(run_dir), *(["--no-progress"] if args.quiet else [])]
+    loss_options = [f"--loss-option={k}={v}" for k, v in options.items()] + list(extra)
+    train = ["train", *common_args(args, sigma, seed), "--loss", parse_label(technique)[0], *loss_options]
+    train += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr)]
+    train += ["--lr-step", str(args.lr_step), "--checkpoint-dir", str(run_dir), *(["--no-progress"] * args.quiet)]
     if rs_plugins(train):
         raise SystemExit(f"training failed: {' '.join(train)}")
+    return run_dir
+
+
+def confidence_file(args: argparse.Namespace, seed: int) -> Path:
+    """CAT-RS's p_b: the Gaussian sigma = 0.25 model of this seed (as the authors use for every sigma) votes over
+    --confidence-n noisy copies of each training digit (no augmentation: none is used in training here)."""
+    gaussian = train_one(args, "gaussian", 0.25, seed)
+    out = gaussian / f"p_b_n{args.confidence_n}.tsv"
+    command = ["predict-confidence", *common_args(args, 0.25, seed), "--checkpoint", str(gaussian / "model.pt")]
+    command += ["--n", str(args.confidence_n), "--batch-size", "6400", "--out", str(out), "--no-progress"]
+    if rs_plugins(command):
+        raise SystemExit(f"predict-confidence failed: {' '.join(command)}")
+    return out
+
+
+def run_one(args: argparse.Namespace, technique: str, sigma: float, seed: int) -> dict:
+    """Train and certify one (technique, sigma, seed); both steps resume if they were done before."""
+    extra = []
+    if parse_label(technique)[0] == "catrs":
+        extra = [f"--loss-option=confidence={confidence_file(args, seed)}"]
+    run_dir = train_one(args, technique, sigma, seed, extra)
+    common = common_args(args, sigma, seed)
+    options = options_for(technique, sigma, args.lr_step)
     certify = ["certify", *common, "--checkpoint", str(run_dir / "model.pt"), "--n", str(args.n)]
     certify += ["--every", str(args.every), "--out", str(run_dir / "certify.tsv"), "--no-progress"]
     if rs_plugins(certify):
@@ -130,6 +161,7 @@ def main() -> None:
     parser.add_argument("--lr-step", type=int, default=10)
     parser.add_argument("--n", type=int, default=10_000, help="certification samples per image (default 10000)")
     parser.add_argument("--every", type=int, default=4, help="certify every k-th held-out digit (default 4: 90)")
+    parser.add_argument("--confidence-n", type=int, default=1000, help="catrs: p_b samples per digit (default 1000)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--quiet", action="store_true", help="no per-batch progress bars")

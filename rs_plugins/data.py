@@ -6,6 +6,7 @@ Every source returns a torch ``Dataset`` of ``(x, y)`` items: ``x`` a float32 (C
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -276,3 +277,25 @@ def select_indices(
     first = -(-start // every) * every  # smallest multiple of `every` that is >= start
     indices = list(range(first, end, every))
     return indices if limit is None else indices[:limit]
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor:
+    """All labels of ``dataset`` as int64, read without its images where it holds them apart (TensorDataset,
+    torchvision's ``targets``), else image by image."""
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) > 1:
+        labels = dataset.tensors[1]
+    else:
+        labels = getattr(dataset, "targets", None)
+        if labels is None:
+            labels = [int(dataset[i][1]) for i in range(len(dataset))]
+    return torch.as_tensor(labels).to(torch.int64)
+
+
+def data_identity(dataset: Dataset) -> dict:
+    """What ties per-image results to a data set: its size and the SHA-256 of its labels in index order.
+
+    Stored with per-example targets (``predict-confidence``) and compared by the loss that reads them, so a file
+    made on another data set, split or ordering is refused rather than silently misaligned.
+    """
+    labels = labels_of(dataset)
+    return {"images": len(dataset), "labels_sha256": hashlib.sha256(labels.numpy().tobytes()).hexdigest()}

@@ -26,7 +26,8 @@ CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "samp
 LEGACY_CERTIFY_COLUMNS = CERTIFY_COLUMNS[:-1]  # Cohen's certify.py and our files before `samples`: read only
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")
 ATTACK_COLUMNS = ("idx", "label", "eps", "predict", "adv_predict", "perturbation", "time")
-RESULTS_COLUMNS = (CERTIFY_COLUMNS, PREDICT_COLUMNS, ATTACK_COLUMNS)
+CONFIDENCE_COLUMNS = ("idx", "label", "counts", "time")  # rs-plugins predict-confidence: votes per class
+RESULTS_COLUMNS = (CERTIFY_COLUMNS, PREDICT_COLUMNS, ATTACK_COLUMNS, CONFIDENCE_COLUMNS)
 _TIME = re.compile(r"^(?:(-?\d+) days?, )?(\d+):(\d+):(\d+(?:\.\d*)?)$")
 _BOOL = {"1": True, "0": False, "True": True, "False": False}
 StrPath = str | os.PathLike[str]
@@ -82,7 +83,26 @@ class AttackRow:
         return self.correct and self.adv_predict == self.label
 
 
-def _format_row(row: Row | AttackRow, columns: Sequence[str]) -> str:
+@dataclass(frozen=True)
+class ConfidenceRow:
+    """One image's top-1 votes of the base classifier over n noisy copies, as (class, count) pairs with
+    count > 0 (written sparsely, ``3:9990,5:10``: a thousand-class file stays small)."""
+
+    idx: int
+    label: int
+    counts: tuple[tuple[int, int], ...]
+    seconds: float
+
+    @property
+    def key(self) -> int:
+        """What a resumed run skips: the image index."""
+        return self.idx
+
+
+def _format_row(row: Row | AttackRow | ConfidenceRow, columns: Sequence[str]) -> str:
+    if isinstance(row, ConfidenceRow):
+        counts = ",".join(f"{c}:{n}" for c, n in row.counts)
+        return f"{row.idx}\t{row.label}\t{counts}\t{datetime.timedelta(seconds=row.seconds)}\n"
     if isinstance(row, AttackRow):
         # eps as repr: the shortest text that reads back as the same float, so resumed keys match exactly
         cells = {"idx": row.idx, "label": row.label, "eps": repr(float(row.eps)), "predict": row.predict}
@@ -108,6 +128,11 @@ def _parse_seconds(text: str) -> float:
 
 def _parse_row(line: str, columns: Sequence[str]) -> Row | AttackRow:
     cells = dict(zip(columns, line.split("\t"), strict=True))
+    if tuple(columns) == CONFIDENCE_COLUMNS:
+        pairs = tuple(tuple(int(v) for v in pair.split(":", 1)) for pair in cells["counts"].split(",") if pair)
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError(f"counts {cells['counts']!r} are not class:count pairs")
+        return ConfidenceRow(int(cells["idx"]), int(cells["label"]), pairs, _parse_seconds(cells["time"]))
     if tuple(columns) == ATTACK_COLUMNS:
         idx, label, predict, adv = (int(cells[k]) for k in ("idx", "label", "predict", "adv_predict"))
         seconds = _parse_seconds(cells["time"])
@@ -155,6 +180,9 @@ def read_results(path: StrPath) -> list[Row]:
     if not header:
         msg = f"{path} has no header line; expected {CERTIFY_COLUMNS!r} or {PREDICT_COLUMNS!r}"
         raise ResultsFileError(msg)
+    if header == CONFIDENCE_COLUMNS:
+        msg = f"{path} holds predict-confidence votes; read it with read_confidence()"
+        raise ResultsFileError(msg)
     if header == ATTACK_COLUMNS:
         msg = f"{path} holds attack results (one row per image and eps); read it with read_attack_results()"
         raise ResultsFileError(msg)
@@ -169,6 +197,15 @@ def read_attack_results(path: StrPath) -> list[AttackRow]:
     header, rows, _ = _load(Path(path))
     if header != ATTACK_COLUMNS:
         msg = f"{path} is not an attack results file: header {header!r}; expected {ATTACK_COLUMNS!r}"
+        raise ResultsFileError(msg)
+    return rows  # type: ignore[return-value]
+
+
+def read_confidence(path: StrPath) -> list[ConfidenceRow]:
+    """Rows of an ``rs-plugins predict-confidence`` TSV; an unfinished last line (a run still writing) is skipped."""
+    header, rows, _ = _load(Path(path))
+    if header != CONFIDENCE_COLUMNS:
+        msg = f"{path} is not a predict-confidence file: header {header!r}; expected {CONFIDENCE_COLUMNS!r}"
         raise ResultsFileError(msg)
     return rows  # type: ignore[return-value]
 
@@ -341,7 +378,7 @@ class ResultsFile:
         (index, eps) pairs for attack results."""
         return self._done
 
-    def append(self, row: Row | AttackRow) -> None:
+    def append(self, row: Row | AttackRow | ConfidenceRow) -> None:
         """Write one row and force it to disk, so a killed process loses nothing it finished."""
         self._write(_format_row(row, self.columns))
         self.rows.append(row)

@@ -21,20 +21,25 @@ import torch
 from tqdm.auto import tqdm
 
 from .distributed import World, barrier, shard
+from .errors import ResultsFileError
 from .report import (
     ATTACK_COLUMNS,
+    CONFIDENCE_COLUMNS,
     RECORD_KEYS,
     AttackRow,
+    ConfidenceRow,
     ResultsFile,
     Row,
     _check_settings,
     _format_row,
     _load,
     read_attack_results,
+    read_confidence,
     read_results,
+    read_sidecar,
     sidecar_path,
 )
-from .smoothing import call_model, check_images, check_sampling, cohen_predict, eval_mode
+from .smoothing import call_model, check_images, check_sampling, cohen_predict, eval_mode, sample_counts
 from .validation import MAX_SEED, check_certificates, check_integer, check_labels, check_logits
 
 if TYPE_CHECKING:
@@ -59,10 +64,12 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def image_generator(seed: int, idx: int, device: torch.device) -> torch.Generator:
+def image_generator(seed: int, idx: int, device: torch.device, stream: int | None = None) -> torch.Generator:
     """A generator seeded from (seed, image index), so an image's result never depends on which run,
-    shard or batch it was certified in; that is what makes resumed and split runs agree exactly."""
-    state = np.random.SeedSequence([seed, idx]).generate_state(1, np.uint64)[0]
+    shard or batch it was certified in; that is what makes resumed and split runs agree exactly.
+    ``stream`` gives the image an independent second generator (e.g. for its augmentation)."""
+    entropy = [seed, idx] if stream is None else [seed, idx, stream]
+    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
     return torch.Generator(device=device).manual_seed(int(state))
 
 
@@ -207,6 +214,94 @@ def predict_dataset(
     return _run(decide, model, dataset, results, indices, **options)
 
 
+def confidence_dataset(
+    model: nn.Module,
+    dataset: Dataset,
+    noise: NoiseSampler,
+    results: ResultsFile,
+    *,
+    indices: Sequence[int],
+    n: int,
+    batch_size: int,
+    seed: int = 0,
+    augment: str = "none",
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> list[ConfidenceRow]:
+    """The base classifier's top-1 votes over ``n`` noisy copies of each pending image (CAT-RS's p_b = votes / n).
+
+    With ``augment="crop-flip"`` each image is first augmented once, as training augments it (the authors run
+    their pass over the augmented training split); the crop and the noise are seeded from (seed, index), so a
+    resumed or sharded run writes the same rows.
+    """
+    from .training import crop_flip
+
+    check_integer("seed", seed, minimum=0, maximum=MAX_SEED)
+    check_sampling(n=n, alpha=0.5, batch_size=batch_size)
+    device = torch.device(device)
+    model = model.to(device)
+    if not indices:
+        return results.rows
+    num_classes = check_dataset(model, dataset, indices, device)
+    pending = [i for i in indices if i not in results.done]
+    group = max(1, min(MAX_IMAGES_PER_CALL, batch_size // n))
+    done = len(indices) - len(pending)
+    with tqdm(total=len(indices), initial=done, desc="confidence", unit="img", disable=not progress) as bar:
+        for chunk in _batches(pending, group):
+            x, labels = _images(dataset, chunk, torch.device("cpu"), num_classes)
+            if augment == "crop-flip":
+                crops = [image_generator(seed, i, torch.device("cpu"), stream=1) for i in chunk]
+                x = torch.cat([crop_flip(image[None], generator=g) for image, g in zip(x, crops)])
+            generators = [image_generator(seed, i, device) for i in chunk]
+            start = time.perf_counter()
+            counts = sample_counts(model, x.to(device), noise, n, batch_size=batch_size, generator=generators)
+            seconds = (time.perf_counter() - start) / len(chunk)
+            for i, label, votes in zip(chunk, labels, counts.tolist()):
+                pairs = tuple((c, v) for c, v in enumerate(votes) if v)
+                results.append(ConfidenceRow(i, label, pairs, seconds))
+            bar.update(len(chunk))
+    return results.rows
+
+
+def read_confidence_targets(path: str | os.PathLike, dataset: Dataset, num_classes: int, option: str) -> torch.Tensor:
+    """p_b = votes / n, (len(dataset), num_classes) float32, from a finished ``confidence_dataset`` file.
+
+    Refused (naming ``option``) unless its sidecar shows it was made on this data set (``data.data_identity``:
+    size and labels in index order) for this many classes, and it holds a row for every image.
+    """
+    from .data import data_identity
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{option}: no such file: {path}; write it with `rs-plugins predict-confidence`")
+    sidecar = read_sidecar(path) or {}
+    if not {"data_identity", "n", "num_classes"} <= sidecar.keys():
+        msg = f"{option}: {path} has no settings file {sidecar_path(path).name} recording its data and n; "
+        raise ResultsFileError(msg + "write it with `rs-plugins predict-confidence`")
+    stored, wanted = sidecar["data_identity"], data_identity(dataset)
+    if stored != wanted:
+        msg = (
+            f"{option}: {path} was made on other data ({stored.get('images')} images, labels sha256 "
+            f"{str(stored.get('labels_sha256'))[:12]}...) than the training data ({wanted['images']} images, "
+            f"{wanted['labels_sha256'][:12]}...); run predict-confidence on the --data and --split you train on"
+        )
+        raise ValueError(msg)
+    classes = sidecar.get("num_classes")
+    if classes != num_classes:
+        raise ValueError(f"{option}: {path} holds votes over {classes} classes, but the model has {num_classes}")
+    rows = read_confidence(path)
+    if len({row.idx for row in rows}) != len(dataset):
+        msg = f"{option}: {path} covers {len(rows)} of {len(dataset)} images; rerun its predict-confidence to finish it"
+        raise ValueError(msg)
+    votes = torch.zeros(len(dataset), num_classes, dtype=torch.float64)
+    for row in rows:
+        for c, count in row.counts:
+            votes[row.idx, c] = count
+    if not bool((votes.sum(1) == sidecar["n"]).all()):
+        raise ResultsFileError(f"{option}: {path} has rows whose votes do not sum to its n = {sidecar['n']}")
+    return (votes / sidecar["n"]).float()
+
+
 def partial_path(out: str | os.PathLike, world: World) -> Path:
     """The file process ``rank`` of ``size`` writes its share to, beside ``out``: ``<out>.part-<rank>-of-<size>``."""
     out = Path(out)
@@ -219,7 +314,9 @@ def _partials(out: Path) -> list[Path]:
 
 
 def _read(path: Path, columns: Sequence[str]) -> list[Row] | list[AttackRow]:
-    """The rows of ``out``: certify or predict rows (checked by ``read_results``), or attack rows."""
+    """The rows of ``out``: certify or predict rows (checked by ``read_results``), attack or confidence rows."""
+    if tuple(columns) == CONFIDENCE_COLUMNS:
+        return read_confidence(path)
     return read_attack_results(path) if tuple(columns) == ATTACK_COLUMNS else read_results(path)
 
 

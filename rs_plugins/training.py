@@ -3,7 +3,8 @@
 Defaults follow the shared harness of the randomized-smoothing papers (Cohen et al. 2019; Jeong & Shin 2020):
 SGD, momentum 0.9, weight decay 1e-4, batch 256, learning rate 0.1 decayed by 0.1 every 50 epochs, 150 epochs.
 A loss may ask for each loader batch to be split into ``loss.chunks`` chunks with one optimiser step each (the
-papers' convention for m noise draws) and may take ``set_epoch(epoch)`` for its warm-up schedule.
+papers' convention for m noise draws), may take ``set_epoch(epoch)`` for its warm-up schedule, and may ask for
+per-example targets (``example_targets``, e.g. CAT-RS's smoothed predictions p_b), delivered with each batch.
 """
 
 from __future__ import annotations
@@ -50,16 +51,17 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUGMENTATIONS = ("none", "crop-flip")
 
 
-def crop_flip(x: torch.Tensor, padding: int = 4) -> torch.Tensor:
+def crop_flip(x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
     """The papers' CIFAR-10 augmentation on a batch: a random crop of the zero-padded image and a random
-    horizontal flip, per image (RandomCrop(32, padding=4) + RandomHorizontalFlip), drawn from torch's RNG."""
+    horizontal flip, per image (RandomCrop(32, padding=4) + RandomHorizontalFlip), drawn from torch's RNG
+    (or from ``generator``, on ``x``'s device)."""
     b, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (padding,) * 4)
-    top = torch.randint(0, 2 * padding + 1, (b,), device=x.device)
-    left = torch.randint(0, 2 * padding + 1, (b,), device=x.device)
+    top = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=generator)
     rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    flip = torch.rand(b, device=x.device) < 0.5
+    flip = torch.rand(b, device=x.device, generator=generator) < 0.5
     cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
@@ -184,6 +186,53 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
+class _Indexed(torch.utils.data.Dataset):
+    """``dataset``'s (x, y) items with their position: (x, y, i). The loader draws the same order as over
+    ``dataset`` itself (its sampler sees only the length), so a loss without targets trains exactly as before."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        item = self.dataset[i]
+        return item[0], item[1], i
+
+
+def base_indices(dataset: Dataset) -> tuple[Dataset, torch.Tensor]:
+    """(the data set under any ``Subset``s, e.g. ``--val-split``'s, and each position's index into it)."""
+    positions = torch.arange(len(dataset))
+    while isinstance(dataset, torch.utils.data.Subset):
+        positions = torch.as_tensor(dataset.indices, dtype=torch.int64)[positions]
+        dataset = dataset.dataset
+    return dataset, positions
+
+
+def example_targets(loss: TrainingLoss, dataset: Dataset, num_classes: int) -> dict[str, torch.Tensor] | None:
+    """The per-example targets ``loss`` asks for, indexed by the underlying data set's index; None if it asks none.
+
+    A loss with ``example_targets(dataset, num_classes) -> {name: tensor}`` gets them for every batch as
+    ``targets={name: tensor[batch indices]}``, split into chunks as the images are. It is handed the data set the
+    indices refer to (under any ``Subset``) and must refuse targets made for another one.
+    """
+    ask = getattr(loss, "example_targets", None)
+    if ask is None:
+        return None
+    base, _ = base_indices(dataset)
+    targets = ask(base, num_classes)
+    name = describe(loss, f"training loss {type(loss).__name__}")
+    if not isinstance(targets, dict) or not all(torch.is_tensor(v) for v in targets.values()):
+        raise PluginBuildError(f"{name}: example_targets must return a dict of tensors; got {type(targets).__name__}")
+    for key, value in targets.items():
+        if value.dim() == 0 or len(value) != len(base):
+            shape = tuple(value.shape)
+            msg = f"{name}: example target {key!r} has shape {shape}; expected one row per image ({len(base)})"
+            raise PluginBuildError(msg)
+    return {key: value.cpu() for key, value in targets.items()}
+
+
 def train(
     model: nn.Module,
     dataset: Dataset,
@@ -247,6 +296,8 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
     barrier(world)
     recorded = dataclasses.asdict(config) | (settings or {})
     num_classes = _check_data_fits_model(model, dataset, device, memory_format)
+    targets = example_targets(loss, dataset, num_classes)
+    positions = base_indices(dataset)[1]
     start_epoch = _resume(directory, recorded, model, optimizer, scheduler, scaler, device)
     log = _read_log(directory)[:start_epoch]
     chunks = int(getattr(loss, "chunks", 1))
@@ -258,7 +309,7 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
             loss.set_epoch(epoch)
         torch.manual_seed(_seed(config.seed, epoch, world.rank))
         loader = DataLoader(
-            dataset,
+            _Indexed(dataset),
             batch_size=config.batch_size,
             shuffle=True,
             generator=torch.Generator().manual_seed(_seed(config.seed, epoch)),
@@ -267,20 +318,24 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
         started = time.perf_counter()
         model.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not show, leave=False)
-        for step, (x, y) in enumerate(bar):
+        for step, (x, y, index) in enumerate(bar):
             if len(x) < world.size * chunks:
                 continue  # a tail batch too small to give every process and chunk an image, on every process alike
             check_labels(y, num_classes, "--data")  # on the CPU, before the copy: no synchronisation
             x, y = x[world.rank :: world.size].to(device), y[world.rank :: world.size].to(device)
+            mine = positions[index[world.rank :: world.size]]
+            extra = {k: v[mine].to(device) for k, v in (targets or {}).items()}
             if epoch == start_epoch and step == 0:
                 check_images(x, "--data images")
             if config.augment == "crop-flip":
                 x = crop_flip(x)
             x = x.contiguous(memory_format=memory_format)
-            for cx, cy in zip(x.tensor_split(chunks), y.tensor_split(chunks)):
+            parts = [v.tensor_split(chunks) for v in extra.values()]
+            for chunk, (cx, cy) in enumerate(zip(x.tensor_split(chunks), y.tensor_split(chunks))):
                 fraction = (epoch + step / len(loader)) / config.epochs
+                given = {} if targets is None else {"targets": {k: p[chunk] for k, p in zip(extra, parts)}}
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    out = loss(model, cx, cy, noise, progress=fraction)
+                    out = loss(model, cx, cy, noise, progress=fraction, **given)
                 _check_loss_restored(loss, model, flags)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(out.loss).backward()

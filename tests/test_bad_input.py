@@ -22,11 +22,11 @@ from torch import nn
 
 import rs_plugins
 from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict
-from rs_plugins.builtin import adaptive, consistency, gaussian, sources
+from rs_plugins.builtin import adaptive, catrs, consistency, gaussian, sources
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.errors import RsPluginError
 from rs_plugins.nets import SmallCNN
-from rs_plugins.report import CERTIFY_COLUMNS, ResultsFile
+from rs_plugins.report import CERTIFY_COLUMNS, CONFIDENCE_COLUMNS, ConfidenceRow, ResultsFile
 from rs_plugins.runner import certify_dataset
 from rs_plugins.training import TrainConfig
 from rs_plugins.types import Certificate, CertifierSpec, MixerSpec, ModelRequest
@@ -93,7 +93,8 @@ class BrokenPlugin:
 
 
 def host() -> rs_plugins.Host:
-    return rs_plugins.Host(entry_points=False, plugins=[gaussian, consistency, sources, adaptive, BrokenPlugin()])
+    plugins = [gaussian, consistency, sources, adaptive, catrs, BrokenPlugin()]
+    return rs_plugins.Host(entry_points=False, plugins=plugins)
 
 
 class NaNModel(nn.Module):
@@ -224,6 +225,15 @@ def small() -> nn.Module:
 
 def tensor_dataset(labels):
     return torch.utils.data.TensorDataset(torch.rand(len(labels), 1, 8, 8), torch.tensor(labels))
+
+
+def votes_file(f: Files) -> Path:
+    """A predict-confidence file (one row) whose sidecar records a data set other than digits' training split."""
+    path = f.root / "votes.tsv"
+    identity = {"images": 1, "labels_sha256": "0" * 64}
+    with ResultsFile(path, CONFIDENCE_COLUMNS, {"n": 2, "num_classes": 10, "data_identity": identity}) as results:
+        results.append(ConfidenceRow(0, 3, ((3, 2),), 0.0))
+    return path
 
 
 # fmt: off
@@ -483,6 +493,12 @@ CASES: list[Case] = [
              "--sigma: must be a finite number > 0", "--sigma", "0", lambda f: f.foreign),
     cli_case("report-same-file-twice", "report", "the same TSV twice, no `--label`",
              "given more than once; give each file once", lambda f: f.foreign, lambda f: f.foreign),
+    # CAT-RS: the p_b file must be given and must be of the training data
+    cli_case("catrs-no-confidence", "train", "`--loss catrs` without `--loss-option confidence=`",
+             "confidence must be the p_b file of `rs-plugins predict-confidence`; got none", *TRAIN, "--loss", "catrs"),
+    cli_case("catrs-other-data", "train", "`--loss-option confidence=` a votes file made on other data",
+             "was made on other data (1 images, labels sha256 000000000000...) than the training data (1437 images",
+             *TRAIN, "--loss", "catrs", "--loss-option", lambda f: f"confidence={votes_file(f)}"),
 ]
 # fmt: on
 

@@ -8,7 +8,7 @@ import traceback
 
 from .. import __version__
 from ..errors import RsPluginError
-from . import adaptive, attack, certify, plugins, report, train
+from . import adaptive, attack, certify, confidence, plugins, report, train
 from .attack import cmd_attack
 from .certify import cmd_certify
 from .plugins import cmd_demo, cmd_plugins
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_certify(sub)
     attack.add_attack(sub)
     train.add_train(sub)
+    confidence.add_confidence(sub)  # predict-confidence (CAT-RS's p_b)
     adaptive.add_commands(sub)  # train-mixer and tradeoff (adaptive smoothing)
     report.add_report(sub)
     plugins.add_demo(sub)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import rs_plugins
-from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict
+from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict, execution
 from rs_plugins.builtin import adaptive, consistency, gaussian, sources
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.errors import RsPluginError
@@ -476,6 +476,11 @@ CASES: list[Case] = [
     api_case("api-mix-scale", "`Host.mixer`", "`mixer('mix', [g, h], rob_scale=0)`",
              "--mixer-option rob_scale must be a finite number > 0; got 0",
              lambda f: host().mixer("mix", [small(), small()], rob_scale=0)),
+    cli_case("compile-mode-without-compile", "certify", "`--compile-mode max-autotune` without `--compile`",
+             "--compile-mode max-autotune needs --compile", *CERTIFY, "--compile-mode", "max-autotune"),
+    api_case("api-compile-mode", "`Execution`", "`Execution(compile=True, compile_mode='fast')`",
+             "--compile-mode must be one of default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs; got",
+             lambda f: execution.Execution(compile=True, compile_mode="fast")),
 ]
 # fmt: on
 

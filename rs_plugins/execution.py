@@ -224,17 +224,20 @@ def batch_size_arg(text: str) -> int | str:
 def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     """``--precision``, ``--channels-last``, ``--compile`` and ``--compile-mode`` for a command that runs a model."""
     g = p.add_argument_group("execution (the certificate is of the model as run)")
-    g.add_argument("--precision", default="fp32", choices=list(PRECISION_CHOICES), help="autocast dtype; auto: "
-                   "bf16 on CUDA with bf16, else fp16 on CUDA; fp32 on a CPU without native bf16 (default fp32)")  # fmt: skip
+    precision_help = "autocast dtype; auto: bf16 on CUDA with bf16, else fp16 on CUDA; on a CPU fp32 unless it has"
+    precision_help += " native bf16 (default fp32)"
+    g.add_argument("--precision", default="fp32", choices=list(PRECISION_CHOICES), help=precision_help)
     g.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and inputs")
-    g.add_argument("--compile", action="store_true", help="inference fast path: BatchNorm folded into the convolutions, "
-                   "torch.compile with frozen weights (the first batches compile it)")  # fmt: skip
-    g.add_argument("--compile-mode", default="default", choices=list(COMPILE_MODES), help="torch.compile mode with "
-                   "--compile; reduce-overhead and max-autotune record CUDA graphs on CUDA (default default)")  # fmt: skip
+    compile_help = "inference fast path: BatchNorm folded into the convolutions, then torch.compile with frozen"
+    g.add_argument("--compile", action="store_true", help=compile_help + " weights (the first batches compile it)")
+    mode_help = "torch.compile mode with --compile; reduce-overhead and max-autotune record CUDA graphs on CUDA"
+    g.add_argument(
+        "--compile-mode", default="default", choices=list(COMPILE_MODES), help=f"{mode_help} (default: default)"
+    )
 
 
 def execution_from_args(args: argparse.Namespace, device: torch.device | str = "cpu") -> Execution:
-    """The ``Execution`` that ``add_execution_arguments``'s flags describe, ``--precision auto`` resolved for ``device``."""
+    """The ``Execution`` that ``add_execution_arguments``'s flags describe, with ``--precision auto`` resolved."""
     if args.compile_mode != "default" and not args.compile:
         raise ValueError(f"--compile-mode {args.compile_mode} needs --compile")
     precision = resolve_precision(args.precision, device)

@@ -120,7 +120,7 @@ def test_compile_compiles_a_folded_copy_inside_the_wrapper_with_frozen_weights(m
     monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append((m, kw)) or nn.Sequential(m))  # slow
     model = CifarResNet(8)
     prepared = prepare_model(model, "cpu", Execution(compile=True, compile_mode="max-autotune"))
-    (inner, options), = compiled
+    ((inner, options),) = compiled
     assert isinstance(prepared, RunAs) and prepared.model[0] is inner and inner is not model
     assert options["options"]["freezing"] and options["options"]["max_autotune"]
     assert prepared.folded == 9 and not any(isinstance(m, nn.BatchNorm2d) for m in inner.modules())

@@ -37,7 +37,9 @@ def add_certify(sub) -> None:
         shared._add_run(p, batch_size=1000)
         add_execution_arguments(p)
         if name == "certify":
-            p.add_argument("--certifier", default="cohen", help="certifier (default cohen)")
+            certifier_help = "certifier (default cohen); sequential stops each image once its table radii are "
+            certifier_help += "decided: the cheap path for certified-accuracy tables on any device (docs/certifiers.md)"
+            p.add_argument("--certifier", default="cohen", help=certifier_help)
             p.add_argument("--certifier-option", action="append", default=[], metavar="KEY=VALUE")
             p.add_argument("--n0", type=_positive_int, default=100, help="selection samples (default 100)")
         p.add_argument("--n", type=_positive_int, default=100_000, help="estimation samples (default 100000)")

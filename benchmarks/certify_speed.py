@@ -1,7 +1,8 @@
 """Certification speed by precision, memory format and compilation, against the raw forward pass and a Cohen-style loop.
 
-For each model and execution (fp32, bf16, bf16 + channels_last, + torch.compile, + CUDA graphs) it measures, in one
-process on one device:
+For each model and execution (fp32, bf16, fp16, channels_last, the --compile fast path: BatchNorm folded, frozen
+weights, optionally CUDA graphs or max-autotune) it measures, in one process on one device, with TFLOP/s and the
+fraction of the activation-bandwidth floor (``layer_costs``) per row:
 
 With ``--repeats R`` every timing is the best of R (the run least disturbed by other work), the raw forward pass
 and the certification alternating.
@@ -13,8 +14,8 @@ and the certification alternating.
 - ``loop``: a per-image fp32 loop with the structure of the reference implementation (Cohen et al.'s core.py: one
   image at a time, ``x.repeat`` batches, counts copied to the host after every batch), written here independently;
 - ``agreement`` (``--agreement K``): a CIFAR-shaped ResNet trained briefly on digits upsampled to 3x32x32, then
-  certified on the same K held-out images in fp32 and in bf16 + channels_last with the same noise: how many
-  predictions and radii change, and certified accuracy of each;
+  certified on the same K held-out images in fp32 and in each ``--agreement-executions`` (default bf16 +
+  channels_last) with the same noise: how many predictions and radii change, and certified accuracy of each;
 - ``training`` (``--train-batches B``): seconds per loader batch and peak memory of the Consistency and SmoothMix
   steps (the training loop's step: autocast, backward, SGD) in fp32 and bf16 + channels_last.
 

@@ -32,6 +32,8 @@ fi
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA', torch.cuda.device_count(), 'GPU(s)')"
 bench="python3 benchmarks/certify_speed.py --device $device --out-dir $out"
 fast="bf16+cl+compile fp16+cl+compile"
+autotune="bf16+cl+max-autotune fp16+cl+max-autotune"
+if [ "$device" = cpu ]; then fast="bf16+cl+compile"; autotune="bf16+cl+max-autotune"; fi  # CPUs lack fp16 kernels
 for section in $sections; do
     start=$SECONDS
     echo "== section $section"
@@ -50,7 +52,7 @@ for section in $sections; do
             --work-dir "$out/reference_work" --out-dir "$out/reference" ;;
     autotune)
         $bench --models $R110 --n $N --batch-size $B --images 2 --raw-seconds $RAW \
-            --executions bf16+cl+max-autotune fp16+cl+max-autotune --sections certify
+            --executions $autotune --sections certify
         $bench --models $R50 --n $N --batch-size $B50 --images 1 --raw-seconds $RAW \
             --executions bf16+cl+max-autotune --sections certify ;;
     torchrun)

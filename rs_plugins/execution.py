@@ -145,6 +145,9 @@ def fold_batchnorm(model: nn.Module) -> int:
     except Exception:  # data-dependent control flow and the like: try the parts
         return sum(fold_batchnorm(child) for child in model.children())
     calls = Counter(id(model.get_submodule(node.target)) for node in graph.nodes if node.op == "call_module")
+    for node in graph.nodes:  # a parameter read directly (F.conv2d(x, self.conv.weight)) is one more use
+        if node.op == "get_attr" and "." in node.target:
+            calls[id(model.get_submodule(node.target.rpartition(".")[0]))] += 1
     folded = 0
     for node in graph.nodes:
         source = node.args[0] if node.op == "call_module" and len(node.args) == 1 and not node.kwargs else None

@@ -183,6 +183,14 @@ def test_folding_leaves_a_batchnorm_whose_convolution_is_read_elsewhere():
         def forward(self, x):
             return self.conv(self.bn(self.conv(x)))
 
+    class Direct(nn.Module):  # the convolution's weight also read directly
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) + nn.functional.conv2d(x, self.conv.weight)
+
     class Untraceable(nn.Module):  # data-dependent control flow at the top: its parts are traced instead
         def __init__(self):
             super().__init__()
@@ -192,7 +200,7 @@ def test_folding_leaves_a_batchnorm_whose_convolution_is_read_elsewhere():
             return self.inner(x) if x.sum() > 0 else -self.inner(x)
 
     x = torch.rand(2, 1, 6, 6)
-    for model, count, shape in ((Branch(), 0, 1), (Shared(), 0, 2), (Untraceable(), 1, 2)):
+    for model, count, shape in ((Branch(), 0, 1), (Shared(), 0, 2), (Direct(), 0, 2), (Untraceable(), 1, 2)):
         model = trained_like_small(model)
         inputs = x.expand(2, shape, 6, 6)
         with torch.no_grad():

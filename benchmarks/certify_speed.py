@@ -1,7 +1,8 @@
 """Certification speed by precision, memory format and compilation, against the raw forward pass and a Cohen-style loop.
 
-For each model and execution (fp32, bf16, bf16 + channels_last, + torch.compile, + CUDA graphs) it measures, in one
-process on one device:
+For each model and execution (fp32, bf16, fp16, channels_last, the --compile fast path: BatchNorm folded, frozen
+weights, optionally CUDA graphs or max-autotune) it measures, in one process on one device, with TFLOP/s and the
+fraction of the activation-bandwidth floor (``layer_costs``) per row:
 
 With ``--repeats R`` every timing is the best of R (the run least disturbed by other work), the raw forward pass
 and the certification alternating.
@@ -13,8 +14,8 @@ and the certification alternating.
 - ``loop``: a per-image fp32 loop with the structure of the reference implementation (Cohen et al.'s core.py: one
   image at a time, ``x.repeat`` batches, counts copied to the host after every batch), written here independently;
 - ``agreement`` (``--agreement K``): a CIFAR-shaped ResNet trained briefly on digits upsampled to 3x32x32, then
-  certified on the same K held-out images in fp32 and in bf16 + channels_last with the same noise: how many
-  predictions and radii change, and certified accuracy of each;
+  certified on the same K held-out images in fp32 and in each ``--agreement-executions`` (default bf16 +
+  channels_last) with the same noise: how many predictions and radii change, and certified accuracy of each;
 - ``training`` (``--train-batches B``): seconds per loader batch and peak memory of the Consistency and SmoothMix
   steps (the training loop's step: autocast, backward, SGD) in fp32 and bf16 + channels_last.
 
@@ -52,13 +53,20 @@ from rs_plugins.smoothing import cohen_certify
 from rs_plugins.training import TrainConfig, train
 
 EXECUTIONS = {
-    "fp32": (Execution("fp32"), None),
-    "bf16": (Execution("bf16"), None),
-    "bf16+cl": (Execution("bf16", channels_last=True), None),
-    "bf16+cl+compile": (Execution("bf16", channels_last=True, compile=True), None),
-    "bf16+cl+cudagraphs": (Execution("bf16", channels_last=True), "reduce-overhead"),
-    "fp16+cl": (Execution("fp16", channels_last=True), None),
+    "fp32": Execution("fp32"),
+    "bf16": Execution("bf16"),
+    "bf16+cl": Execution("bf16", channels_last=True),
+    "fp16+cl": Execution("fp16", channels_last=True),
+    "fp32+compile": Execution("fp32", compile=True),
+    "bf16+cl+compile": Execution("bf16", channels_last=True, compile=True),
+    "fp16+cl+compile": Execution("fp16", channels_last=True, compile=True),
+    "bf16+cl+cudagraphs": Execution("bf16", channels_last=True, compile=True, compile_mode="reduce-overhead"),
+    "bf16+cl+max-autotune": Execution("bf16", channels_last=True, compile=True, compile_mode="max-autotune"),
+    "fp16+cl+max-autotune": Execution("fp16", channels_last=True, compile=True, compile_mode="max-autotune"),
 }
+"""Every compiled execution is the CLI's --compile fast path: BatchNorm folded, weights frozen, in its mode."""
+BANDWIDTH_TBS = {"H200": 4.8, "H100": 3.35, "A100": 2.0, "L40S": 0.864, "RTX 4090": 1.0, "RTX 2080 Ti": 0.616}
+"""Peak memory bandwidth (TB/s) by GPU name, for the bandwidth floor; --bandwidth-tbs overrides."""
 
 
 def build_model(name: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
@@ -75,12 +83,42 @@ def build_model(name: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
 
 
 def prepare(model, device, name):
-    """The model as the CLI runs it; for CUDA graphs the inner model is compiled with mode reduce-overhead."""
-    execution, mode = EXECUTIONS[name]
-    wrapped = prepare_model(copy.deepcopy(model), device, execution)  # a copy: .to(channels_last) works in place
-    if mode:
-        wrapped.model = torch.compile(wrapped.model, mode=mode)
-    return wrapped
+    """The model as the CLI runs it with this execution (a copy: .to(channels_last) works in place)."""
+    return prepare_model(copy.deepcopy(model), device, EXECUTIONS[name])
+
+
+def layer_costs(model, shape, device, dtype_bytes):
+    """Per sample: FLOPs of the convolutions and linear layers, and the activation bytes a fused network moves.
+
+    With BatchNorm folded and the element-wise layers fused into the convolution before them, each such layer
+    writes its output once and the next reads it once, so the traffic is 2 x (its outputs) x the dtype's bytes,
+    plus the input read (weights are small and cache-resident). This is the floor the bandwidth sets.
+    """
+    flops, elements = [0], [0]
+
+    def hook(module, inputs, output):
+        per_sample = output[0].numel()
+        elements[0] += per_sample
+        if isinstance(module, torch.nn.Conv2d):
+            kh, kw = module.kernel_size
+            flops[0] += 2 * per_sample * module.in_channels // module.groups * kh * kw
+        else:
+            flops[0] += 2 * per_sample * module.in_features
+
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    with torch.no_grad():
+        model(torch.rand(1, *shape, device=device))
+    for handle in handles:
+        handle.remove()
+    return flops[0], (2 * elements[0] + torch.Size(shape).numel()) * dtype_bytes
+
+
+def bandwidth_tbs(args, device):
+    if args.bandwidth_tbs or device.type != "cuda":
+        return args.bandwidth_tbs
+    name = torch.cuda.get_device_name(device)
+    return next((tbs for key, tbs in BANDWIDTH_TBS.items() if key in name), None)
 
 
 def sync(device):
@@ -196,17 +234,19 @@ def bench_certify(args, device, write):
         torch.manual_seed(0)
         base, shape = build_model(model_name)
         base = base.to(device).eval()
+        costs = layer_costs(base, shape, device, 2)  # as if in bf16/fp16; fp32 moves twice as many bytes
         x = torch.rand(args.images, *shape, device=device)
         if args.loop:
             loop = partial(cohen_loop, base, x, args.sigma, args.n0, args.n, args.alpha, args.batch_size)
             cohen_loop(base, x[:1], args.sigma, args.n0, 2 * args.batch_size, args.alpha, args.batch_size)
             with PeakMemory(device) as memory:
                 seconds = min(timed(loop, device)[0] for _ in range(args.repeats))
-            write("certify", row(args, device, model_name, "fp32 (Cohen-style loop)", seconds, memory, None, None, ""))
+            write("certify", row(args, device, model_name, "fp32 (Cohen-style loop)", seconds, memory, None, None, "",
+                                 costs))  # fmt: skip
         for name in args.executions:
             if name not in EXECUTIONS:
                 raise ValueError(f"--executions: unknown {name!r}; choose from {', '.join(EXECUTIONS)}")
-            if "compile" in name or "cudagraphs" in name:
+            if EXECUTIONS[name].compile:
                 torch._dynamo.reset()
             model = prepare(base, device, name)
             sampling = dict(n0=args.n0, alpha=args.alpha, batch_size=args.batch_size)
@@ -221,7 +261,8 @@ def bench_certify(args, device, write):
                     raws.append(raw_forward(model, shape, args.batch_size, device, args.raw_seconds))
                     times.append(timed(partial(run, args.n), device)[0])
             raw, seconds = max(raws), min(times)
-            write("certify", row(args, device, model_name, name, seconds, memory, small, raw, f"{compile_seconds:.1f}"))
+            warmup = f"{compile_seconds:.1f}"
+            write("certify", row(args, device, model_name, name, seconds, memory, small, raw, warmup, costs, model))
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -234,9 +275,14 @@ def bench_certify(args, device, write):
             )
 
 
-def row(args, device, model_name, execution, seconds, memory, small, raw, warmup):
+def row(args, device, model_name, execution, seconds, memory, small, raw, warmup, costs, model=None):
     samples = args.images * (args.n0 + args.n)
     rate = samples / seconds
+    flops, traffic = costs
+    if execution.startswith("fp32"):
+        traffic *= 2
+    tbs = bandwidth_tbs(args, device)
+    floor = traffic * (args.n0 + args.n) / (tbs * 1e12) if tbs else None
     return {
         "device": device_name(device),
         "model": model_name,
@@ -252,6 +298,11 @@ def row(args, device, model_name, execution, seconds, memory, small, raw, warmup
         "peak_mib": round(memory.mib, 1),
         "peak_mib_at_n_over_10": round(small.mib, 1) if small else "",
         "warmup_s": warmup,
+        "batchnorm_folded": getattr(model, "folded", ""),
+        "tflop_per_s": round(flops * rate / 1e12, 2),
+        "activation_mb_per_sample": round(traffic / 1e6, 2),
+        "bandwidth_floor_s_per_image": round(floor, 4) if floor else "",
+        "fraction_of_bandwidth_floor": round(floor / (seconds / args.images), 3) if floor else "",
     }
 
 
@@ -286,7 +337,9 @@ def bench_agreement(args, device, write):
     x = torch.stack([test[i][0] for i in indices]).to(device)
     y = [int(test[i][1]) for i in indices]
     results = {}
-    for name in ("fp32", "bf16+cl"):
+    for name in ("fp32", *args.agreement_executions):
+        if EXECUTIONS[name].compile:
+            torch._dynamo.reset()
         prepared = prepare(model, device, name)
         generators = [image_generator(0, i, device) for i in indices]
         start = time.perf_counter()
@@ -301,26 +354,29 @@ def bench_agreement(args, device, write):
             generator=generators,
         )
         print(f"agreement {name}: {time.perf_counter() - start:.1f} s", flush=True)
-    a, b = results["fp32"], results["bf16+cl"]
 
     def accuracy(certs, r):
         return round(100 * sum(c.prediction == label and c.radius >= r for c, label in zip(certs, y)) / len(y), 1)
 
-    out = {
-        "device": device_name(device),
-        "model": f"resnet{args.agreement_depth} (digits 3x32x32, {args.agreement_epochs} epochs)",
-        "images": len(indices),
-        "n0": args.n0,
-        "n": args.agreement_n,
-        "sigma": args.sigma,
-        "predictions_changed": sum(p.prediction != q.prediction for p, q in zip(a, b)),
-        "radii_changed": sum(abs(p.radius - q.radius) > 1e-6 for p, q in zip(a, b)),
-        "max_radius_change": round(max(abs(p.radius - q.radius) for p, q in zip(a, b)), 4),
-    }
-    for r in (0.0, 0.25, 0.5):
-        out[f"fp32_acc_r{r}"] = accuracy(a, r)
-        out[f"bf16cl_acc_r{r}"] = accuracy(b, r)
-    write("agreement", out)
+    a = results["fp32"]
+    for name in args.agreement_executions:
+        b = results[name]
+        out = {
+            "device": device_name(device),
+            "model": f"resnet{args.agreement_depth} (digits 3x32x32, {args.agreement_epochs} epochs)",
+            "execution": name,
+            "images": len(indices),
+            "n0": args.n0,
+            "n": args.agreement_n,
+            "sigma": args.sigma,
+            "predictions_changed": sum(p.prediction != q.prediction for p, q in zip(a, b)),
+            "radii_changed": sum(abs(p.radius - q.radius) > 1e-6 for p, q in zip(a, b)),
+            "max_radius_change": round(max(abs(p.radius - q.radius) for p, q in zip(a, b)), 4),
+        }
+        for r in (0.0, 0.25, 0.5):
+            out[f"fp32_acc_r{r}"] = accuracy(a, r)
+            out[f"fast_acc_r{r}"] = accuracy(b, r)
+        write("agreement", out)
 
 
 def bench_training(args, device, write):
@@ -336,7 +392,7 @@ def bench_training(args, device, write):
     }
     for loss_name, make in losses.items():
         for name in ("fp32", "bf16+cl"):
-            execution = EXECUTIONS[name][0]
+            execution = EXECUTIONS[name]
             torch.manual_seed(0)
             model = CifarResNet(args.train_depth).to(device)
             memory_format = torch.channels_last if execution.channels_last else torch.contiguous_format
@@ -396,6 +452,8 @@ def main() -> None:
     parser.add_argument("--auto-batch", action="store_true", help="print what --batch-size auto picks")
     parser.add_argument("--agreement", type=int, default=0, help="images for the fp32 vs bf16+cl comparison")
     parser.add_argument("--agreement-n", type=int, default=4000)
+    parser.add_argument("--agreement-executions", nargs="+", default=["bf16+cl"], help="each against fp32")
+    parser.add_argument("--bandwidth-tbs", type=float, help="peak bandwidth for the floor (default: by GPU name)")
     parser.add_argument("--agreement-depth", type=int, default=20)
     parser.add_argument("--agreement-epochs", type=int, default=4)
     parser.add_argument("--train-batches", type=int, default=0, help="timed loader batches per training row")

@@ -23,6 +23,8 @@ from torch import nn
 import rs_plugins
 from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict
 from rs_plugins.builtin import adaptive, catrs, consistency, gaussian, sources
+from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict, execution
+from rs_plugins.builtin import adaptive, consistency, gaussian, sources
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.errors import RsPluginError
 from rs_plugins.nets import SmallCNN
@@ -499,6 +501,11 @@ CASES: list[Case] = [
     cli_case("catrs-other-data", "train", "`--loss-option confidence=` a votes file made on other data",
              "was made on other data (1 images, labels sha256 000000000000...) than the training data (1437 images",
              *TRAIN, "--loss", "catrs", "--loss-option", lambda f: f"confidence={votes_file(f)}"),
+    cli_case("compile-mode-without-compile", "certify", "`--compile-mode max-autotune` without `--compile`",
+             "--compile-mode max-autotune needs --compile", *CERTIFY, "--compile-mode", "max-autotune"),
+    api_case("api-compile-mode", "`Execution`", "`Execution(compile=True, compile_mode='fast')`",
+             "--compile-mode must be one of default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs; got",
+             lambda f: execution.Execution(compile=True, compile_mode="fast")),
 ]
 # fmt: on
 

@@ -50,7 +50,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     from .. import evaluation as ev
     from ..distributed import init_world, leave_world
-    from ..execution import prepare_model
+    from ..execution import execution_record, prepare_model
     from ..runner import resolve_device, run_sharded
 
     options = shared._options(args.attack_option, "--attack-option")
@@ -72,10 +72,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if args.sigma is not None:
         settings |= {k: getattr(args, k) for k in ("sigma", "noise", "m", "n", "alpha", "certified")}
         settings["noise_option"] = shared._noise_options(args)
-    execution = execution_from_args(args)
+    device = resolve_device(args.device)
+    execution = execution_from_args(args, device)
     settings |= execution.settings()  # the robustness measured is that of the model as run
     host = shared.Host()
-    device = resolve_device(args.device)
     world = init_world("cpu", timeout=datetime.timedelta(days=365))  # torchrun: as certify, whole attack groups
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
@@ -90,6 +90,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     record["norm"] = adversary.norm  # of eps and the perturbations; the smoothing noise's is noise_norm
     if noise is not None:
         record["noise_norm"] = noise.norm
+    record |= execution_record(model, args.precision)
     targets = below = certified = certify_alpha = None
     if args.certified:
         chosen = set(indices)

@@ -39,7 +39,9 @@ def add_certify(sub) -> None:
         shared._add_run(p, batch_size=1000)
         add_execution_arguments(p)
         if name == "certify":
-            p.add_argument("--certifier", default="cohen", help="certifier (default cohen)")
+            certifier_help = "certifier (default cohen); sequential stops each image once its table radii are "
+            certifier_help += "decided: the cheap path for certified-accuracy tables on any device (docs/certifiers.md)"
+            p.add_argument("--certifier", default="cohen", help=certifier_help)
             p.add_argument("--certifier-option", action="append", default=[], metavar="KEY=VALUE")
             p.add_argument("--n0", type=_positive_int, default=100, help="selection samples (default 100)")
         p.add_argument("--n", type=_positive_int, default=100_000, help="estimation samples (default 100000)")
@@ -58,7 +60,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     import torch
 
     from ..distributed import init_world, leave_world
-    from ..execution import auto_batch_size, prepare_model
+    from ..execution import auto_batch_size, execution_record, prepare_model
     from ..runner import certify_dataset, predict_dataset, resolve_device, run_sharded
 
     certify = args.command == "certify"
@@ -84,7 +86,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
             "certifier_option": shared._options(args.certifier_option, "--certifier-option"),
             "n0": args.n0,
         }
-    execution = execution_from_args(args)
+    device = resolve_device(args.device)
+    execution = execution_from_args(args, device)  # --precision auto resolved: the rows depend on what runs
     settings |= execution.settings()  # the certificate is of the model as run: another precision, other rows
     host = shared.Host()
     if certify:  # an unsupported pair or option fails before any model is loaded or any sample drawn
@@ -92,7 +95,6 @@ def cmd_certify(args: argparse.Namespace) -> int:
         certifier = host.certifier(args.certifier, **settings["certifier_option"])
         if getattr(certifier, "class_selection", "n0") == "label":
             settings["certifies"] = LABEL_CLAIM
-    device = resolve_device(args.device)
     # torchrun: each process takes its share of the images. Processes only wait for each other at two barriers,
     # so gloo (CPU) suffices, and a process done early may wait at the last one for as long as the run lasts.
     world = init_world("cpu", timeout=datetime.timedelta(days=365))
@@ -111,6 +113,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
         if world.main:
             print(f"--batch-size auto: {batch_size}", flush=True)
     record = shared._record(host, args, settings, model, dataset, indices, device, execution.precision)
+    record |= execution_record(model, args.precision)
     if certify and hasattr(certifier, "check_model"):  # e.g. mixed: refuse a classifier it cannot certify, now
         certifier.check_model(model)
     record["norm"] = noise.norm  # so that report knows the radii's norm even where the noise's plugin is missing

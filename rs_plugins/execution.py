@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from .provenance import describe, remember
 from .training import PRECISIONS
 
 CPU_AUTO_BATCH = 400
@@ -82,10 +83,12 @@ def prepare_model(model: nn.Module, device: torch.device | str, execution: Execu
     execution = execution or Execution()
     device = torch.device(device)
     memory_format = torch.channels_last if execution.channels_last else torch.preserve_format
+    name = describe(model, type(model).__name__)
     model = model.to(device, memory_format=memory_format).eval()
     if execution.compile:
         model = torch.compile(model)
-    return RunAs(model, execution).eval()  # eval as a whole: eval_mode() restores the wrapper's mode, not the model's
+    # eval as a whole: eval_mode() restores the wrapper's mode, not the model's; messages name the model, not RunAs
+    return remember(RunAs(model, execution).eval(), name)
 
 
 def auto_batch_size(model: nn.Module, image_shape: Sequence[int], device: torch.device | str, *, limit: int) -> int:

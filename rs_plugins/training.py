@@ -30,6 +30,7 @@ from .smoothing import call_model, check_images, eval_mode
 from .validation import (
     MAX_SEED,
     CheckedNoise,
+    check_input_shape,
     check_integer,
     check_labels,
     check_logits,
@@ -337,6 +338,7 @@ def _check_data_fits_model(model, dataset, device, memory_format) -> int:
     """
     x = torch.as_tensor(dataset[0][0])[None].to(device).contiguous(memory_format=memory_format)
     check_images(x, "--data images")
+    check_input_shape(model, tuple(x.shape[1:]))
     with torch.no_grad(), eval_mode(model):
         logits = call_model(model, x, first=True)
     check_logits(logits, model, 1)

@@ -26,7 +26,7 @@ from .errors import PluginBuildError, SourceError
 from .provenance import describe
 
 if TYPE_CHECKING:
-    from torch import Tensor
+    from torch import Tensor, nn
 
 MAX_SEED = 2**63 - 1
 TRUST_FLAG = "--trust-model-file"
@@ -139,6 +139,25 @@ def check_labels(
             f"{where}: label {label} {which} is outside 0..{num_classes - 1}, the classes of a model "
             f"with {num_classes} logits{note}; labels must be class indices of this model"
         )
+
+
+def check_input_shape(model: nn.Module, shape: Sequence[int], where: str = "--data images") -> None:
+    """Refuse images whose (C, H, W) differ from what a network in ``model`` declares as its ``input_shape``.
+
+    The built-in nets declare theirs (None for any size); a model declaring none is not checked here.
+    """
+    for module in model.modules():
+        declared = getattr(module, "input_shape", None)
+        if not isinstance(declared, tuple) or len(declared) != len(shape):
+            continue
+        if any(want is not None and want != got for want, got in zip(declared, shape)):
+            name = describe(model, describe(module, type(module).__name__))
+            text = "x".join("any" if d is None else str(d) for d in declared)
+            found = "x".join(map(str, shape))
+            raise ValueError(
+                f"{where} have shape {found} (CxHxW), but model {name} takes {text}; use data of that shape, or a "
+                f"network made for {found} images (SmallCNN: --model-kwargs '{{\"in_channels\": {shape[0]}}}')"
+            )
 
 
 def check_logits(logits: Tensor, model: object, count: int) -> None:

@@ -203,8 +203,8 @@ def api_case(id, where, given, expect, run):
     return Case(id, where, given, expect, run)
 
 
-CERTIFY = [*MODEL, "--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "2"]
-PREDICT = [*MODEL, "--data", "digits", "--sigma", "0.25", "--n", "20", "--limit", "2"]
+CERTIFY = [*MODEL, "--random-weights", "--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "2"]
+PREDICT = [*MODEL, "--random-weights", "--data", "digits", "--sigma", "0.25", "--n", "20", "--limit", "2"]
 TWO_MODELS = ["--model", "rs_plugins.nets:SmallCNN", "--checkpoint", lambda f: f.ckpt, "--model",
               "rs_plugins.nets:SmallCNN", "--checkpoint", lambda f: f.ckpt, "--model-kwargs", '{"width": 4}']
 TRAIN = [*MODEL, "--data", "digits", "--sigma", "0.25", "--epochs", "1", "--checkpoint-dir", lambda f: f.root / "t"]
@@ -278,7 +278,8 @@ CASES: list[Case] = [
     # labels: checked against the model's number of classes
     cli_case("data-label-minus-one", "certify", "`--data` file with a label -1",
              "has label -1; labels are class indices 0..K-1 (-1 means abstain)",
-             *MODEL, "--data", lambda f: f.minus_one, "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
+             *MODEL, "--random-weights", "--data", lambda f: f.minus_one, "--sigma", "0.25",
+             "--out", lambda f: f.root / "u.tsv"),
     cli_case("data-label-42", "certify", "`--data` file with a label 42, 10-class model",
              "label 42 of image 1 is outside 0..9, the classes of a model with 10 logits",
              *CERTIFY[:-2], "--data", lambda f: f.label_42, "--out", lambda f: f.root / "u.tsv"),
@@ -298,17 +299,20 @@ CASES: list[Case] = [
              "label 3 / predict 42 is not one of the model's 10 classes", lambda f: f.bad_class),
     # models that misbehave
     cli_case("nan-logits", "certify", "a model whose logits are NaN",
-             "returned non-finite logits (NaN or inf) on noisy inputs", "--model", "test_bad_input:NaNModel",
+             "returned non-finite logits (NaN or inf) on noisy inputs", "--random-weights",
+             "--model", "test_bad_input:NaNModel",
              "--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "1",
              "--out", lambda f: f.root / "nan.tsv"),
     api_case("api-nan-logits", "`cohen_certify`", "a model whose logits are NaN",
              "model NaNModel returned non-finite logits",
              lambda f: cohen_certify(NaNModel(), x1(), GaussianNoise(0.25), n0=10, n=20)),
     cli_case("wrong-channels", "certify", "3-channel `--data` for a 1-channel model",
-             "failed on images of shape (3, 8, 8) (channels, height, width)", *CERTIFY[:-2],
+             "--data images have shape 3x8x8 (CxHxW), but model 'rs_plugins.nets:SmallCNN' takes 1xanyxany",
+             *CERTIFY[:-2],
              "--data", lambda f: f.rgb, "--checkpoint", lambda f: f.ckpt, "--out", lambda f: f.root / "rgb.tsv"),
     cli_case("train-wrong-channels", "train", "3-channel `--data` for a 1-channel model",
-             "failed on images of shape (3, 8, 8)", *MODEL, "--data", lambda f: f.rgb, "--sigma", "0.25",
+             "--data images have shape 3x8x8 (CxHxW), but model 'rs_plugins.nets:SmallCNN' takes 1xanyxany", *MODEL,
+             "--data", lambda f: f.rgb, "--sigma", "0.25",
              "--epochs", "1", "--checkpoint-dir", lambda f: f.root / "train_rgb"),
     api_case("api-wrong-channels", "`SmoothedClassifier.certify`", "a 3-channel image for a 1-channel model",
              "model SmallCNN failed on images of shape (3, 8, 8)",
@@ -371,11 +375,12 @@ CASES: list[Case] = [
     cli_case("mixer-option-unknown", "certify", "`--mixer mean --mixer-option weight=2`",
              "mixer 'mean' from plugin broken_plugin has no option 'weight' (--mixer-option); accepted: weights",
              "--model", "rs_plugins.nets:SmallCNN", "--model", "rs_plugins.nets:SmallCNN", "--mixer", "mean",
-             "--mixer-option", "weight=2", "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "o.tsv"),
+             "--random-weights", "--mixer-option", "weight=2", "--data", "digits", "--sigma", "0.25",
+             "--out", lambda f: f.root / "o.tsv"),
     cli_case("model-kwargs-unknown", "certify", "`--model-kwargs '{\"depth\": 3}'`",
              "--model-kwargs depth: not an option of --model rs_plugins.nets:SmallCNN; accepted: in_channels, "
              "num_classes, width", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"depth": 3}',
-             "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "o.tsv"),
+             "--random-weights", "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "o.tsv"),
     api_case("api-noise-option-unknown", "`Host.noise`", "`host.noise('gaussian', sigma=0.25, scale=2)`",
              "has no option 'scale' (--noise-option); accepted: sigma",
              lambda f: host().noise("gaussian", sigma=0.25, scale=2)),
@@ -476,6 +481,17 @@ CASES: list[Case] = [
     api_case("api-mix-scale", "`Host.mixer`", "`mixer('mix', [g, h], rob_scale=0)`",
              "--mixer-option rob_scale must be a finite number > 0; got 0",
              lambda f: host().mixer("mix", [small(), small()], rob_scale=0)),
+    # issue 21: untrained or mismatched models
+    cli_case("untrained-factory", "certify", "a factory `--model` without `--checkpoint`",
+             "has no --checkpoint, so it would be evaluated with random initial weights; give --checkpoint FILE",
+             *MODEL, "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
+    cli_case("untrained-factory-predict", "predict", "a factory `--model` without `--checkpoint`",
+             "or --random-weights to evaluate it untrained", *MODEL, "--data", "digits", "--sigma", "0.25",
+             "--out", lambda f: f.root / "u.tsv"),
+    cli_case("data-shape-mismatch", "train", "`--model rs_plugins.nets:cifar_resnet110 --data digits`",
+             "--data images have shape 1x8x8 (CxHxW), but model 'rs_plugins.nets:cifar_resnet110' takes 3x32x32",
+             "--model", "rs_plugins.nets:cifar_resnet110", "--data", "digits", "--sigma", "0.25", "--epochs", "1",
+             "--checkpoint-dir", lambda f: f.root / "t"),
 ]
 # fmt: on
 

@@ -45,7 +45,8 @@ def test_the_wheel_installs_with_an_extra_and_runs_the_demo_outside_the_checkout
     pip = [python, "-m", "pip", "install", "--no-index", "--find-links", str(wheel.parent), "-q"]
     # --no-deps: the dependencies are this environment's (pip's resolver would ask the index for torch's CUDA
     # libraries); the extra's requirement is checked in the installed metadata instead.
-    done = subprocess.run([*pip, "--no-deps", "--force-reinstall", f"{wheel}[smoothmix]"], capture_output=True, text=True)
+    install = [*pip, "--no-deps", "--force-reinstall", f"{wheel}[smoothmix]"]
+    done = subprocess.run(install, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     requires = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.requires('rs-plugins'))"],
                               capture_output=True, text=True, check=True).stdout  # fmt: skip

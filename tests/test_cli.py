@@ -489,3 +489,27 @@ def test_certify_progress_counts_samples_per_pass_with_images_and_cost(capsys, t
     code, _, err = run_cli(capsys, *argv)
     assert code == 0
     assert "120/120" in err and "sample" in err and "2/2 img" in err and "s/img" in err
+
+
+def test_demo_help_plugins_forms_and_demo_messages_speak_of_the_demo_options(capsys, tmp_path):
+    """Issue 21 items 10 and 11: demo --help has text, plugins lists the --model/--data forms, and demo's
+    messages name its own --out-dir, not the --checkpoint-dir it does not have."""
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = capsys.readouterr().out
+    assert "Runs the two commands" in text and "CERTIFY's estimation samples" in text
+    code, listing, _ = run_cli(capsys, "plugins")
+    assert code == 0
+    assert "package.module:factory" in listing and "cifar10:<root>" in listing
+    demo = ["demo", "--epochs", "1", "--n", "20", "--every", "200", "--device", "cpu", "--out-dir", tmp_path]
+    assert run_cli(capsys, *demo)[0] == 0
+    code, _, err = run_cli(capsys, *demo, "--sigma", "0.5")
+    assert code == 2 and "another --out-dir" in err and "another --checkpoint-dir" not in err
+
+
+def test_missing_torchvision_data_does_not_advise_download_true():
+    from rs_plugins.data import _not_on_disk
+
+    err = RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+    message = str(_not_on_disk("cifar10", "data", "data/cifar-10-batches-py", err, "run X"))
+    assert "download=True to download it" not in message and "Dataset not found or corrupted" in message

@@ -138,7 +138,9 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution (the certificate is of the model as run)")
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast dtype (default fp32)")
     g.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and inputs")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (first batches compile it)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model: compiling costs time up front, "
+                   "which pays off on a GPU over long runs (hundreds of images at N = 100000), not on a CPU or "
+                   "for a few images (an 18-image CPU run was 4x slower)")  # fmt: skip
 
 
 def execution_from_args(args: argparse.Namespace) -> Execution:

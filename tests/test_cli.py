@@ -513,3 +513,23 @@ def test_missing_torchvision_data_does_not_advise_download_true():
     err = RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
     message = str(_not_on_disk("cifar10", "data", "data/cifar-10-batches-py", err, "run X"))
     assert "download=True to download it" not in message and "Dataset not found or corrupted" in message
+
+
+def test_a_cli_row_is_reproduced_from_python_as_the_docs_say(capsys, tmp_path, checkpoint):
+    """Issue 21 item 11 (docs/index.md): image_generator(seed, idx) and the CLI's sampling settings give the row."""
+    import rs_plugins as rs
+    from rs_plugins.runner import image_generator
+
+    out = tmp_path / "c.tsv"
+    assert run_cli(capsys, *certify_argv(checkpoint, out, "--start", "7", "--limit", "2", "--seed", "3"))[0] == 0
+    _, rows = read_tsv(out)
+    host = rs.Host()
+    model = host.load_model(rs.ModelRequest("rs_plugins.nets:SmallCNN", checkpoint=str(checkpoint),
+                                            kwargs={"width": 8}))  # fmt: skip
+    data = host.load_data(rs.DataRequest("digits", "test"))
+    smoothed = rs.SmoothedClassifier(model, host.noise("gaussian", sigma=0.25), host.certifier("cohen"))
+    for row in rows:
+        i = int(row["idx"])
+        cert = smoothed.certify(data[i][0], n0=10, n=200, alpha=0.001, batch_size=1000,
+                                generator=image_generator(3, i, "cpu"))  # fmt: skip
+        assert (cert.prediction, f"{cert.radius:.4}") == (int(row["predict"]), f"{float(row['radius']):.4}")

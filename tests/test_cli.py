@@ -445,7 +445,7 @@ def test_demo_trains_certifies_and_shows_the_commands(capsys, tmp_path):
 def test_demo_with_fewer_samples_than_the_default_n0(capsys, monkeypatch):
     """``demo --n 50`` must not hand certify its default --n0 100, which exceeds --n."""
     ran = []
-    monkeypatch.setattr(cli, "main", lambda argv: ran.append(build_parser().parse_args(argv)) or 0)
+    monkeypatch.setattr(cli.plugins, "_run_step", lambda argv: ran.append(build_parser().parse_args(argv)) or 0)
     assert cli.cmd_demo(build_parser().parse_args(["demo", "--n", "50", "--out-dir", "unused"])) == 0
     capsys.readouterr()
     certify = next(args for args in ran if args.command == "certify")

@@ -116,15 +116,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
             str(out / "summary.json"),
         ],
     ]
-    from . import build_parser  # the package's, looked up now
-
     for step in steps:
         print("$ rs-plugins " + shlex.join(step), flush=True)
-        parsed = build_parser().parse_args(step)
-        try:
-            code = parsed.func(parsed)
-        except (RsPluginError, ValueError, OSError) as err:  # the step's folder is the demo's --out-dir
-            raise ValueError(str(err).replace("another --checkpoint-dir", "another --out-dir")) from err
+        code = _run_step(step)
         if code:
             return code
     return 0
+
+
+def _run_step(argv: list[str]) -> int:
+    """One of the demo's commands; its messages name the demo's --out-dir, not the step's --checkpoint-dir."""
+    from . import build_parser  # the package's, looked up now
+
+    parsed = build_parser().parse_args(argv)
+    try:
+        return parsed.func(parsed)
+    except (RsPluginError, ValueError, OSError) as err:
+        raise ValueError(str(err).replace("another --checkpoint-dir", "another --out-dir")) from err

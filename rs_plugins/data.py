@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,7 +109,11 @@ def load_tensor_file(path: str) -> TensorDataset:
         msg = f"--data: {path} has {len(x)} images but {len(y)} labels; expected one label per image"
         raise SourceError(msg)
     if len(y) and int(y.min()) < 0:
-        msg = f"--data: {path} has label {int(y.min())}; labels are class indices 0..K-1 (-1 means abstain)"
+        first = int((y < 0).nonzero()[0, 0])
+        msg = (
+            f"--data: {path} has label {int(y[first])} (image {first}); labels must be integers in 0..K-1, the "
+            "classes of the model (-1 means abstain, never a class)"
+        )
         raise SourceError(msg)
     return TensorDataset(x.float(), y.long())
 
@@ -124,8 +129,9 @@ def _torchvision(form: str):
 
 
 def _not_on_disk(form: str, root: str, what: str, err: Exception, fetch: str) -> SourceError:
+    found = re.sub(r"\.?\s*You can use download=True to download it\.?", "", str(err))  # torchvision's advice
     msg = (
-        f"--data {form}:{root}: {what} is missing or corrupt ({err}). It must already be there: nothing is "
+        f"--data {form}:{root}: {what} is missing or corrupt ({found}). It must already be there: nothing is "
         f"downloaded at run time. On a machine with internet, {fetch} and copy the folder here."
     )
     return SourceError(msg)

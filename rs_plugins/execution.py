@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from .provenance import describe, remember
 from .training import PRECISIONS
 
 CPU_AUTO_BATCH = 400
@@ -117,6 +118,7 @@ def prepare_model(model: nn.Module, device: torch.device | str, execution: Execu
     execution = execution or Execution()
     device = torch.device(device)
     memory_format = torch.channels_last if execution.channels_last else torch.preserve_format
+    name = describe(model, type(model).__name__)
     folded = 0
     if execution.compile:
         model = copy.deepcopy(model).eval()
@@ -125,7 +127,8 @@ def prepare_model(model: nn.Module, device: torch.device | str, execution: Execu
     if execution.compile:
         options = dict(torch._inductor.list_mode_options(execution.compile_mode)) | {"freezing": True}
         model = torch.compile(model, options=options)  # freezing: weights become constants (inference only)
-    wrapper = RunAs(model, execution).eval()  # eval as a whole: eval_mode() restores the wrapper's mode
+    # eval as a whole: eval_mode() restores the wrapper's mode, not the model's; messages name the model, not RunAs
+    wrapper = remember(RunAs(model, execution).eval(), name)
     wrapper.folded = folded
     return wrapper
 
@@ -231,8 +234,10 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     precision_help += " native bf16 (default fp32)"
     g.add_argument("--precision", default="fp32", choices=list(PRECISION_CHOICES), help=precision_help)
     g.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and inputs")
-    compile_help = "inference fast path: BatchNorm folded into the convolutions, then torch.compile with frozen"
-    g.add_argument("--compile", action="store_true", help=compile_help + " weights (the first batches compile it)")
+    compile_help = ("inference fast path: BatchNorm folded into the convolutions, then torch.compile with frozen "
+                    "weights; compiling costs time up front, which pays off on a GPU over long runs (hundreds of "
+                    "images at N = 100000), not on a CPU or for a few images (an 18-image CPU run was 4x slower)")
+    g.add_argument("--compile", action="store_true", help=compile_help)
     mode_help = "torch.compile mode with --compile; reduce-overhead and max-autotune record CUDA graphs on CUDA"
     g.add_argument(
         "--compile-mode", default="default", choices=list(COMPILE_MODES), help=f"{mode_help} (default: default)"

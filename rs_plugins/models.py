@@ -168,7 +168,7 @@ def load_state_dict_file(path: str) -> dict[str, Tensor]:
     Read with ``weights_only=True``: a whole pickled ``nn.Module`` is refused, with how to save a state dict.
     A leading ``"module."`` (left by DistributedDataParallel) is removed from every key.
     """
-    expected = f"a state dict (parameter names to tensors); {STATE_DICT_HINT}"
+    expected = f"a state dict written by rs-plugins train (model.pt) or torch.save; {STATE_DICT_HINT}"
     found = load_weights_only(path, "--checkpoint", expected)
     for key in ("model", "state_dict"):
         if isinstance(found, dict) and isinstance(found.get(key), dict):
@@ -209,12 +209,38 @@ def load_factory(target: str, *, checkpoint: str | None, kwargs: dict[str, Any])
         msg = f"--model {target} returned a {type(model).__name__}; expected a torch.nn.Module"
         raise SourceError(msg)
     if checkpoint is not None:
+        state = load_state_dict_file(checkpoint)
         try:
-            model.load_state_dict(load_state_dict_file(checkpoint), strict=True)
+            model.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            msg = f"--checkpoint {checkpoint} does not fit --model {target}: {err}"
+            given = f" --model-kwargs {kwargs}" if kwargs else ""
+            msg = f"--checkpoint {checkpoint} does not fit --model {target}{given}: {_state_dict_diff(model, state)}"
             raise SourceError(msg) from err
     return model
+
+
+def _state_dict_diff(model: nn.Module, state: dict[str, Tensor], show: int = 3) -> str:
+    """Which keys and shapes of ``state`` differ from ``model``'s, a few of each, instead of torch's full dump."""
+    own = model.state_dict()
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:show]) + (f" and {len(keys) - show} more" if len(keys) > show else "")
+
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    parts = [f"{len(missing)} keys missing ({some(missing)})"] if missing else []
+    parts += [f"{len(unexpected)} unexpected keys ({some(unexpected)})"] if unexpected else []
+    parts += [f"{len(shapes)} shapes differ (checkpoint vs model: {some(shapes)})"] if shapes else []
+    what = "; ".join(parts) or "the values do not load"
+    return (
+        f"{what}. The checkpoint was probably saved from another architecture or other --model-kwargs; give the "
+        "--model and --model-kwargs it was trained with"
+    )
 
 
 def _check_file(path: str, form: str) -> None:

@@ -1,4 +1,8 @@
-"""Small built-in networks: the default model for the ``digits`` demo, and an input-normalization layer."""
+"""Small built-in networks: the default model for the ``digits`` demo, and an input-normalization layer.
+
+Each network declares the images it takes as ``input_shape`` (C, H, W; None for any size), which the runner and
+the training loop check the data against before any work (``validation.check_input_shape``).
+"""
 
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ class SmallCNN(nn.Module):
             nn.Flatten(),
         )
         self.head = nn.Linear(8 * w, num_classes)
+        self.input_shape = (in_channels, None, None)  # any size of at least 2x2
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
@@ -115,6 +120,7 @@ class CifarResNet(nn.Module):
                 width = channels
         self.blocks = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+        self.input_shape = (in_channels, 32, 32)  # the CIFAR images it is designed for
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.blocks(self.stem(x)))
@@ -166,6 +172,7 @@ class LeNet(nn.Module):
             nn.Flatten(),
         )
         self.head = nn.Sequential(nn.Linear(4 * 4 * 50, 500), nn.ReLU(), nn.Linear(500, num_classes))
+        self.input_shape = (1, 28, 28)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
@@ -209,4 +216,6 @@ def resnet50(num_classes: int = 1000, normalize: str = "imagenet") -> nn.Module:
 
         msg = f"--model rs_plugins.nets:resnet50 needs torchvision: pip install 'rs-plugins[cifar]' ({err})"
         raise MissingDependencyError(msg) from err
-    return _normalized(torchvision_resnet50(weights=None, num_classes=num_classes), normalize)
+    net = torchvision_resnet50(weights=None, num_classes=num_classes)
+    net.input_shape = (3, 224, 224)  # the papers' 224x224 crops (``--data imagenet:<root>`` makes them)
+    return _normalized(net, normalize)

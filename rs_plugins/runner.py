@@ -39,8 +39,16 @@ from .report import (
     read_sidecar,
     sidecar_path,
 )
-from .smoothing import call_model, check_images, check_sampling, cohen_predict, eval_mode, sample_counts
-from .validation import MAX_SEED, check_certificates, check_integer, check_labels, check_logits
+from .smoothing import (
+    call_model,
+    check_images,
+    check_sampling,
+    cohen_predict,
+    eval_mode,
+    reporting_passes,
+    sample_counts,
+)
+from .validation import MAX_SEED, check_certificates, check_input_shape, check_integer, check_labels, check_logits
 
 if TYPE_CHECKING:
     from torch import nn
@@ -96,6 +104,7 @@ def check_dataset(model: nn.Module, dataset: Dataset, indices: Sequence[int], de
     device = torch.device(device)
     x = torch.as_tensor(dataset[indices[0]][0])[None].to(device)
     check_images(x, "--data images")
+    check_input_shape(model, tuple(x.shape[1:]))
     with eval_mode(model):
         logits = call_model(model, x, first=True)
     check_logits(logits, model, 1)
@@ -121,17 +130,25 @@ def _batches(indices: Sequence[int], size: int):
         yield indices[start : start + size]
 
 
-def _run(decide, model, dataset, results, indices, *, group, desc, seed, device, progress) -> list[Row]:
+def _run(decide, model, dataset, results, indices, *, group, per_image, desc, seed, device, progress) -> list[Row]:
     """Apply ``decide(x, generators, labels, num_classes) -> [(prediction, radius, samples)]`` to pending images
-    in groups, appending rows."""
+    in groups, appending rows. The bar counts samples (``per_image`` planned per image) and moves per forward pass."""
     check_integer("seed", seed, minimum=0, maximum=MAX_SEED)
     if not indices:
         return results.rows  # e.g. a process's empty share of a sharded run
     num_classes = check_dataset(model, dataset, indices, device)
     pending = [i for i in indices if i not in results.done]
-    with tqdm(
-        total=len(indices), initial=len(indices) - len(pending), desc=desc, unit="img", disable=not progress
-    ) as bar:
+    done = len(indices) - len(pending)
+    bar = tqdm(
+        total=len(indices) * per_image,
+        initial=done * per_image,
+        desc=desc,
+        unit="sample",
+        unit_scale=True,
+        disable=not progress,
+    )
+    with bar, reporting_passes(bar.update):
+        bar.set_postfix_str(f"{done}/{len(indices)} img")
         for chunk in _batches(pending, group):
             x, labels = _images(dataset, chunk, device, num_classes)
             generators = [image_generator(seed, i, device) for i in chunk]
@@ -140,7 +157,9 @@ def _run(decide, model, dataset, results, indices, *, group, desc, seed, device,
             seconds = (time.perf_counter() - start) / len(chunk)
             for i, label, (prediction, radius, samples) in zip(chunk, labels, outcomes):
                 results.append(Row(i, label, prediction, radius, prediction == label, seconds, samples))
-            bar.update(len(chunk))
+            done += len(chunk)
+            bar.n = done * per_image  # a certifier may draw fewer than planned (early stopping) or more (checks)
+            bar.set_postfix_str(f"{done}/{len(indices)} img, {seconds:.2g} s/img")
     return results.rows
 
 
@@ -183,7 +202,7 @@ def certify_dataset(
         return [(c.prediction, c.radius, n0 + n if c.samples is None else c.samples) for c in certificates]
 
     group = getattr(certifier, "images_per_call", None) or max(1, min(MAX_IMAGES_PER_CALL, batch_size // n0))
-    options = dict(group=group, desc="certify", seed=seed, device=device, progress=progress)
+    options = dict(group=group, per_image=n0 + n, desc="certify", seed=seed, device=device, progress=progress)
     return _run(decide, model, dataset, results, indices, **options)
 
 
@@ -210,7 +229,7 @@ def predict_dataset(
         return [(p, 0.0, n) for p in predictions]
 
     group = max(1, min(MAX_IMAGES_PER_CALL, batch_size // n))
-    options = dict(group=group, desc="predict", seed=seed, device=device, progress=progress)
+    options = dict(group=group, per_image=n, desc="predict", seed=seed, device=device, progress=progress)
     return _run(decide, model, dataset, results, indices, **options)
 
 

@@ -9,8 +9,9 @@ top two classes. With probability at least 1 - alpha, each output either abstain
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -107,18 +108,41 @@ def _per_image(generator, count: int) -> list[torch.Generator | None]:
     return generators
 
 
+_ON_PASS: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar("on_pass", default=None)
+
+
+@contextlib.contextmanager
+def reporting_passes(on_pass: Callable[[int], None]) -> Iterator[None]:
+    """Within this block, every ``sample_counts`` call without its own ``on_pass`` reports each forward pass to
+    ``on_pass(samples)``: how the runner's progress bar moves per pass through any certifier."""
+    token = _ON_PASS.set(on_pass)
+    try:
+        yield
+    finally:
+        _ON_PASS.reset(token)
+
+
 @torch.no_grad()
 def sample_counts(
-    model: nn.Module, x: Tensor, noise: NoiseSampler, num: int, *, batch_size: int, generator=None
+    model: nn.Module,
+    x: Tensor,
+    noise: NoiseSampler,
+    num: int,
+    *,
+    batch_size: int,
+    generator=None,
+    on_pass: Callable[[int], None] | None = None,
 ) -> Tensor:
     """Count the base classifier's top-1 class over ``num`` noisy copies of each image.
 
     The noise is drawn on ``x``'s device and the counts stay there until the end: one copy to the CPU per call.
+    ``on_pass(samples)`` (default: the one set by ``reporting_passes``) is called after each forward pass.
 
     Shape:
         x: (B, C, H, W). returns: (B, K) int64 counts on the CPU.
     """
     generators = _per_image(generator, len(x))
+    on_pass = on_pass or _ON_PASS.get()
     counts = None
     finite = None
     for number, segments in enumerate(_plan(len(x), num, batch_size)):
@@ -128,6 +152,8 @@ def sample_counts(
         start = segments[0][0]  # _plan's passes hold consecutive images: no index list to copy to the device
         counts[start : start + len(segments)] += segment_counts
         finite = segment_finite if finite is None else finite & segment_finite
+        if on_pass is not None:
+            on_pass(sum(c for _, c in segments))
     check_finite_logits(finite, model)
     return counts.cpu()
 

@@ -31,6 +31,7 @@ from .smoothing import call_model, check_images, eval_mode
 from .validation import (
     MAX_SEED,
     CheckedNoise,
+    check_input_shape,
     check_integer,
     check_labels,
     check_logits,
@@ -299,6 +300,17 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
     targets = example_targets(loss, dataset, num_classes)
     positions = base_indices(dataset)[1]
     start_epoch = _resume(directory, recorded, model, optimizer, scheduler, scaler, device)
+    if start_epoch > config.epochs:  # the checkpoint is past the requested epoch: its weights are not those
+        msg = (
+            f"--epochs {config.epochs}: {directory / CHECKPOINT} already holds {start_epoch} epochs, and the weights "
+            f"of epoch {config.epochs} are not kept; give --epochs {start_epoch} or more, or another --checkpoint-dir"
+        )
+        raise ValueError(msg)
+    if start_epoch and world.main:  # said even with --no-progress: a rerun must not look like a fresh run
+        if start_epoch == config.epochs:
+            tqdm.write(f"{directory / CHECKPOINT}: finished, all {start_epoch} epochs trained; nothing to do")
+        else:
+            tqdm.write(f"{directory / CHECKPOINT}: resuming after epoch {start_epoch} of {config.epochs}")
     log = _read_log(directory)[:start_epoch]
     chunks = int(getattr(loss, "chunks", 1))
     flags = [p.requires_grad for p in model.parameters()]
@@ -344,8 +356,8 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
                 scaler.update()
                 # Summed as tensors on the device: reading a value every step would stall a GPU.
                 sums["loss"] += out.loss.detach() * len(cx)
-                for name, value in out.parts.items():
-                    sums[name] += (value.detach() if torch.is_tensor(value) else float(value)) * len(cx)
+                for name, value in out.parts.items():  # prefixed: a part never shares a column with clean_acc
+                    sums[f"loss_{name}"] += (value.detach() if torch.is_tensor(value) else float(value)) * len(cx)
                 sums["images"] += len(cx)
             if show and sums["images"] and (step % 10 == 0 or step == len(loader) - 1):
                 means = {k: f"{float(v) / sums['images']:.3f}" for k, v in sums.items() if k != "images"}
@@ -392,6 +404,7 @@ def _check_data_fits_model(model, dataset, device, memory_format) -> int:
     """
     x = torch.as_tensor(dataset[0][0])[None].to(device).contiguous(memory_format=memory_format)
     check_images(x, "--data images")
+    check_input_shape(model, tuple(x.shape[1:]))
     with torch.no_grad(), eval_mode(model):
         logits = call_model(model, x, first=True)
     check_logits(logits, model, 1)

@@ -26,7 +26,7 @@ from .errors import PluginBuildError, SourceError
 from .provenance import describe
 
 if TYPE_CHECKING:
-    from torch import Tensor
+    from torch import Tensor, nn
 
 MAX_SEED = 2**63 - 1
 TRUST_FLAG = "--trust-model-file"
@@ -137,8 +137,28 @@ def check_labels(
         note = " (-1 is the abstention value, never a class)" if label == -1 else ""
         raise ValueError(
             f"{where}: label {label} {which} is outside 0..{num_classes - 1}, the classes of a model "
-            f"with {num_classes} logits{note}; labels must be class indices of this model"
+            f"with {num_classes} logits{note}; labels must be integers in 0..{num_classes - 1} for this "
+            f"{num_classes}-class model"
         )
+
+
+def check_input_shape(model: nn.Module, shape: Sequence[int], where: str = "--data images") -> None:
+    """Refuse images whose (C, H, W) differ from what a network in ``model`` declares as its ``input_shape``.
+
+    The built-in nets declare theirs (None for any size); a model declaring none is not checked here.
+    """
+    for module in model.modules():
+        declared = getattr(module, "input_shape", None)
+        if not isinstance(declared, tuple) or len(declared) != len(shape):
+            continue
+        if any(want is not None and want != got for want, got in zip(declared, shape)):
+            name = describe(model, describe(module, type(module).__name__))
+            text = "x".join("any" if d is None else str(d) for d in declared)
+            found = "x".join(map(str, shape))
+            raise ValueError(
+                f"{where} have shape {found} (CxHxW), but model {name} takes {text}; use data of that shape, or a "
+                f"network made for {found} images (SmallCNN: --model-kwargs '{{\"in_channels\": {shape[0]}}}')"
+            )
 
 
 def check_logits(logits: Tensor, model: object, count: int) -> None:
@@ -162,7 +182,8 @@ def check_finite_logits(all_finite: Tensor | bool, model: object) -> None:
         name = describe(model, type(model).__name__)
         raise ValueError(
             f"model {name} returned non-finite logits (NaN or inf) on noisy inputs; its predictions would be "
-            "meaningless, so nothing is certified (check the weights, e.g. a diverged checkpoint)"
+            "meaningless, so nothing is certified. A model must return finite logits for images in [0, 1] (check "
+            "the weights, e.g. a diverged checkpoint)"
         )
 
 
@@ -247,9 +268,11 @@ def _creatable(path: Path, option: str) -> None:
     for parent in path.absolute().parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ValueError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+                msg = f"{option} {path}: {parent} is a regular file, not a folder; give a path in a writable folder"
+                raise ValueError(msg)
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise ValueError(f"{option} {path}: cannot create it, {parent} is not writable")
+                msg = f"{option} {path}: cannot create it, {parent} is not writable (permission denied); give a path"
+                raise ValueError(msg + " in a folder you can write to")
             return
 
 
@@ -262,7 +285,7 @@ def check_output_file(path: str | os.PathLike | None, option: str) -> None:
         raise ValueError(f"{option} {path} is a folder; give a file path, e.g. {path / 'results.tsv'}")
     if path.exists():
         if not os.access(path, os.W_OK):
-            raise ValueError(f"{option} {path} is not writable")
+            raise ValueError(f"{option} {path} is not writable (permission denied); give a writable file path")
         return
     _creatable(path, option)
 
@@ -284,9 +307,9 @@ def check_output_dir(path: str | os.PathLike, option: str) -> None:
     path = Path(path)
     if path.exists():
         if not path.is_dir():
-            raise ValueError(f"{option} {path} is a file; give a folder")
+            raise ValueError(f"{option} {path} is a regular file; give a folder (an existing one, or one to create)")
         if not os.access(path, os.W_OK | os.X_OK):
-            raise ValueError(f"{option} {path} is not writable")
+            raise ValueError(f"{option} {path} is not writable (permission denied); give a folder you can write to")
         return
     _creatable(path, option)
 
@@ -351,7 +374,8 @@ def load_weights_only(path: str | os.PathLike, what: str, expected: str) -> Any:
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: (?:GLOBAL )?([\w.]+)", str(err))
         if not found:
-            msg = f"{what}: cannot read {path}; it is damaged or not a torch.save file ({_first_line(err)})"
+            msg = f"{what}: cannot read {path}; it is damaged or not a torch.save file ({_first_line(err)}); expected "
+            msg += expected
             raise SourceError(msg) from err
         msg = (
             f"{what}: {path} holds pickled Python objects ({found[1]}), which are never unpickled because that can "
@@ -359,7 +383,8 @@ def load_weights_only(path: str | os.PathLike, what: str, expected: str) -> Any:
         )
         raise SourceError(msg) from err
     except LOAD_ERRORS as err:
-        msg = f"{what}: cannot read {path}; it is truncated, damaged or not a torch.save file ({_first_line(err)})"
+        msg = f"{what}: cannot read {path}; it is truncated, damaged or not a torch.save file ({_first_line(err)});"
+        msg += f" expected {expected}"
         raise SourceError(msg) from err
 
 

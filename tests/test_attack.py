@@ -353,7 +353,8 @@ def test_readme_attack_commands_parse():
 
 def attack_command(out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "rs_plugins", "attack", "--model", "killable_model:build", "--data", "digits",
+        sys.executable, "-m", "rs_plugins", "attack", "--random-weights", "--model", "killable_model:build",
+        "--data", "digits",
         "--limit", "12", "--batch-size", "4", "--attack", "pgd", "--eps", "0.05", "0.1", "--out", str(out),
         "--device", "cpu", "--no-progress",
     ]  # fmt: skip

@@ -21,10 +21,8 @@ import torch
 from torch import nn
 
 import rs_plugins
-from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict
+from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict, execution, validation
 from rs_plugins.builtin import adaptive, catrs, consistency, gaussian, sources
-from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict, execution
-from rs_plugins.builtin import adaptive, consistency, gaussian, sources
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.errors import RsPluginError
 from rs_plugins.nets import SmallCNN
@@ -140,6 +138,7 @@ class Files:
         self.rgb = self._data("rgb.pt", torch.rand(6, 3, 8, 8), torch.zeros(6, dtype=torch.long))
         self.minus_one = self._data("minus_one.pt", x, torch.tensor([0, 1, -1, 2, 3, 4]))
         self.label_42 = self._data("label_42.pt", x, torch.tensor([0, 42, 1, 2, 3, 4]))
+        self.minus_three = self._data("minus_three.pt", x, torch.tensor([0, 1, 2, -3, 3, 4]))
         self.npz_truncated = root / "truncated.npz"
         np.savez(root / "ok.npz", x=x.numpy(), y=np.zeros(6, dtype=np.int64))
         self.npz_truncated.write_bytes((root / "ok.npz").read_bytes()[:100])
@@ -206,8 +205,8 @@ def api_case(id, where, given, expect, run):
     return Case(id, where, given, expect, run)
 
 
-CERTIFY = [*MODEL, "--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "2"]
-PREDICT = [*MODEL, "--data", "digits", "--sigma", "0.25", "--n", "20", "--limit", "2"]
+CERTIFY = [*MODEL, "--random-weights", "--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "2"]
+PREDICT = [*MODEL, "--random-weights", "--data", "digits", "--sigma", "0.25", "--n", "20", "--limit", "2"]
 TWO_MODELS = ["--model", "rs_plugins.nets:SmallCNN", "--checkpoint", lambda f: f.ckpt, "--model",
               "rs_plugins.nets:SmallCNN", "--checkpoint", lambda f: f.ckpt, "--model-kwargs", '{"width": 4}']
 TRAIN = [*MODEL, "--data", "digits", "--sigma", "0.25", "--epochs", "1", "--checkpoint-dir", lambda f: f.root / "t"]
@@ -215,6 +214,14 @@ TRAIN = [*MODEL, "--data", "digits", "--sigma", "0.25", "--epochs", "1", "--chec
 
 def certify_args(f: Files, *extra) -> list:
     return [*CERTIFY, "--checkpoint", f.ckpt, "--out", f.root / "unused.tsv", *extra]
+
+
+def _denied(check):
+    """Run ``check`` as if no path were writable (the tests may run as root, whom permissions do not stop)."""
+    from unittest import mock
+
+    with mock.patch("os.access", return_value=False):
+        return check()
 
 
 def x1() -> torch.Tensor:
@@ -289,8 +296,9 @@ CASES: list[Case] = [
              "lbd must be a finite number >= 0.0; got nan", lambda f: host().loss("consistency", lbd=float("nan"))),
     # labels: checked against the model's number of classes
     cli_case("data-label-minus-one", "certify", "`--data` file with a label -1",
-             "has label -1; labels are class indices 0..K-1 (-1 means abstain)",
-             *MODEL, "--data", lambda f: f.minus_one, "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
+             "has label -1 (image 2); labels must be integers in 0..K-1, the classes of the model",
+             *MODEL, "--random-weights", "--data", lambda f: f.minus_one, "--sigma", "0.25",
+             "--out", lambda f: f.root / "u.tsv"),
     cli_case("data-label-42", "certify", "`--data` file with a label 42, 10-class model",
              "label 42 of image 1 is outside 0..9, the classes of a model with 10 logits",
              *CERTIFY[:-2], "--data", lambda f: f.label_42, "--out", lambda f: f.root / "u.tsv"),
@@ -310,17 +318,20 @@ CASES: list[Case] = [
              "label 3 / predict 42 is not one of the model's 10 classes", lambda f: f.bad_class),
     # models that misbehave
     cli_case("nan-logits", "certify", "a model whose logits are NaN",
-             "returned non-finite logits (NaN or inf) on noisy inputs", "--model", "test_bad_input:NaNModel",
+             "returned non-finite logits (NaN or inf) on noisy inputs", "--random-weights",
+             "--model", "test_bad_input:NaNModel",
              "--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "1",
              "--out", lambda f: f.root / "nan.tsv"),
     api_case("api-nan-logits", "`cohen_certify`", "a model whose logits are NaN",
              "model NaNModel returned non-finite logits",
              lambda f: cohen_certify(NaNModel(), x1(), GaussianNoise(0.25), n0=10, n=20)),
     cli_case("wrong-channels", "certify", "3-channel `--data` for a 1-channel model",
-             "failed on images of shape (3, 8, 8) (channels, height, width)", *CERTIFY[:-2],
+             "--data images have shape 3x8x8 (CxHxW), but model 'rs_plugins.nets:SmallCNN' takes 1xanyxany",
+             *CERTIFY[:-2],
              "--data", lambda f: f.rgb, "--checkpoint", lambda f: f.ckpt, "--out", lambda f: f.root / "rgb.tsv"),
     cli_case("train-wrong-channels", "train", "3-channel `--data` for a 1-channel model",
-             "failed on images of shape (3, 8, 8)", *MODEL, "--data", lambda f: f.rgb, "--sigma", "0.25",
+             "--data images have shape 3x8x8 (CxHxW), but model 'rs_plugins.nets:SmallCNN' takes 1xanyxany", *MODEL,
+             "--data", lambda f: f.rgb, "--sigma", "0.25",
              "--epochs", "1", "--checkpoint-dir", lambda f: f.root / "train_rgb"),
     api_case("api-wrong-channels", "`SmoothedClassifier.certify`", "a 3-channel image for a 1-channel model",
              "model SmallCNN failed on images of shape (3, 8, 8)",
@@ -383,11 +394,12 @@ CASES: list[Case] = [
     cli_case("mixer-option-unknown", "certify", "`--mixer mean --mixer-option weight=2`",
              "mixer 'mean' from plugin broken_plugin has no option 'weight' (--mixer-option); accepted: weights",
              "--model", "rs_plugins.nets:SmallCNN", "--model", "rs_plugins.nets:SmallCNN", "--mixer", "mean",
-             "--mixer-option", "weight=2", "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "o.tsv"),
+             "--random-weights", "--mixer-option", "weight=2", "--data", "digits", "--sigma", "0.25",
+             "--out", lambda f: f.root / "o.tsv"),
     cli_case("model-kwargs-unknown", "certify", "`--model-kwargs '{\"depth\": 3}'`",
              "--model-kwargs depth: not an option of --model rs_plugins.nets:SmallCNN; accepted: in_channels, "
              "num_classes, width", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"depth": 3}',
-             "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "o.tsv"),
+             "--random-weights", "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "o.tsv"),
     api_case("api-noise-option-unknown", "`Host.noise`", "`host.noise('gaussian', sigma=0.25, scale=2)`",
              "has no option 'scale' (--noise-option); accepted: sigma",
              lambda f: host().noise("gaussian", sigma=0.25, scale=2)),
@@ -395,24 +407,26 @@ CASES: list[Case] = [
     cli_case("out-is-folder", "certify", "`--out` an existing folder", "is a folder; give a file path",
              *CERTIFY, "--out", lambda f: f.folder),
     cli_case("out-under-file", "predict", "`--out` under a regular file",
-             "is a file, not a folder; choose another path",
+             "is a regular file, not a folder; give a path in a writable folder",
              *PREDICT, "--out", lambda f: f.file / "x.tsv"),
     cli_case("plot-is-folder", "certify", "`--plot` an existing folder", "is a folder; give a file path",
              *CERTIFY, "--out", lambda f: f.root / "o.tsv", "--plot", lambda f: f.folder),
-    cli_case("summary-under-file", "certify", "`--summary` under a regular file", "is a file, not a folder",
+    cli_case("summary-under-file", "certify", "`--summary` under a regular file", "is a regular file, not a folder",
              *CERTIFY, "--out", lambda f: f.root / "o.tsv", "--summary", lambda f: f.file / "s.json"),
     cli_case("plot-extension", "certify", "`--plot curve.txt`", "the extension must name an image format, one of .png",
              *CERTIFY, "--out", lambda f: f.root / "o.tsv", "--plot", lambda f: f.root / "curve.txt"),
-    cli_case("checkpoint-dir-is-file", "train", "`--checkpoint-dir` a regular file", "is a file; give a folder",
+    cli_case("checkpoint-dir-is-file", "train", "`--checkpoint-dir` a regular file",
+             "is a regular file; give a folder (an existing one, or one to create)",
              *TRAIN, "--checkpoint-dir", lambda f: f.file),
     cli_case("report-plot-folder", "report", "`--plot` an existing folder", "is a folder; give a file path",
              lambda f: f.foreign, "--plot", lambda f: f.folder),
-    cli_case("demo-out-dir-file", "demo", "`--out-dir` a regular file", "is a file; give a folder", "--out-dir",
+    cli_case("demo-out-dir-file", "demo", "`--out-dir` a regular file",
+             "is a regular file; give a folder (an existing one, or one to create)", "--out-dir",
              lambda f: f.file),
     # files: missing, empty, truncated, the wrong kind
     cli_case("checkpoint-module", "certify", "a whole pickled `nn.Module` as `--checkpoint`",
              "holds pickled Python objects (rs_plugins.nets.SmallCNN), which are never unpickled because that can "
-             "run code; expected a state dict (parameter names to tensors); save one with "
+             "run code; expected a state dict written by rs-plugins train (model.pt) or torch.save; save one with "
              "torch.save(model.state_dict(), path)", *CERTIFY, "--checkpoint", lambda f: f.module,
              "--out", lambda f: f.root / "o.tsv"),
     cli_case("checkpoint-empty", "certify", "an empty `--checkpoint` file", "is empty; expected a state dict",
@@ -506,6 +520,50 @@ CASES: list[Case] = [
     api_case("api-compile-mode", "`Execution`", "`Execution(compile=True, compile_mode='fast')`",
              "--compile-mode must be one of default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs; got",
              lambda f: execution.Execution(compile=True, compile_mode="fast")),
+    # issue 21: untrained or mismatched models
+    cli_case("untrained-factory", "certify", "a factory `--model` without `--checkpoint`",
+             "has no --checkpoint, so it would be evaluated with random initial weights; give --checkpoint FILE",
+             *MODEL, "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
+    cli_case("untrained-factory-predict", "predict", "a factory `--model` without `--checkpoint`",
+             "or --random-weights to evaluate it untrained", *MODEL, "--data", "digits", "--sigma", "0.25",
+             "--out", lambda f: f.root / "u.tsv"),
+    cli_case("data-shape-mismatch", "train", "`--model rs_plugins.nets:cifar_resnet110 --data digits`",
+             "--data images have shape 1x8x8 (CxHxW), but model 'rs_plugins.nets:cifar_resnet110' takes 3x32x32",
+             "--model", "rs_plugins.nets:cifar_resnet110", "--data", "digits", "--sigma", "0.25", "--epochs", "1",
+             "--checkpoint-dir", lambda f: f.root / "t"),
+    # issue 17 "clear errors": each names the option, what was found and what is accepted
+    api_case("out-unwritable", "`check_output_file` (every `--out`)", "`--out` in a folder without write permission",
+             "is not writable (permission denied); give a path in a folder you can write to",
+             lambda f: _denied(lambda: validation.check_output_file(f.root / "new.tsv", "--out"))),
+    api_case("out-file-unwritable", "`check_output_file` (every `--out`)",
+             "`--out` an existing file without write permission",
+             "is not writable (permission denied); give a writable file path",
+             lambda f: _denied(lambda: validation.check_output_file(f.file, "--out"))),
+    cli_case("plot-under-file", "certify", "`--plot` under a regular file",
+             "is a regular file, not a folder; give a path in a writable folder", *CERTIFY,
+             "--out", lambda f: f.root / "o.tsv", "--plot", lambda f: f.file / "p.png"),
+    cli_case("checkpoint-truncated-expected", "certify", "a truncated `--checkpoint`",
+             "expected a state dict written by rs-plugins train (model.pt) or torch.save", *CERTIFY,
+             "--checkpoint", lambda f: f.truncated, "--out", lambda f: f.root / "o.tsv"),
+    cli_case("data-label-minus-three", "certify", "`--data` file with a label -3, 10-class model",
+             "has label -3 (image 3); labels must be integers in 0..K-1", *CERTIFY[:-2],
+             "--data", lambda f: f.minus_three,
+             "--out", lambda f: f.root / "u.tsv"),
+    cli_case("checkpoint-other-kwargs", "certify", "`--checkpoint` of SmallCNN width 4 for `--model-kwargs` width 8",
+             "7 shapes differ (checkpoint vs model: features.0.weight (4, 1, 3, 3) vs (8, 1, 3, 3)", "--model",
+             "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 8}', "--checkpoint", lambda f: f.ckpt,
+             "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
+    cli_case("checkpoint-other-architecture", "certify", "`--checkpoint` of a SmallCNN for `--model ...:lenet`",
+             "keys missing (features.3.weight, features.3.bias, head.0.weight and 3 more); 6 unexpected keys",
+             "--model", "rs_plugins.nets:lenet", "--checkpoint", lambda f: f.ckpt, "--data", "digits",
+             "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
+    cli_case("nan-logits-accepted", "predict", "a model whose logits are NaN",
+             "A model must return finite logits for images in [0, 1]", "--random-weights", "--model",
+             "test_bad_input:NaNModel", "--data", "digits", "--sigma", "0.25", "--n", "20", "--limit", "1",
+             "--out", lambda f: f.root / "nan_predict.tsv"),
+    api_case("api-nan-logits-accepted", "`SmoothedClassifier.predict`", "a model whose logits are NaN",
+             "A model must return finite logits for images in [0, 1]",
+             lambda f: SmoothedClassifier(NaNModel(), GaussianNoise(0.25)).predict(x1()[0], n=20)),
 ]
 # fmt: on
 

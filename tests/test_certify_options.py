@@ -12,7 +12,7 @@ import pytest
 
 from rs_plugins.cli import main
 
-MODEL = ["--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 8}']
+MODEL = ["--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 8}', "--random-weights"]
 
 
 def certify(tmp_path, *extra, name="c.tsv"):

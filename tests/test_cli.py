@@ -211,7 +211,7 @@ def test_certify_resumes_without_recomputing_and_refuses_other_settings(capsys, 
 
 def test_certify_resume_refuses_other_model_kwargs(capsys, tmp_path):
     out = tmp_path / "certify.tsv"
-    base = ["certify", "--model", "rs_plugins.nets:SmallCNN", "--data", "digits", "--sigma", "0.25"]
+    base = ["certify", "--model", "rs_plugins.nets:SmallCNN", "--data", "digits", "--sigma", "0.25", "--random-weights"]
     base += ["--n0", "10", "--n", "100", "--limit", "1", "--out", out, *FAST]
     assert run_cli(capsys, *base, "--model-kwargs", '{"width": 8}')[0] == 0
     before = out.read_bytes()
@@ -313,6 +313,7 @@ def base_argv(tmp_path) -> list[str]:
     """A valid certify command of one image with an untrained model; tests add the one wrong option."""
     return [
         "certify",
+        "--random-weights",
         "--data",
         "digits",
         "--sigma",
@@ -356,6 +357,26 @@ def test_missing_checkpoint(capsys, tmp_path):
     missing = tmp_path / "missing.pt"
     err = user_error(capsys, *base_argv(tmp_path), *SMALL_MODEL, "--checkpoint", missing)
     assert "--checkpoint" in err and str(missing) in err
+
+
+@pytest.mark.parametrize("command", ["certify", "predict", "attack"])
+def test_an_untrained_factory_model_is_refused_unless_random_weights(capsys, tmp_path, command):
+    """Issue 21: a factory without --checkpoint used to certify random weights and exit 0 with a plausible table."""
+    argv = [command, *SMALL_MODEL, "--data", "digits", "--limit", "1", "--out", tmp_path / "o.tsv", *FAST]
+    argv += ["--sigma", "0.25", "--n", "20"] + (["--n0", "10"] if command == "certify" else [])
+    if command == "attack":
+        argv = [a for a in argv if a not in ("--sigma", "0.25", "--n", "20")] + ["--attack", "pgd", "--eps", "0"]
+    err = user_error(capsys, *argv)
+    assert "--random-weights" in err and "--checkpoint" in err and "random initial weights" in err
+    assert not (tmp_path / "o.tsv").exists()
+    assert run_cli(capsys, *argv, "--random-weights")[0] == 0
+
+
+def test_a_built_in_net_refuses_data_of_another_shape(capsys, tmp_path):
+    """cifar_resnet110 (3x32x32) on 1x8x8 digits used to run; now both shapes are named before any work."""
+    argv = ["certify", "--model", "rs_plugins.nets:cifar_resnet110", "--random-weights", "--data", "digits"]
+    err = user_error(capsys, *argv, "--sigma", "0.25", "--limit", "1", "--out", tmp_path / "o.tsv", *FAST)
+    assert "1x8x8" in err and "3x32x32" in err and "rs_plugins.nets:cifar_resnet110" in err
 
 
 def test_unknown_data_form_lists_the_accepted_forms(capsys, tmp_path):
@@ -449,7 +470,7 @@ def test_demo_trains_certifies_and_shows_the_commands(capsys, tmp_path):
 def test_demo_with_fewer_samples_than_the_default_n0(capsys, monkeypatch):
     """``demo --n 50`` must not hand certify its default --n0 100, which exceeds --n."""
     ran = []
-    monkeypatch.setattr(cli, "main", lambda argv: ran.append(build_parser().parse_args(argv)) or 0)
+    monkeypatch.setattr(cli.plugins, "_run_step", lambda argv: ran.append(build_parser().parse_args(argv)) or 0)
     assert cli.cmd_demo(build_parser().parse_args(["demo", "--n", "50", "--out-dir", "unused"])) == 0
     capsys.readouterr()
     certify = next(args for args in ran if args.command == "certify")
@@ -484,3 +505,56 @@ def test_a_technique_option_error_names_the_option(tmp_path, capsys):
     assert main([*argv, "--loss-option", "variant=bogus", "--checkpoint-dir", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert "consistency" in error and "variant must be one of default, xent, kl, mse" in error
+
+
+def test_certify_progress_counts_samples_per_pass_with_images_and_cost(capsys, tmp_path):
+    """Issue 21: the bar counts samples (n0 + n per image), moves per forward pass, and says the cost of a row."""
+    argv = ["certify", *SMALL_MODEL, "--random-weights", "--data", "digits", "--sigma", "0.25", "--n0", "10"]
+    argv += ["--n", "50", "--batch-size", "20", "--limit", "2", "--out", tmp_path / "c.tsv", "--device", "cpu"]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0
+    assert "120/120" in err and "sample" in err and "2/2 img" in err and "s/img" in err
+
+
+def test_demo_help_plugins_forms_and_demo_messages_speak_of_the_demo_options(capsys, tmp_path):
+    """Issue 21 items 10 and 11: demo --help has text, plugins lists the --model/--data forms, and demo's
+    messages name its own --out-dir, not the --checkpoint-dir it does not have."""
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = capsys.readouterr().out
+    assert "Runs the two commands" in text and "CERTIFY's estimation samples" in text
+    code, listing, _ = run_cli(capsys, "plugins")
+    assert code == 0
+    assert "package.module:factory" in listing and "cifar10:<root>" in listing
+    demo = ["demo", "--epochs", "1", "--n", "20", "--every", "200", "--device", "cpu", "--out-dir", tmp_path]
+    assert run_cli(capsys, *demo)[0] == 0
+    code, _, err = run_cli(capsys, *demo, "--sigma", "0.5")
+    assert code == 2 and "another --out-dir" in err and "another --checkpoint-dir" not in err
+
+
+def test_missing_torchvision_data_does_not_advise_download_true():
+    from rs_plugins.data import _not_on_disk
+
+    err = RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+    message = str(_not_on_disk("cifar10", "data", "data/cifar-10-batches-py", err, "run X"))
+    assert "download=True to download it" not in message and "Dataset not found or corrupted" in message
+
+
+def test_a_cli_row_is_reproduced_from_python_as_the_docs_say(capsys, tmp_path, checkpoint):
+    """Issue 21 item 11 (docs/index.md): image_generator(seed, idx) and the CLI's sampling settings give the row."""
+    import rs_plugins as rs
+    from rs_plugins.runner import image_generator
+
+    out = tmp_path / "c.tsv"
+    assert run_cli(capsys, *certify_argv(checkpoint, out, "--start", "7", "--limit", "2", "--seed", "3"))[0] == 0
+    _, rows = read_tsv(out)
+    host = rs.Host()
+    model = host.load_model(rs.ModelRequest("rs_plugins.nets:SmallCNN", checkpoint=str(checkpoint),
+                                            kwargs={"width": 8}))  # fmt: skip
+    data = host.load_data(rs.DataRequest("digits", "test"))
+    smoothed = rs.SmoothedClassifier(model, host.noise("gaussian", sigma=0.25), host.certifier("cohen"))
+    for row in rows:
+        i = int(row["idx"])
+        cert = smoothed.certify(data[i][0], n0=10, n=200, alpha=0.001, batch_size=1000,
+                                generator=image_generator(3, i, "cpu"))  # fmt: skip
+        assert (cert.prediction, f"{cert.radius:.4}") == (int(row["predict"]), f"{float(row['radius']):.4}")

@@ -210,9 +210,9 @@ def test_plugin_tutorial_installs_as_written_and_certifies_l1(tmp_path):
     done = subprocess.run([*pip, "--target", str(target), str(src)], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     env = {k: v for k, v in os.environ.items() if k != "RS_PLUGINS_DISABLE"} | {"PYTHONPATH": str(target)}
-    command = [sys.executable, "-m", "rs_plugins", "certify", "--model", "rs_plugins.nets:SmallCNN", "--data", "digits",
-               "--noise", "my_uniform", "--sigma", "0.5", "--n0", "20", "--n", "50", "--limit", "2", "--out", "u.tsv",
-               "--no-progress"]  # fmt: skip
+    command = [sys.executable, "-m", "rs_plugins", "certify", "--random-weights", "--model", "rs_plugins.nets:SmallCNN",
+               "--data", "digits", "--noise", "my_uniform", "--sigma", "0.5", "--n0", "20", "--n", "50", "--limit", "2",
+               "--out", "u.tsv", "--no-progress"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "l1 radius" in done.stdout

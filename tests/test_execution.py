@@ -245,6 +245,7 @@ def test_cli_records_the_execution_and_refuses_to_mix_precisions(tmp_path, capsy
     out = tmp_path / "c.tsv"
     common = [
         "certify",
+        "--random-weights",
         "--model",
         "rs_plugins.nets:SmallCNN",
         "--data",

@@ -80,7 +80,7 @@ def test_factory_without_checkpoint_uses_kwargs():
 def test_checkpoint_mismatch_is_a_source_error(tmp_path, small):
     path = str(tmp_path / "ckpt.pt")
     torch.save(small.state_dict(), path)
-    match = r"(?s)--checkpoint .* does not fit --model rs_plugins.nets:SmallCNN: .*size mismatch"
+    match = r"--checkpoint .* does not fit --model rs_plugins.nets:SmallCNN --model-kwargs {.width.: 8}: \d+ shapes"
     with pytest.raises(SourceError, match=match):
         load_model(ModelRequest(FACTORY, checkpoint=path, kwargs={"width": 8}))
 

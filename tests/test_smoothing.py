@@ -195,3 +195,29 @@ def test_follows_the_input_device(linear):
     gens = [torch.Generator(device="cuda").manual_seed(0)]
     cert = cohen_certify(model, at(0.4).cuda(), GaussianNoise(SIGMA), n=10_000, generator=gens)[0]
     assert cert.prediction == 1 and cert.radius <= 0.4
+
+
+def test_on_pass_reports_each_forward_pass_and_the_counts_do_not_change():
+    """Issue 21: progress moves per pass. One call per pass, whose sizes sum to every sample drawn."""
+    model, x = tiny_classifier(num_classes=3), torch.rand(3, 1, 8, 8)
+    noise = GaussianNoise(0.25)
+    passes: list[int] = []
+    seeded = [torch.Generator().manual_seed(i) for i in range(3)]
+    counts = sample_counts(model, x, noise, 70, batch_size=32, generator=seeded, on_pass=passes.append)
+    assert passes == [32, 32, 6] * 3  # one image at a time in batch-size chunks, as _plan splits them
+    reseeded = [torch.Generator().manual_seed(i) for i in range(3)]
+    again = sample_counts(model, x, noise, 70, batch_size=32, generator=reseeded)
+    assert torch.equal(counts, again)
+
+
+def test_reporting_passes_reaches_calls_inside_a_certifier():
+    """The runner's bar hears the passes of a certifier that calls sample_counts itself (CERTIFY: n0 then n)."""
+    from rs_plugins.smoothing import reporting_passes
+
+    passes: list[int] = []
+    with reporting_passes(passes.append):
+        cohen_certify(tiny_classifier(num_classes=3), torch.rand(2, 1, 8, 8), GaussianNoise(0.25), n0=10, n=50,
+                      batch_size=25)  # fmt: skip
+    assert sum(passes) == 2 * (10 + 50)
+    sample_counts(tiny_classifier(num_classes=3), torch.rand(1, 1, 8, 8), GaussianNoise(0.25), 5, batch_size=5)
+    assert sum(passes) == 120  # none reported outside the block

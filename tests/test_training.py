@@ -106,7 +106,7 @@ def test_the_loss_decreases(tmp_path, digits):
     _, log = run(tmp_path, digits, epochs=5, batch_size=8, lr=0.05)
     assert [entry["epoch"] for entry in log] == [1, 2, 3, 4, 5]
     first, last = log[0]["loss"], log[-1]["loss"]
-    assert first == pytest.approx(log[0]["xent"])  # Gaussian augmentation's loss is its cross-entropy
+    assert first == pytest.approx(log[0]["loss_xent"])  # Gaussian augmentation's loss is its cross-entropy
     assert last < 0.9 * first, [entry["loss"] for entry in log]
 
 
@@ -308,3 +308,17 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_finite_checkpoint(tm
         run(tmp_path, digits, epochs=3, loss=ExplodingLoss(), **SCHEDULE)
     assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["epoch"] == 1
     assert len(read_log(tmp_path)) == 1
+
+
+def test_resume_says_what_it_resumed_and_refuses_fewer_epochs_than_trained(tmp_path, digits, capsys):
+    """Issue 21: a rerun was silent, and a smaller --epochs returned the later epoch's weights."""
+    run(tmp_path, digits, epochs=1, **SCHEDULE)
+    capsys.readouterr()
+    run(tmp_path, digits, epochs=2, **SCHEDULE)
+    assert "resuming after epoch 1 of 2" in capsys.readouterr().out
+    run(tmp_path, digits, epochs=2, **SCHEDULE)
+    assert "finished, all 2 epochs trained; nothing to do" in capsys.readouterr().out
+    before = (tmp_path / CHECKPOINT).read_bytes()
+    with pytest.raises(ValueError, match=r"--epochs 1: .* already holds 2 epochs.*give --epochs 2 or more"):
+        run(tmp_path, digits, epochs=1, **SCHEDULE)
+    assert (tmp_path / CHECKPOINT).read_bytes() == before

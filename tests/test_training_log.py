@@ -104,3 +104,22 @@ def test_train_command_val_split_and_none(tmp_path, capsys):
     assert "clean_acc" not in _read(tmp_path / "none")[0]
     assert main([*base, "--val-split", "0.1", "--val-data", "digits", "--checkpoint-dir", str(tmp_path / "x")]) == 2
     assert "give --val-split or --val-data, not both" in capsys.readouterr().err
+
+
+class _BatchAccuracyLoss(GaussianAugmentation):
+    """Gaussian augmentation that also reports a part named ``clean_acc``, as SmoothMix's loss does."""
+
+    def __call__(self, model, x, y, noise, **kwargs):
+        out = super().__call__(model, x, y, noise, **kwargs)
+        return type(out)(out.loss, out.parts | {"clean_acc": torch.tensor(-1.0)})
+
+
+def test_a_loss_part_named_clean_acc_keeps_its_own_column(tmp_path, digits):
+    """Issue 21: SmoothMix's batch clean_acc used to replace the held-out clean_acc in train_log.csv."""
+    train_set, test_set = digits
+    config = TrainConfig(epochs=1, batch_size=64, lr=0.1, lr_step=2)
+    train(SmallCNN(width=4), train_set, _BatchAccuracyLoss(), GaussianNoise(0.25), config=config,
+          checkpoint_dir=tmp_path, progress=False, val_data=test_set, val_images=50)  # fmt: skip
+    (row,) = _read(tmp_path)
+    assert float(row["loss_clean_acc"]) == -1.0 and 0 <= float(row["clean_acc"]) <= 1
+    assert float(row["loss_xent"]) > 0 and "xent" not in row

@@ -66,6 +66,13 @@ def _add_model(p: argparse.ArgumentParser, *, several: bool) -> None:
             "--checkpoint", help="state dict (loaded with weights_only=True) for a package.module:factory model"
         )
         g.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for the factory")
+    if several:  # the evaluating commands: a factory without --checkpoint would evaluate random weights
+        g.add_argument(
+            "--random-weights",
+            action="store_true",
+            help="allow a package.module:factory --model without --checkpoint (randomly initialised weights, e.g. for "
+            "benchmarks); without it such a model is refused",
+        )
     g.add_argument("--dataset", default="cifar10", help="RobustBench data set (default cifar10)")
     g.add_argument("--threat-model", default="L2", help="RobustBench threat model (default L2)")
     g.add_argument("--model-dir", default="./models", help="RobustBench checkpoint folder (default ./models)")
@@ -154,7 +161,19 @@ def _kwargs_per_model(args: argparse.Namespace) -> list[dict]:
     return kwargs
 
 
+def _check_trained(args: argparse.Namespace, source: str, checkpoint: str | None) -> None:
+    """Refuse evaluating a factory model without weights: its results would look plausible and mean nothing."""
+    from ..models import FACTORY_PATTERN
+
+    if checkpoint is None and getattr(args, "random_weights", True) is False and FACTORY_PATTERN.match(source):
+        raise ValueError(
+            f"--model {source} has no --checkpoint, so it would be evaluated with random initial weights; give "
+            "--checkpoint FILE (e.g. model.pt from rs-plugins train), or --random-weights to evaluate it untrained"
+        )
+
+
 def _load_model(host: Host, args: argparse.Namespace, source: str, position: int = 0):
+    _check_trained(args, source, _checkpoints(args)[position])
     request = ModelRequest(
         source,
         _checkpoints(args)[position],

@@ -22,6 +22,8 @@ import torch
 from scipy.stats import norm
 from torch import Tensor, nn
 
+from .errors import IncompatibleComponentsError
+from .provenance import describe
 from .smoothing import _per_image, sample_counts
 from .stats import clopper_pearson_lower, clopper_pearson_upper
 from .types import ABSTAIN, Certificate, NoiseSampler
@@ -104,6 +106,13 @@ class MixedCertifier:
         batch_size: int,
         generator=None,
     ) -> list[Certificate]:
+        from .builtin.gaussian import GaussianNoise
+
+        if not isinstance(noise, GaussianNoise):
+            raise IncompatibleComponentsError(
+                "certifier 'mixed' supports noise ['gaussian'] (its robust member is Gaussian-smoothed); "
+                f"got {describe(noise, type(noise).__name__)}"
+            )
         robust, alpha_mix, scale = _robust_member(model)
         generators = _per_image(generator, len(x))
         if self.votes == "hard":

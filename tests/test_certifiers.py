@@ -304,3 +304,31 @@ def test_options_and_noises_are_checked_before_sampling():
         SequentialCertifier(mode="fast")
     with pytest.raises(ValueError, match="split must be in"):
         FengCertifier(split=1.0)
+
+
+def _pairs():
+    host = Host()
+    return [(c, n) for c in host.names("certifier") for n in host.names("noise")]
+
+
+@pytest.mark.parametrize(("certifier", "noise"), _pairs())
+def test_every_certifier_refuses_a_noise_it_has_no_radius_for_from_python(certifier, noise):
+    """Issue 17 item 1: the API refuses an unsupported pair where it is built and where it is called."""
+    from rs_plugins import SmoothedClassifier
+    from rs_plugins.errors import IncompatibleComponentsError
+
+    host = Host()
+    supported = host.component("certifier", certifier).spec.noises
+    built_certifier, built_noise = host.certifier(certifier), host.noise(noise, sigma=0.25)
+    model, image = linear_setting(0.1)
+    if not supported or noise in supported:
+        host.check_compatible(certifier, noise)
+        SmoothedClassifier(model, built_noise, built_certifier)
+        return
+    names = rf"certifier '{certifier}' .*supports noise .*{noise}"
+    with pytest.raises(IncompatibleComponentsError, match=names):
+        host.check_compatible(certifier, noise)
+    with pytest.raises(IncompatibleComponentsError, match=names + ".*from plugin"):
+        SmoothedClassifier(model, built_noise, built_certifier)
+    with pytest.raises(ValueError if certifier == "feng" else IncompatibleComponentsError, match=certifier):
+        built_certifier.certify(model, image[None], built_noise, n0=10, n=20, alpha=0.1, batch_size=20)

@@ -64,7 +64,10 @@ def bernstein_margin(variance, n: int, alpha: float) -> np.ndarray:
     """Maurer & Pontil's (2009, Thm 4) one-sided empirical-Bernstein margin for n >= 2 values in [0, 1].
 
     ``variance`` is the unbiased sample variance; mean ± margin bounds the true mean with probability 1 - alpha.
+    At n = 1 there is no variance estimate and the margin is 1, which bounds any mean in [0, 1].
     """
+    if n < 2:
+        return np.ones_like(np.asarray(variance, dtype=np.float64))
     log = math.log(2 / alpha)
     return np.sqrt(2 * np.asarray(variance, dtype=np.float64) * log / n) + 7 * log / (3 * (n - 1))
 
@@ -131,7 +134,7 @@ class MixedCertifier:
                 p1 = hoeffding_lower(mean[np.arange(len(x)), top], n, alpha / 2)
                 others = hoeffding_upper(mean, n, alpha / (2 * max(k - 1, 1)))
             else:
-                variance = np.maximum(squares.numpy() - n * mean**2, 0) / (n - 1)
+                variance = np.maximum(squares.numpy() - n * mean**2, 0) / max(n - 1, 1)
                 idx = (np.arange(len(x)), top)
                 p1 = mean[idx] - bernstein_margin(variance[idx], n, alpha / 2)
                 others = mean + bernstein_margin(variance, n, alpha / (2 * max(k - 1, 1)))

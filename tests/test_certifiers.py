@@ -206,15 +206,15 @@ def test_bounds_at_edge_counts(n):
     counts=st.lists(st.integers(0, 5000), min_size=2, max_size=10).filter(lambda c: sum(c) > 0),
     alpha=st.floats(1e-5, 0.2),
 )
-def test_feng_radius_is_theorem_1_at_bonferroni_bounds_and_never_below_cohen(counts, alpha):
-    """Recomputed with statsmodels; and with p_B clipped to 1 - p_A,low it is at least Cohen's radius at alpha/2."""
+def test_feng_radius_is_theorem_1_at_one_runner_up_bound_and_never_below_cohen(counts, alpha):
+    """Recomputed with statsmodels (the runner-up bounded at the whole (1 - split) alpha, issue 17); and with p_B clipped to 1 - p_A,low it is at least Cohen's radius at alpha/2."""
     c = torch.tensor([counts])
     top = int(c.argmax())
-    n, k = sum(counts), len(counts)
+    n = sum(counts)
     radius, p_a = feng_radius(c, torch.tensor([top]), sigma=1.0, alpha=alpha)
     low = proportion_confint(counts[top], n, alpha=alpha, method="beta")[0]  # one side at alpha/2
     rest = [m for i, m in enumerate(counts) if i != top]
-    others = [1.0 if m == n else proportion_confint(m, n, alpha=alpha / (k - 1), method="beta")[1] for m in rest]
+    others = [1.0 if m == n else proportion_confint(m, n, alpha=alpha, method="beta")[1] for m in rest]
     p_b = min(max(others), 1 - low)
     assert float(p_a[0]) == pytest.approx(low, abs=1e-12)
     if low > p_b:

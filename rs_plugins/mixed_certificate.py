@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .errors import IncompatibleComponentsError
 from .provenance import describe
-from .smoothing import _per_image, sample_counts
+from .smoothing import _per_image, noise_input, sample_counts
 from .stats import clopper_pearson_lower, clopper_pearson_upper
 from .types import ABSTAIN, Certificate, NoiseSampler
 
@@ -222,7 +222,8 @@ def _soft_sums(model, x, noise, num, batch_size, generators, scale) -> tuple[Ten
         total = square = 0
         for start in range(0, num, batch_size):
             count = min(batch_size, num - start)
-            batch = noise.sample(image.expand(count, *image.shape), generator=generator)
+            clean = noise_input(image.expand(count, *image.shape))
+            batch = noise.sample(clean, generator=generator).to(image.dtype)
             probs = torch.softmax(scale * model(batch).double(), dim=1)
             total = total + probs.sum(0)
             square = square + (probs**2).sum(0)

@@ -144,6 +144,15 @@ def sample_counts(
     return counts.cpu()
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def noise_input(x: Tensor) -> Tensor:
+    """``x`` in float32 if it is bf16 or fp16, so noise is drawn and added in float32 (see docs/guarantees.md);
+    the caller casts the noisy images back to ``x``'s dtype for the model."""
+    return x.float() if x.dtype in LOW_PRECISION else x
+
+
 def _count_segments(
     model: nn.Module,
     x: Tensor,
@@ -163,9 +172,10 @@ def _count_segments(
     """
     draws = []
     for i, c in segments:
-        clean = x[i].expand(c, *x.shape[1:])
+        clean = noise_input(x[i].expand(c, *x.shape[1:]))
         draws.append(noise.sample(clean, generator=generators[i]))
         check_noise_output(draws[-1], clean, noise, values=first)
+        draws[-1] = draws[-1].to(x.dtype)  # low-precision images: rounded after adding, as the model's input
     noisy = draws[0] if len(draws) == 1 else torch.cat(draws)  # one image per pass: no copy
     logits = call_model(model, noisy, first=first)  # (M, K)
     check_logits(logits, model, len(noisy))

@@ -332,3 +332,19 @@ def test_every_certifier_refuses_a_noise_it_has_no_radius_for_from_python(certif
         SmoothedClassifier(model, built_noise, built_certifier)
     with pytest.raises(ValueError if certifier == "feng" else IncompatibleComponentsError, match=certifier):
         built_certifier.certify(model, image[None], built_noise, n0=10, n=20, alpha=0.1, batch_size=20)
+
+
+@pytest.mark.parametrize(("d", "radii"), [(0.9, [10.0]), (2.0, [0.0, 0.25])])
+def test_sequential_best_samples_on_for_the_best_radius(d, radii):
+    """Issue 17 item 8: every table radius out of reach, or all decided at once, stops the default early with a
+    small radius; best=True samples on and certifies more, still within the exact radius d."""
+    model, image = linear_setting(d)
+    kwargs = dict(n0=100, n=20_000, alpha=0.001, batch_size=1000, generator=[torch.Generator().manual_seed(0)])
+    default = SequentialCertifier(radii=radii).certify(model, image[None], GaussianNoise(0.5), **kwargs)[0]
+    kwargs["generator"] = [torch.Generator().manual_seed(0)]
+    best = SequentialCertifier(radii=radii, best=True).certify(model, image[None], GaussianNoise(0.5), **kwargs)[0]
+    assert best.prediction == default.prediction == 1
+    assert best.samples > default.samples and best.radius > default.radius + 0.1 and best.radius <= d
+    assert "best=true" in SequentialCertifier().stopping
+    with pytest.raises(ValueError, match="best must be true or false"):
+        SequentialCertifier(best="yes")

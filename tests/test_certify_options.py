@@ -40,6 +40,8 @@ def test_each_certifier_writes_samples_and_a_summary(capsys, tmp_path, certifier
     assert summary["mean_samples"] == pytest.approx(sum(samples) / 3)
     assert summary["certifier"] == certifier and "class_selection" not in json.dumps(summary)
     assert "samples per image" in capsys.readouterr().out
+    if certifier == "sequential":  # issue 17: the default stopping rule and its cost are stated
+        assert summary["stopping"].startswith("grid (default)") and "best=true" in summary["stopping"]
 
 
 def test_label_selection_is_stated_in_sidecar_summary_and_table(capsys, tmp_path):

@@ -78,5 +78,5 @@ def test_unsupported_pair_and_unknown_option_fail_before_the_model_is_loaded(cap
     assert code == 2 and "certifier 'feng' supports noise ['gaussian']; got 'uniform'" in err
     code, _ = certify(tmp_path, "--certifier", "sequential", "--certifier-option", "tolerance=0.1", *missing)
     err = capsys.readouterr().err
-    accepted = "accepted: mode, radii, tau, beta, first, growth, class_selection"
+    accepted = "accepted: mode, radii, tau, beta, first, growth, class_selection, best"
     assert code == 2 and "has no option 'tolerance' (--certifier-option); " + accepted in err

@@ -113,8 +113,8 @@ class SequentialCertifier:
         beta: float = 0.001,
         first: int = 50,
         growth: float = 1.5,
-        best: bool = False,
         class_selection: str = "n0",
+        best: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")

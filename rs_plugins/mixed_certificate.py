@@ -155,7 +155,6 @@ class MixedCertifier:
         if self.votes == "hard":
             top = sample_counts(robust, x, noise, n0, batch_size=batch_size, generator=generators).argmax(1)
             counts = sample_counts(robust, x, noise, n, batch_size=batch_size, generator=generators).numpy()
-            k = counts.shape[1]
             top = top.numpy()
             p1 = clopper_pearson_lower(counts[np.arange(len(x)), top], n, alpha / 2)
             others = clopper_pearson_upper(counts, n, alpha / 2)
@@ -163,7 +162,6 @@ class MixedCertifier:
             top = _soft_sums(robust, x, noise, n0, batch_size, generators, scale)[0].argmax(1).numpy()
             sums, squares = _soft_sums(robust, x, noise, n, batch_size, generators, scale)
             mean = sums.numpy() / n
-            k = mean.shape[1]
             if self.bound == "hoeffding":
                 p1 = hoeffding_lower(mean[np.arange(len(x)), top], n, alpha / 2)
                 others = hoeffding_upper(mean, n, alpha / 2)

@@ -76,7 +76,13 @@ def test_mixed_certificates_never_exceed_the_exact_radius_beyond_alpha(radius):
     x = image.expand(trials, *image.shape).clone()
     generators = [torch.Generator().manual_seed(i) for i in range(trials)]
     certs = MixedCertifier(radius=radius).certify(
-        Mixture(robust, alpha_mix), x, GaussianNoise(sigma), n0=50, n=500, alpha=ALPHA, batch_size=1000,
+        Mixture(robust, alpha_mix),
+        x,
+        GaussianNoise(sigma),
+        n0=50,
+        n=500,
+        alpha=ALPHA,
+        batch_size=1000,
         generator=generators,
     )
     failures = sum(c.prediction != ABSTAIN and (c.prediction != 1 or c.radius > exact + 1e-9) for c in certs)
@@ -84,7 +90,13 @@ def test_mixed_certificates_never_exceed_the_exact_radius_beyond_alpha(radius):
     assert sum(c.prediction == 1 for c in certs) > 0.9 * trials
     if radius == "tight":  # the same draws with the closed form certify no more
         closed = MixedCertifier(radius="closed_form").certify(
-            Mixture(robust, alpha_mix), x, GaussianNoise(sigma), n0=50, n=500, alpha=ALPHA, batch_size=1000,
+            Mixture(robust, alpha_mix),
+            x,
+            GaussianNoise(sigma),
+            n0=50,
+            n=500,
+            alpha=ALPHA,
+            batch_size=1000,
             generator=[torch.Generator().manual_seed(i) for i in range(trials)],
         )
         assert all(t.radius >= c.radius - 1e-12 for t, c in zip(certs, closed))

@@ -207,7 +207,8 @@ def test_bounds_at_edge_counts(n):
     alpha=st.floats(1e-5, 0.2),
 )
 def test_feng_radius_is_theorem_1_at_one_runner_up_bound_and_never_below_cohen(counts, alpha):
-    """Recomputed with statsmodels (the runner-up bounded at the whole (1 - split) alpha, issue 17); and with p_B clipped to 1 - p_A,low it is at least Cohen's radius at alpha/2."""
+    """Recomputed with statsmodels (the runner-up bounded at the whole (1 - split) alpha, issue 17); and with p_B
+    clipped to 1 - p_A,low it is at least Cohen's radius at alpha/2."""
     c = torch.tensor([counts])
     top = int(c.argmax())
     n = sum(counts)

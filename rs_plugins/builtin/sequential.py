@@ -202,7 +202,7 @@ class SequentialCertifier:
         if self.mode == "tolerance":
             return f"tolerance: each image stops once its radius is within tau={self.tau:g} of what N_max could certify"
         if self.best:
-            return f"grid, best=true: each image stops once the radii are decided and within tau={self.tau:g} of the best"
+            return f"grid, best=true: each image stops once the radii are decided and within tau={self.tau:g} of best"
         return (
             "grid (default): each image stops once every radius of radii is decided, so its radius can be far below "
             "what N_max could certify (ACR too); best=true samples on for it, at more cost"

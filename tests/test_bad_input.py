@@ -476,6 +476,11 @@ CASES: list[Case] = [
     api_case("api-mix-scale", "`Host.mixer`", "`mixer('mix', [g, h], rob_scale=0)`",
              "--mixer-option rob_scale must be a finite number > 0; got 0",
              lambda f: host().mixer("mix", [small(), small()], rob_scale=0)),
+    api_case("api-certifier-noise-pair", "`SmoothedClassifier`",
+             "`SmoothedClassifier(model, host.noise('laplace', sigma=0.25), host.certifier('mixed'))`",
+             "supports noise ['gaussian']; got noise sampler 'laplace'",
+             lambda f: SmoothedClassifier(small(), rs_plugins.Host().noise("laplace", sigma=0.25),
+                                          rs_plugins.Host().certifier("mixed"))),
 ]
 # fmt: on
 

@@ -165,7 +165,7 @@ class Host:
         except Exception as err:
             msg = f"{label} from plugin {component.plugin.label} failed to build: {type(err).__name__}: {err}"
             raise PluginBuildError(msg) from err
-        return remember(built, f"{label} from plugin {component.plugin.label}")
+        return remember(built, f"{label} from plugin {component.plugin.label}", component.spec)
 
     def noise(self, name: str, **config: Any) -> NoiseSampler:
         """A noise sampler, e.g. ``host.noise("gaussian", sigma=0.25)``."""
@@ -185,9 +185,14 @@ class Host:
 
     def check_compatible(self, certifier: str, noise: str) -> None:
         """Refuse a certifier with a noise it is not derived for, before any sampling."""
-        supported = self.component("certifier", certifier).spec.noises
+        found = self.component("certifier", certifier)
+        supported = found.spec.noises
         if supported and noise not in supported:
-            msg = f"certifier {certifier!r} supports noise {list(supported)}; got {noise!r}"
+            noise_plugin = self.component("noise", noise).plugin.label
+            msg = (
+                f"certifier {certifier!r} supports noise {list(supported)}; got {noise!r} (no radius for it; "
+                f"certifier from plugin {found.plugin.label}, noise from plugin {noise_plugin})"
+            )
             raise IncompatibleComponentsError(msg)
 
     def _loaded(self) -> dict[str, PluginRecord]:

@@ -6,10 +6,12 @@ With μ = (1 - α)/α, y = argmax h̄(x), p₁ = h̄_y(x) and p₂ = max_{i≠y}
 
     r = σ/2 · (Φ⁻¹(p₁/(1 + μ)) - Φ⁻¹((p₂ + μ)/(1 + μ)))
 
-of x (positive only when p₁ - p₂ > μ, so α > 1/2). At α = 1 this is Cohen et al.'s two-class radius. r grows with
-p₁ and α and falls with p₂, so plugging in a lower bound on p₁ and an upper bound on p₂ (over *all* other classes)
-that hold together with probability 1 - alpha keeps the certificate sound. The authors' notebook plugged in point
-estimates instead; that is not a certificate.
+of x (positive only when p₁ - p₂ > μ, so α > 1/2). At α = 1 this is Cohen et al.'s two-class radius. Applying
+Cohen et al.'s lemma to h̄'s two probabilities directly gives the default, never smaller radius σ·t, t the largest
+t with Φ(Φ⁻¹(p₁) - t) - Φ(Φ⁻¹(p₂) + t) > μ (docs/certifiers.md derives both). Either grows with p₁ and α and falls
+with p₂, so plugging in a lower bound on p₁ and an upper bound on p₂ (over *all* other classes) that hold together
+with probability 1 - alpha keeps the certificate sound. The authors' notebook plugged in point estimates instead;
+that is not a certificate.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ import torch
 from scipy.stats import norm
 from torch import Tensor, nn
 
-from .smoothing import _per_image, sample_counts
+from .errors import IncompatibleComponentsError
+from .provenance import describe
+from .smoothing import _per_image, noise_input, sample_counts
 from .stats import clopper_pearson_lower, clopper_pearson_upper
 from .types import ABSTAIN, Certificate, NoiseSampler
 
 VOTES = ("hard", "soft")
 BOUNDS = ("hoeffding", "bernstein")
+RADII = ("tight", "closed_form")
 
 
 def mixed_radius(p1, p2, alpha_mix: float, sigma: float) -> np.ndarray:
@@ -48,6 +53,32 @@ def mixed_radius(p1, p2, alpha_mix: float, sigma: float) -> np.ndarray:
     return np.where(np.isnan(r), 0.0, np.maximum(r, 0.0))
 
 
+def tight_mixed_radius(p1, p2, alpha_mix: float, sigma: float, steps: int = 64) -> np.ndarray:
+    """σ·t, t the largest t >= 0 with Φ(Φ⁻¹(p₁) - t) - Φ(Φ⁻¹(p₂) + t) > μ = (1-α)/α, by bisection; 0 if none.
+
+    The left side falls with t and equals -μ <= 0 at t = (Φ⁻¹(p₁) - Φ⁻¹(p₂))/2, which brackets the root; the lower
+    end of the bracket is returned, so rounding never certifies more. Arguments as for ``mixed_radius``.
+    """
+    p1, p2 = np.broadcast_arrays(np.asarray(p1, dtype=np.float64), np.asarray(p2, dtype=np.float64))
+    if alpha_mix <= 0.5:
+        return np.zeros(p1.shape)
+    mu = (1 - alpha_mix) / alpha_mix
+    a, b = norm.ppf(p1), norm.ppf(p2)
+
+    def margin(t):
+        return norm.cdf(a - t) - norm.cdf(b + t) - mu
+
+    with np.errstate(invalid="ignore"):
+        ok = margin(0.0) > 0  # also False for NaN
+    low = np.zeros(p1.shape)
+    high = np.where(ok, (a - b) / 2, 0.0)
+    for _ in range(steps):
+        middle = (low + high) / 2
+        inside = ok & (margin(middle) > 0)
+        low, high = np.where(inside, middle, low), np.where(inside, high, middle)
+    return np.where(ok, sigma * low, 0.0)
+
+
 def hoeffding_lower(mean, n: int, alpha: float) -> np.ndarray:
     """One-sided (1 - alpha) Hoeffding lower bound on the mean of n i.i.d. values in [0, 1]."""
     return np.asarray(mean, dtype=np.float64) - math.sqrt(math.log(1 / alpha) / (2 * n))
@@ -62,7 +93,10 @@ def bernstein_margin(variance, n: int, alpha: float) -> np.ndarray:
     """Maurer & Pontil's (2009, Thm 4) one-sided empirical-Bernstein margin for n >= 2 values in [0, 1].
 
     ``variance`` is the unbiased sample variance; mean ± margin bounds the true mean with probability 1 - alpha.
+    At n = 1 there is no variance estimate and the margin is 1, which bounds any mean in [0, 1].
     """
+    if n < 2:
+        return np.ones_like(np.asarray(variance, dtype=np.float64))
     log = math.log(2 / alpha)
     return np.sqrt(2 * np.asarray(variance, dtype=np.float64) * log / n) + 7 * log / (3 * (n - 1))
 
@@ -70,25 +104,30 @@ def bernstein_margin(variance, n: int, alpha: float) -> np.ndarray:
 class MixedCertifier:
     """Certify a ``mix`` or ``adaptive`` classifier through its robust member smoothed with Gaussian noise.
 
-    The first n0 draws pick y = argmax h̄; n fresh draws bound p₁ from below at level alpha/2 and every other class
-    from above at alpha/(2(K-1)) each (Bonferroni), so p₂ ≤ min(max_i upper_i, 1 - p₁ lower) holds jointly with
-    the lower bound with probability at least 1 - alpha. ``adaptive`` is certified at its α_min (its eval-mode α
-    never falls below it, and r grows with α). A radius of 0 abstains.
+    The first n0 draws pick y = argmax h̄; n fresh draws bound p₁ from below at level alpha/2 and p₂ from above
+    by the largest of the other classes' upper bounds, each at level alpha/2: the class j holding the true p₂ is
+    fixed before these draws, and its bound alone covering p₂ makes the largest one cover it, so no Bonferroni over
+    K - 1 is needed. With p₂ ≤ min(that, 1 - p₁ lower), both hold with probability at least 1 - alpha.
+    ``adaptive`` is certified at its α_min (its eval-mode α never falls below it, and r grows with α). A radius of
+    0 abstains.
 
     Args:
         votes: hard (h's top-1 class; Clopper-Pearson bounds) | soft (h's softmax at the mixer's rob_scale,
             averaged; Hoeffding or empirical-Bernstein bounds).
         bound: hoeffding | bernstein, for soft votes.
+        radius: tight (Cohen's lemma on p₁ and p₂, by bisection) | closed_form (Bai et al.'s formula, smaller).
     """
 
-    radius_formula = "rs_plugins.mixed_certificate.mixed_radius"  # recorded in results sidecars (not noise.radius)
-
-    def __init__(self, votes: str = "hard", bound: str = "hoeffding") -> None:
+    def __init__(self, votes: str = "hard", bound: str = "hoeffding", radius: str = "tight") -> None:
         if votes not in VOTES:
             raise ValueError(f"--certifier-option votes must be one of {', '.join(VOTES)}; got {votes!r}")
         if bound not in BOUNDS:
             raise ValueError(f"--certifier-option bound must be one of {', '.join(BOUNDS)}; got {bound!r}")
-        self.votes, self.bound = votes, bound
+        if radius not in RADII:
+            raise ValueError(f"--certifier-option radius must be one of {', '.join(RADII)}; got {radius!r}")
+        self.votes, self.bound, self.radius = votes, bound, radius
+        formula = "tight_mixed_radius" if radius == "tight" else "mixed_radius"
+        self.radius_formula = f"rs_plugins.mixed_certificate.{formula}"  # recorded in results sidecars
 
     def check_model(self, model: nn.Module) -> None:
         """Refuse, before any sampling, a classifier that is not a mixture with a robust member."""
@@ -106,32 +145,38 @@ class MixedCertifier:
         batch_size: int,
         generator=None,
     ) -> list[Certificate]:
+        from .builtin.gaussian import GaussianNoise
+
+        if not isinstance(noise, GaussianNoise):
+            raise IncompatibleComponentsError(
+                "certifier 'mixed' supports noise ['gaussian'] (its robust member is Gaussian-smoothed); "
+                f"got {describe(noise, type(noise).__name__)}"
+            )
         robust, alpha_mix, scale = _robust_member(model)
         generators = _per_image(generator, len(x))
         if self.votes == "hard":
             top = sample_counts(robust, x, noise, n0, batch_size=batch_size, generator=generators).argmax(1)
             counts = sample_counts(robust, x, noise, n, batch_size=batch_size, generator=generators).numpy()
-            k = counts.shape[1]
             top = top.numpy()
             p1 = clopper_pearson_lower(counts[np.arange(len(x)), top], n, alpha / 2)
-            others = clopper_pearson_upper(counts, n, alpha / (2 * max(k - 1, 1)))
+            others = clopper_pearson_upper(counts, n, alpha / 2)
         else:
             top = _soft_sums(robust, x, noise, n0, batch_size, generators, scale)[0].argmax(1).numpy()
             sums, squares = _soft_sums(robust, x, noise, n, batch_size, generators, scale)
             mean = sums.numpy() / n
-            k = mean.shape[1]
             if self.bound == "hoeffding":
                 p1 = hoeffding_lower(mean[np.arange(len(x)), top], n, alpha / 2)
-                others = hoeffding_upper(mean, n, alpha / (2 * max(k - 1, 1)))
+                others = hoeffding_upper(mean, n, alpha / 2)
             else:
-                variance = np.maximum(squares.numpy() - n * mean**2, 0) / (n - 1)
+                variance = np.maximum(squares.numpy() - n * mean**2, 0) / max(n - 1, 1)
                 idx = (np.arange(len(x)), top)
                 p1 = mean[idx] - bernstein_margin(variance[idx], n, alpha / 2)
-                others = mean + bernstein_margin(variance, n, alpha / (2 * max(k - 1, 1)))
+                others = mean + bernstein_margin(variance, n, alpha / 2)
         p1 = np.clip(p1, 0, 1 - 1e-12)  # bounds of soft votes can reach 0 or 1; keep Phi^-1 finite
         others[np.arange(len(x)), top] = -np.inf
         p2 = np.clip(np.minimum(others.max(1), 1 - p1), 1e-12, 1)
-        radii = mixed_radius(p1, p2, alpha_mix, noise.sigma)
+        radius = tight_mixed_radius if self.radius == "tight" else mixed_radius
+        radii = radius(p1, p2, alpha_mix, noise.sigma)
         return [
             Certificate(int(c), float(r), float(p)) if r > 0 else Certificate(ABSTAIN, 0.0, float(p))
             for c, r, p in zip(top, radii, p1)
@@ -177,7 +222,8 @@ def _soft_sums(model, x, noise, num, batch_size, generators, scale) -> tuple[Ten
         total = square = 0
         for start in range(0, num, batch_size):
             count = min(batch_size, num - start)
-            batch = noise.sample(image.expand(count, *image.shape), generator=generator)
+            clean = noise_input(image.expand(count, *image.shape))
+            batch = noise.sample(clean, generator=generator).to(image.dtype)
             probs = torch.softmax(scale * model(batch).double(), dim=1)
             total = total + probs.sum(0)
             square = square + (probs**2).sum(0)

@@ -21,15 +21,27 @@ if TYPE_CHECKING:
     from torch import nn
 
 _DESCRIPTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SPECS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def remember(obj: Any, description: str) -> Any:
-    """Record what built ``obj`` (e.g. "noise sampler 'x' from plugin y 1.0"), for messages about it."""
+def remember(obj: Any, description: str, spec: Any = None) -> Any:
+    """Record what built ``obj`` (e.g. "noise sampler 'x' from plugin y 1.0"), for messages about it, and the
+    ``ComponentSpec`` it was built from, so a pair of components can be checked where they meet."""
     try:
         _DESCRIPTIONS[obj] = description
+        if spec is not None:
+            _SPECS[obj] = spec
     except TypeError:  # not weak-referenceable or not hashable: messages fall back to the type name
         pass
     return obj
+
+
+def built_from(obj: Any) -> Any:
+    """The ``ComponentSpec`` a ``Host`` built ``obj`` from, or None."""
+    try:
+        return _SPECS.get(obj)
+    except TypeError:
+        return None
 
 
 def describe(obj: Any, default: str) -> str:

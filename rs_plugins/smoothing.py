@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .provenance import describe
+from .errors import IncompatibleComponentsError
+from .provenance import built_from, describe
 from .stats import binomial_pvalue, clopper_pearson_lower, min_samples_to_certify, min_samples_to_predict
 from .types import ABSTAIN, Certificate
 from .validation import check_finite_logits, check_integer, check_logits, check_noise_output, check_number, check_tensor
@@ -68,6 +69,17 @@ def check_smoothing(model: object, noise: object) -> None:
     if not isinstance(noise, NoiseSampler):
         msg = "noise must be a NoiseSampler with sample(), radius(), sigma and norm, e.g. "
         raise ValueError(msg + f"Host().noise('gaussian', sigma=0.25); got {noise!r}")
+
+
+def check_compatible(certifier: object, noise: object) -> None:
+    """Refuse a certifier a ``Host`` built with a noise sampler it has no radius for (``CertifierSpec.noises``),
+    naming both components and their plugins; components not built by a host are left to the certifier."""
+    certifier_spec, noise_spec = built_from(certifier), built_from(noise)
+    supported = getattr(certifier_spec, "noises", ())
+    if supported and noise_spec is not None and noise_spec.name not in supported:
+        what = describe(certifier, type(certifier).__name__)
+        msg = f"{what} supports noise {list(supported)}; got {describe(noise, type(noise).__name__)} (no radius for it)"
+        raise IncompatibleComponentsError(msg)
 
 
 @contextlib.contextmanager
@@ -158,6 +170,15 @@ def sample_counts(
     return counts.cpu()
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def noise_input(x: Tensor) -> Tensor:
+    """``x`` in float32 if it is bf16 or fp16, so noise is drawn and added in float32 (see docs/guarantees.md);
+    the caller casts the noisy images back to ``x``'s dtype for the model."""
+    return x.float() if x.dtype in LOW_PRECISION else x
+
+
 def _count_segments(
     model: nn.Module,
     x: Tensor,
@@ -177,9 +198,10 @@ def _count_segments(
     """
     draws = []
     for i, c in segments:
-        clean = x[i].expand(c, *x.shape[1:])
+        clean = noise_input(x[i].expand(c, *x.shape[1:]))
         draws.append(noise.sample(clean, generator=generators[i]))
         check_noise_output(draws[-1], clean, noise, values=first)
+        draws[-1] = draws[-1].to(x.dtype)  # low-precision images: rounded after adding, as the model's input
     noisy = draws[0] if len(draws) == 1 else torch.cat(draws)  # one image per pass: no copy
     logits = call_model(model, noisy, first=first)  # (M, K)
     check_logits(logits, model, len(noisy))
@@ -403,6 +425,7 @@ class SmoothedClassifier:
         if certifier is not None and not callable(getattr(certifier, "certify", None)):
             msg = f"certifier must have a certify() method, e.g. Host().certifier('cohen'); got {certifier!r}"
             raise ValueError(msg)
+        check_compatible(certifier, noise)
         self.model = model
         self.noise = noise
         self.certifier = certifier
@@ -411,6 +434,7 @@ class SmoothedClassifier:
         """Certificates for a batch (B, C, H, W); ``sampling`` takes n0, n, alpha, batch_size, generator."""
         if self.certifier is None:
             return cohen_certify(self.model, x, self.noise, **sampling)
+        check_compatible(self.certifier, self.noise)  # the attributes may have been swapped since __init__
         return self.certifier.certify(self.model, x, self.noise, **sampling)
 
     def certify(self, x: Tensor, **sampling) -> Certificate:

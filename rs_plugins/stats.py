@@ -22,12 +22,13 @@ def clopper_pearson_upper(k, n, alpha: float) -> np.ndarray:
     """One-sided (1 - alpha) Clopper-Pearson upper bound on a binomial proportion from k successes in n.
 
     This is the (1 - alpha)-quantile of Beta(k + 1, n - k): 1 for k = n and 1 - alpha**(1/n) for k = 0.
-    ``n`` may be an array (one trial count per bound), as the sequential certifier needs.
+    ``n`` may be an array (one trial count per bound), as the sequential certifier needs. It is computed as the
+    upper alpha-quantile (``isf``): 1 - alpha rounds to 1 in float64 for alpha < 1e-16, and ppf(1) is 1.
     """
     k = np.asarray(k, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        bound = beta.ppf(1 - alpha, k + 1, n - k)
+        bound = beta.isf(alpha, k + 1, n - k)
     return np.where(k >= n, 1.0, bound)
 
 

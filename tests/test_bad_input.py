@@ -564,6 +564,11 @@ CASES: list[Case] = [
     api_case("api-nan-logits-accepted", "`SmoothedClassifier.predict`", "a model whose logits are NaN",
              "A model must return finite logits for images in [0, 1]",
              lambda f: SmoothedClassifier(NaNModel(), GaussianNoise(0.25)).predict(x1()[0], n=20)),
+    api_case("api-certifier-noise-pair", "`SmoothedClassifier`",
+             "`SmoothedClassifier(model, host.noise('laplace', sigma=0.25), host.certifier('mixed'))`",
+             "supports noise ['gaussian']; got noise sampler 'laplace'",
+             lambda f: SmoothedClassifier(small(), rs_plugins.Host().noise("laplace", sigma=0.25),
+                                          rs_plugins.Host().certifier("mixed"))),
 ]
 # fmt: on
 

@@ -206,15 +206,16 @@ def test_bounds_at_edge_counts(n):
     counts=st.lists(st.integers(0, 5000), min_size=2, max_size=10).filter(lambda c: sum(c) > 0),
     alpha=st.floats(1e-5, 0.2),
 )
-def test_feng_radius_is_theorem_1_at_bonferroni_bounds_and_never_below_cohen(counts, alpha):
-    """Recomputed with statsmodels; and with p_B clipped to 1 - p_A,low it is at least Cohen's radius at alpha/2."""
+def test_feng_radius_is_theorem_1_at_one_runner_up_bound_and_never_below_cohen(counts, alpha):
+    """Recomputed with statsmodels (the runner-up bounded at the whole (1 - split) alpha, issue 17); and with p_B
+    clipped to 1 - p_A,low it is at least Cohen's radius at alpha/2."""
     c = torch.tensor([counts])
     top = int(c.argmax())
-    n, k = sum(counts), len(counts)
+    n = sum(counts)
     radius, p_a = feng_radius(c, torch.tensor([top]), sigma=1.0, alpha=alpha)
     low = proportion_confint(counts[top], n, alpha=alpha, method="beta")[0]  # one side at alpha/2
     rest = [m for i, m in enumerate(counts) if i != top]
-    others = [1.0 if m == n else proportion_confint(m, n, alpha=alpha / (k - 1), method="beta")[1] for m in rest]
+    others = [1.0 if m == n else proportion_confint(m, n, alpha=alpha, method="beta")[1] for m in rest]
     p_b = min(max(others), 1 - low)
     assert float(p_a[0]) == pytest.approx(low, abs=1e-12)
     if low > p_b:
@@ -304,3 +305,47 @@ def test_options_and_noises_are_checked_before_sampling():
         SequentialCertifier(mode="fast")
     with pytest.raises(ValueError, match="split must be in"):
         FengCertifier(split=1.0)
+
+
+def _pairs():
+    host = Host()
+    return [(c, n) for c in host.names("certifier") for n in host.names("noise")]
+
+
+@pytest.mark.parametrize(("certifier", "noise"), _pairs())
+def test_every_certifier_refuses_a_noise_it_has_no_radius_for_from_python(certifier, noise):
+    """Issue 17 item 1: the API refuses an unsupported pair where it is built and where it is called."""
+    from rs_plugins import SmoothedClassifier
+    from rs_plugins.errors import IncompatibleComponentsError
+
+    host = Host()
+    supported = host.component("certifier", certifier).spec.noises
+    built_certifier, built_noise = host.certifier(certifier), host.noise(noise, sigma=0.25)
+    model, image = linear_setting(0.1)
+    if not supported or noise in supported:
+        host.check_compatible(certifier, noise)
+        SmoothedClassifier(model, built_noise, built_certifier)
+        return
+    names = rf"certifier '{certifier}' .*supports noise .*{noise}"
+    with pytest.raises(IncompatibleComponentsError, match=names):
+        host.check_compatible(certifier, noise)
+    with pytest.raises(IncompatibleComponentsError, match=names + ".*from plugin"):
+        SmoothedClassifier(model, built_noise, built_certifier)
+    with pytest.raises(ValueError if certifier == "feng" else IncompatibleComponentsError, match=certifier):
+        built_certifier.certify(model, image[None], built_noise, n0=10, n=20, alpha=0.1, batch_size=20)
+
+
+@pytest.mark.parametrize(("d", "radii"), [(0.9, [10.0]), (2.0, [0.0, 0.25])])
+def test_sequential_best_samples_on_for_the_best_radius(d, radii):
+    """Issue 17 item 8: every table radius out of reach, or all decided at once, stops the default early with a
+    small radius; best=True samples on and certifies more, still within the exact radius d."""
+    model, image = linear_setting(d)
+    kwargs = dict(n0=100, n=20_000, alpha=0.001, batch_size=1000, generator=[torch.Generator().manual_seed(0)])
+    default = SequentialCertifier(radii=radii).certify(model, image[None], GaussianNoise(0.5), **kwargs)[0]
+    kwargs["generator"] = [torch.Generator().manual_seed(0)]
+    best = SequentialCertifier(radii=radii, best=True).certify(model, image[None], GaussianNoise(0.5), **kwargs)[0]
+    assert best.prediction == default.prediction == 1
+    assert best.samples > default.samples and best.radius > default.radius + 0.1 and best.radius <= d
+    assert "best=true" in SequentialCertifier().stopping
+    with pytest.raises(ValueError, match="best must be true or false"):
+        SequentialCertifier(best="yes")

@@ -40,6 +40,8 @@ def test_each_certifier_writes_samples_and_a_summary(capsys, tmp_path, certifier
     assert summary["mean_samples"] == pytest.approx(sum(samples) / 3)
     assert summary["certifier"] == certifier and "class_selection" not in json.dumps(summary)
     assert "samples per image" in capsys.readouterr().out
+    if certifier == "sequential":  # issue 17: the default stopping rule and its cost are stated
+        assert summary["stopping"].startswith("grid (default)") and "best=true" in summary["stopping"]
 
 
 def test_label_selection_is_stated_in_sidecar_summary_and_table(capsys, tmp_path):
@@ -76,5 +78,5 @@ def test_unsupported_pair_and_unknown_option_fail_before_the_model_is_loaded(cap
     assert code == 2 and "certifier 'feng' supports noise ['gaussian']; got 'uniform'" in err
     code, _ = certify(tmp_path, "--certifier", "sequential", "--certifier-option", "tolerance=0.1", *missing)
     err = capsys.readouterr().err
-    accepted = "accepted: mode, radii, tau, beta, first, growth, class_selection"
+    accepted = "accepted: mode, radii, tau, beta, first, growth, class_selection, best"
     assert code == 2 and "has no option 'tolerance' (--certifier-option); " + accepted in err

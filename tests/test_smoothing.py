@@ -221,3 +221,25 @@ def test_reporting_passes_reaches_calls_inside_a_certifier():
     assert sum(passes) == 2 * (10 + 50)
     sample_counts(tiny_classifier(num_classes=3), torch.rand(1, 1, 8, 8), GaussianNoise(0.25), 5, batch_size=5)
     assert sum(passes) == 120  # none reported outside the block
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_noise_is_drawn_and_added_in_float32_for_low_precision_images(dtype):
+    """Issue 17 item 4: the sampler sees float32 images, and the model gets x + noise rounded once, after adding."""
+    seen = []
+
+    class Spy(GaussianNoise):
+        def sample(self, x, *, generator=None):
+            seen.append(x.dtype)
+            return super().sample(x, generator=generator)
+
+    w = torch.tensor([1.0, -1.0] * 8).reshape(1, 4, 4)
+    model = LinearClassifier(w, b=-float((w * 0.5).sum()) + 0.3)
+    x = torch.full((2, 1, 4, 4), 0.5).to(dtype)
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]
+    counts = sample_counts(model, x, Spy(0.5), 64, batch_size=64, generator=generators)
+    assert set(seen) == {torch.float32}
+    expected = []
+    for i in range(2):
+        clean = x[i : i + 1].float().expand(64, 1, 4, 4)
+        noisy = GaussianNoise(0.5).sample(clean, generator=torch.Generator().manual_seed(i))
+        expected.append(torch.bincount(model(noisy.to(dtype)).argmax(1), minlength=2))
+    assert torch.equal(counts, torch.stack(expected))

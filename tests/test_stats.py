@@ -42,3 +42,26 @@ def test_minimum_sample_sizes_are_tight(alpha):
     assert clopper_pearson_lower(n, n, alpha) >= 0.5 > clopper_pearson_lower(n - 1, n - 1, alpha)
     m = min_samples_to_predict(alpha)
     assert binomial_pvalue(m, m) <= alpha < binomial_pvalue(m - 1, m - 1)
+
+
+@pytest.mark.parametrize("alpha", [1e-17, 1e-20, 1e-40])
+@pytest.mark.parametrize(("k", "n"), [(0, 1000), (3, 1000), (500, 1000), (900, 1000)])
+def test_clopper_pearson_upper_keeps_its_level_below_1e_16(k, n, alpha):
+    """Issue 17 item 5: the bound U solves P[Bin(n, U) <= k] = alpha, checked with mpmath at 50 digits."""
+    import mpmath
+
+    from rs_plugins.stats import clopper_pearson_upper
+
+    mpmath.mp.dps = 50
+    upper = float(clopper_pearson_upper(k, n, alpha))
+    assert upper < 1
+    tail = mpmath.betainc(k + 1, n - k, upper, 1, regularized=True)  # = P[Bin(n, upper) <= k]
+    assert float(tail) == pytest.approx(alpha, rel=1e-6)
+
+
+def test_bernstein_margin_at_one_sample_is_finite_and_sound():
+    """Issue 17 item 5: one value gives no variance; the margin must be 1 (covers [0, 1]), not a division by 0."""
+    from rs_plugins.mixed_certificate import bernstein_margin
+
+    margin = bernstein_margin(np.zeros(3), 1, 0.1)
+    np.testing.assert_array_equal(margin, np.ones(3))

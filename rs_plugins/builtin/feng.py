@@ -110,20 +110,22 @@ def feng_radius(
     """Runner-up-aware l2 radius from estimation counts: sigma/2 (Phi^-1(p_A,low) - Phi^-1(p_B,up)).
 
     p_A,low is the one-sided Clopper-Pearson lower bound on the class ``top`` at level split * alpha; p_B,up is
-    min(max_i U_i, 1 - p_A,low) over every other class i, each U_i a one-sided upper bound at level
-    (1 - split) * alpha / (K - 1), so all hold together with probability at least 1 - alpha (Bonferroni).
+    min(U(max_i n_i), 1 - p_A,low) over every other class i, U the one-sided upper bound at level
+    (1 - split) * alpha. The class j holding the true p_B is fixed before the estimation draws, U(n_j) covers p_B
+    with probability 1 - (1 - split) * alpha, and U grows with the count, so U(max_i n_i) >= U(n_j) covers it too:
+    no Bonferroni over K - 1 is needed, and both bounds hold together with probability at least 1 - alpha.
     The radius is returned where p_A,low > p_B,up, else NaN (abstain).
 
     Shape:
         counts: (B, K) int64; top: (B,). returns: radii (B,) float64 and p_A,low (B,) float64.
     """
-    num, num_classes = counts.sum(1).numpy(), counts.shape[1]
+    num = counts.sum(1).numpy()
     n_top = counts.gather(1, top[:, None]).squeeze(1).numpy()
     p_a = torch.as_tensor(clopper_pearson_lower(n_top, num, split * alpha), dtype=torch.float64)
     others = counts.clone()
     others.scatter_(1, top[:, None], -1)  # rule out the certified class
     n_runner_up = others.max(1).values.clamp(min=0).numpy()  # U_i grows with the count: the largest count bounds all
-    upper = clopper_pearson_upper(n_runner_up, num, (1 - split) * alpha / (num_classes - 1))
+    upper = clopper_pearson_upper(n_runner_up, num, (1 - split) * alpha)
     p_b = torch.minimum(torch.as_tensor(upper, dtype=torch.float64), 1 - p_a)
     radius = sigma / 2 * (torch.special.ndtri(p_a) - torch.special.ndtri(p_b))
     return torch.where(p_a > p_b, radius, torch.full_like(radius, float("nan"))), p_a
@@ -137,11 +139,11 @@ class FengCertifier:
     general form), so it gains where the runner-up mass is well below 1 - p_A, as ADRE training encourages.
     The paper's search over alpha splits is replaced by one fixed split: bounds at different levels are nested,
     so the best of a grid fails with probability up to max alpha_A + max alpha_B, which one split already spends.
-    A runner-up picked on the n0 sample may not be the true one, hence the simultaneous bound over all K - 1.
+    The runner-up is bounded through the largest other count at the full (1 - split) * alpha (see ``feng_radius``).
     It answers where p_A,low > p_B,up, which can happen with p_A,low < 1/2 when K > 2.
 
     Args:
-        split: the share of alpha spent on p_A's lower bound (0.5); the rest is shared by the K - 1 others.
+        split: the share of alpha spent on p_A's lower bound (0.5); the rest bounds the runner-up.
         class_selection: n0 (as CERTIFY) | label (evaluation only: certifies "g(x) = y and robust").
     """
 

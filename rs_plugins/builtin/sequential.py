@@ -96,6 +96,9 @@ class SequentialCertifier:
         tau: the tolerance, in radius units (0.05).
         beta: the futility level (0.001): the chance of giving up on a radius N_max would certify; cost only.
         first, growth: the first look (50 samples) and the spacing of the looks (x1.5).
+        best: in grid mode, also keep sampling (up to N_max) until the radius is within ``tau`` of what N_max could
+            certify, as tolerance mode does: the best radius when every table radius is out of reach or already
+            certified, at the cost of more samples (False: stop once the table is decided).
         class_selection: n0 (a fresh n0 sample picks the class) | label (evaluation only: certifies
             "g(x) = y and robust").
     """
@@ -111,6 +114,7 @@ class SequentialCertifier:
         first: int = 50,
         growth: float = 1.5,
         class_selection: str = "n0",
+        best: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
@@ -126,7 +130,9 @@ class SequentialCertifier:
         first = check_integer("first", first)
         growth = check_number("growth", growth, above=1)
         self.mode, self.radii, self.tau, self.beta = mode, radii, float(tau), float(beta)
-        self.first, self.growth = first, float(growth)
+        if not isinstance(best, bool):
+            raise ValueError(f"--certifier-option best must be true or false; got {best!r}")
+        self.first, self.growth, self.best = first, float(growth), best
         self.class_selection = check_class_selection(class_selection)
 
     def certify(
@@ -190,10 +196,27 @@ class SequentialCertifier:
             for c, r, p, d in zip(top.tolist(), radii, state.lower, state.drawn)
         ]
 
+    @property
+    def stopping(self) -> str:
+        """When an image stops sampling, and what that costs, in a line for the summary."""
+        if self.mode == "tolerance":
+            return f"tolerance: each image stops once its radius is within tau={self.tau:g} of what N_max could certify"
+        if self.best:
+            return f"grid, best=true: each image stops once the radii are decided and within tau={self.tau:g} of best"
+        return (
+            "grid (default): each image stops once every radius of radii is decided, so its radius can be far below "
+            "what N_max could certify (ACR too); best=true samples on for it, at more cost"
+        )
+
     def _decided(self, lower: float, upper: float, noise: NoiseSampler, n_max: int, last: float, targets) -> bool:
         """Whether more samples could still change the reported answer."""
         if self.mode == "grid":
-            return bool(np.all((lower >= targets) | (upper < targets)))
+            table = bool(np.all((lower >= targets) | (upper < targets)))
+            return table and (not self.best or self._near_best(lower, upper, noise, n_max, last))
+        return self._near_best(lower, upper, noise, n_max, last)
+
+    def _near_best(self, lower: float, upper: float, noise: NoiseSampler, n_max: int, last: float) -> bool:
+        """Whether the radius is within tau of what N_max samples could certify, or the image abstains anyway."""
         if upper <= 0.5:
             return True
         # What a full run would certify if p_A were `upper`: its bound from upper * n_max hits at the last level.

@@ -147,9 +147,13 @@ def cmd_certify(args: argparse.Namespace) -> int:
     extra = {"norm": norm}
     if certify:
         extra |= {"certifier": args.certifier, "certifies": settings.get("certifies", "g(x) and its robustness")}
+        if hasattr(certifier, "stopping"):  # e.g. sequential: when images stop sampling, and its cost
+            extra["stopping"] = certifier.stopping
         title = f"certify {args.out} ({args.certifier}, {norm} radius, sigma={args.sigma}, n={args.n})"
         if "certifies" in settings:
             title += f"\n{LABEL_CLAIM}"
+        if "stopping" in extra:
+            title += f"\nstopping: {extra['stopping']}"
         print(format_table(rows, title=title))
     else:
         abstained = sum(row.predict == ABSTAIN for row in rows)

@@ -130,6 +130,12 @@ def main() -> None:
             print(f"seed {seed} mix alpha={alpha:<5} clean {clean:.3f} robust {robust:.3f}", flush=True)
         for alpha_min, alpha_max in RANGES:
             # Head-room: an oracle alpha(x) = alpha_min on clean inputs, alpha_max under attack.
+            for alpha in (alpha_min, alpha_max):
+                if alpha not in by_alpha:  # a point of the fixed-alpha curve too
+                    by_alpha[alpha] = evaluate(MixedClassifier([g, h], alpha=alpha), x, y, args.eps, args.steps, seed)
+                    curve.append(by_alpha[alpha][::-1])
+                    rows.append({"seed": seed, "mixer": "mix", "alpha": alpha, "clean": by_alpha[alpha][0],
+                                 "robust": by_alpha[alpha][1]})  # fmt: skip
             clean, robust = by_alpha[alpha_min][0], by_alpha[alpha_max][1]
             fixed = interpolate_clean(curve, robust)
             label = f"oracle [{alpha_min}, {alpha_max}]"

@@ -234,7 +234,8 @@ def tiny_training(tmp_path, epochs: int = 2):
     torch.manual_seed(0)
     mixer = AdaptiveMixer(bases(), width=4)
     data = torch.utils.data.TensorDataset(images(40, seed=3), torch.arange(40) % 10)
-    config = MixerTrainConfig(epochs=epochs, batch_size=20, lr=1e-3, accumulate=1, attack_steps=2, eps=0.2)
+    config = MixerTrainConfig(epochs=epochs, batch_size=20, lr=1e-3, accumulate=2, attack_steps=2, eps=0.2, targets=2,
+                              extra_clean=1)  # fmt: skip
     log = train_mixer(mixer, data, config=config, checkpoint_dir=tmp_path, progress=False)
     return mixer, log
 
@@ -242,7 +243,8 @@ def tiny_training(tmp_path, epochs: int = 2):
 def test_training_changes_only_the_mixing_network_and_resumes_exactly(tmp_path, monkeypatch):
     frozen = {k: v.clone() for k, v in bases()[0].state_dict().items()}
     straight, log = tiny_training(tmp_path / "a")
-    assert {"bce", "ce", "alpha_clean", "alpha_attacked", "acc_attacked"} <= set(log[0])
+    assert {"bce", "ce", "alpha_clean", "alpha_attacked", "acc_attacked", "identical_share"} <= set(log[0])
+    assert all(entry["identical_share"] == 0 for entry in log)
     assert all(torch.equal(v, straight.standard.state_dict()[k]) for k, v in frozen.items())
 
     def interrupt(directory, log):  # stop right after epoch 1's checkpoint, as a Ctrl-C or a kill would
@@ -259,6 +261,169 @@ def test_training_changes_only_the_mixing_network_and_resumes_exactly(tmp_path, 
     assert torch.equal(loaded.mixing.linear.weight, straight.mixing.linear.weight)
     with pytest.raises(ValueError, match="schedule_epochs: 2 -> 3"):
         tiny_training(tmp_path / "b", epochs=3)
+
+
+@pytest.mark.parametrize("norm", ["L2", "Linf"])
+def test_every_attacked_example_differs_from_its_clean_twin_and_stays_in_its_ball(norm):
+    # torchattacks' APGD/APGDT hand back the clean image wherever the model errs or the attack fails (92-95 % of
+    # the digits benchmark's attacked half); the authors' attack never does. A 1-step attack at a small radius
+    # fails on most images, so this fails for any attack that returns the clean image on failure.
+    torch.manual_seed(0)
+    mixer = AdaptiveMixer(bases(), width=4)
+    x = 0.25 + 0.5 * images(12, seed=4)  # away from the box: the random start on the sphere is not clamped
+    y = torch.arange(12) % 10
+    eps = 0.3 if norm == "L2" else 0.03
+    config = MixerTrainConfig(eps=eps, norm=norm, eps_low=1, eps_high=1, attack_steps=1, targets=3)
+    adversarial = mixing.training_attacks(mixer, x, y, config, num_classes=10)
+    assert len(adversarial) == 1 + 3
+    for adv in adversarial:
+        delta = (adv - x).flatten(1)
+        assert (delta != 0).any(1).all()  # no attacked example equals its clean twin
+        size = delta.norm(dim=1) if norm == "L2" else delta.abs().amax(1)
+        assert (size <= eps * (1 + 1e-5)).all()
+    assert mixer.training  # the attack's view is undone afterwards
+
+
+def test_the_attack_sees_the_mixture_in_the_authors_view():
+    torch.manual_seed(0)
+    mixer = AdaptiveMixer(bases(), alpha_min=0.9, alpha_max=0.95, width=4)
+    x = images(16)
+    with mixer.authors_view():
+        assert not mixer.gamma_norm.training  # γ's BatchNorm on its running statistics
+        mixer(x)
+        gamma = mixer.last_gamma
+        raw = mixer.mixing(*mixer.taps[0](x)[1:], *mixer.taps[1](x)[1:])
+        expected = F.batch_norm(raw.float()[:, None], mixer.gamma_norm.running_mean, mixer.gamma_norm.running_var,
+                                training=False, eps=mixer.gamma_norm.eps)[:, 0] * 2.0 + 0.4  # fmt: skip
+        torch.testing.assert_close(gamma, expected)  # the training constants (2, 0.4), no batch clamp
+        alpha = mixer.alpha(gamma)
+        torch.testing.assert_close(alpha, torch.sigmoid(gamma))  # unsquashed: not inside [0.9, 0.95]
+    assert not mixer.attack_view
+
+
+def test_alpha_and_the_mixture_stay_float32_under_bf16_autocast():
+    # One-hot bases: the mixture's probability of the robust base's class is α itself. In bf16, 0.84 -> 0.83984.
+    g, h = nn.Linear(4, 3), nn.Linear(4, 3)
+    with torch.no_grad():
+        for layer, cls in ((g, 0), (h, 1)):
+            layer.weight.zero_()
+            layer.bias.copy_(torch.tensor([30.0 * (i == cls) for i in range(3)]))
+    mixer = MixedClassifier([g, h], alpha=0.84)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mixer(torch.rand(2, 4))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.exp()[:, 1], torch.full((2,), 0.84), rtol=0, atol=1e-6)
+
+
+def test_torchscript_bases_mix_and_differentiate():
+    g, h = (torch.jit.script(m.eval()) for m in bases())
+    mixer = MixedClassifier([g, h], alpha=0.7)
+    x = images(2).requires_grad_()
+    mixer(x).sum().backward()
+    assert x.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in g.parameters())
+    with pytest.raises(ValueError, match="TorchScript"):
+        AdaptiveMixer([g, h], width=4)
+
+
+# The authors' MixingNetV3/V4 and PreActBlock (models/mixing_net.py, models/base_models/small_rn.py), transcribed.
+class AuthorsPreActBlock(nn.Module):
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out)
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class AuthorsMixingNetV3(nn.Module):
+    TABLE = {64: (64, 128, 256, 512), 160: (160, 320, 512, 768), 256: (256, 256, 384, 512), 512: (512, 256, 384, 512)}
+
+    def __init__(self, in_planes=(64, 64)):
+        super().__init__()
+        self.ind_planes = [self.TABLE[p] for p in in_planes]
+        self.planes = np.array(self.ind_planes).sum(axis=0)
+        self.in_planes = int(self.planes[0])
+        self.layers = nn.ModuleList([self._make_layer(int(pl), stride=2) for pl in self.planes[1:]])
+        self.global_avg_pool = nn.AdaptiveAvgPool2d((1, 1))
+        self.linear = nn.Linear(int(self.planes[-1]), 1, bias=False)
+
+    def _make_layer(self, planes, stride, num_blocks=2):
+        layers = []
+        for step in [stride] + [1] * (num_blocks - 1):
+            layers.append(AuthorsPreActBlock(self.in_planes, planes, step))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, feats1, feats2):
+        feats = self.layers[0](torch.cat(feats1, dim=1)) + torch.cat(feats2, dim=1)
+        for layer in self.layers[1:]:
+            feats = layer(feats)
+        return self.linear(self.global_avg_pool(feats).reshape(-1, int(self.planes[-1])))
+
+
+class AuthorsMixingNetV4(AuthorsMixingNetV3):
+    def __init__(self, in_planes=(64, 64)):
+        super().__init__(in_planes)
+        in_1x1 = (self.ind_planes[0][0] + self.ind_planes[1][0]) * 2
+        self.conv1x1 = nn.Conv2d(in_1x1, self.ind_planes[0][1] + self.ind_planes[1][1], kernel_size=1, bias=False)
+
+    def forward(self, feats1, feats2):
+        feats = self.layers[0](torch.cat(feats1, dim=1)) + self.conv1x1(torch.cat(feats2, dim=1))
+        for layer in self.layers[1:]:
+            feats = layer(feats)
+        return self.linear(self.global_avg_pool(feats).reshape(-1, int(self.planes[-1])))
+
+
+def _authors_names(name: str) -> str:
+    return (name.replace("stages.", "layers.").replace("shortcut.weight", "shortcut.0.weight")
+            .replace("fuse.", "conv1x1."))  # fmt: skip
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_paper_mixing_networks_equal_the_authors_for_a_preact_resnet18_pair(version):
+    from rs_plugins.builtin.adaptive import PaperMixingNetwork
+
+    # PreAct-ResNet-18 taps: layer1 (64 channels) and layer2 (128), for each base.
+    ours = PaperMixingNetwork((64, 128, 64, 128), version=version)
+    theirs = (AuthorsMixingNetV3 if version == 3 else AuthorsMixingNetV4)()
+    count = sum(p.numel() for p in ours.parameters())
+    assert count == sum(p.numel() for p in theirs.parameters())
+    if version == 3:
+        assert 44.0e6 < count < 44.2e6  # the issue's "about 44.1 M", now derived from the authors' class
+    state = theirs.state_dict()
+    assert sorted(state) == sorted(_authors_names(k) for k in ours.state_dict())
+    ours.load_state_dict({k: state[_authors_names(k)] for k in ours.state_dict()})
+    ours, theirs = ours.double().eval(), theirs.double().eval()
+    generator = torch.Generator().manual_seed(0)
+    f1 = [torch.rand(2, 64, 8, 8, generator=generator, dtype=torch.float64) for _ in range(2)]
+    f2 = [torch.rand(2, 128, 4, 4, generator=generator, dtype=torch.float64) for _ in range(2)]
+    with torch.no_grad():
+        torch.testing.assert_close(ours(f1[0], f2[0], f1[1], f2[1]), theirs(f1, f2)[:, 0], rtol=1e-12, atol=1e-12)
+
+
+def test_net_option_selects_the_mixing_network():
+    from rs_plugins.builtin.adaptive import MixingNetwork, PaperMixingNetwork
+
+    assert isinstance(AdaptiveMixer(bases(), width=4).mixing, MixingNetwork)
+    assert isinstance(AdaptiveMixer(bases(), net="small").mixing, MixingNetwork)
+    paper = AdaptiveMixer(bases()).mixing  # SmallCNN(width=4): stage-2 taps of 8 channels fit V3
+    assert isinstance(paper, PaperMixingNetwork) and paper.version == 3
+    assert AdaptiveMixer(bases(), net="v4").mixing.version == 4
+    with pytest.raises(ValueError, match="net must be one of v3, v4, small"):
+        AdaptiveMixer(bases(), net="v5")
+    with pytest.raises(ValueError, match="width sets net=small only"):
+        AdaptiveMixer(bases(), net="v3", width=4)
 
 
 # -- the command line ---------------------------------------------------------------------------------------------

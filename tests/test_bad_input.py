@@ -569,6 +569,15 @@ CASES: list[Case] = [
              "supports noise ['gaussian']; got noise sampler 'laplace'",
              lambda f: SmoothedClassifier(small(), rs_plugins.Host().noise("laplace", sigma=0.25),
                                           rs_plugins.Host().certifier("mixed"))),
+    api_case("api-adaptive-net", "`Host.mixer`", "`mixer('adaptive', [g, h], net='v5')`",
+             "--mixer-option net must be one of v3, v4, small; got 'v5'",
+             lambda f: host().mixer("adaptive", [small(), small()], net="v5")),
+    api_case("api-adaptive-width-paper-net", "`Host.mixer`", "`mixer('adaptive', [g, h], net='v3', width=8)`",
+             "--mixer-option width sets net=small only; net=v3 has the paper's widths",
+             lambda f: host().mixer("adaptive", [small(), small()], net="v3", width=8)),
+    api_case("api-adaptive-torchscript", "`Host.mixer`", "`mixer('adaptive', [g, h])` with TorchScript bases",
+             "the std model is TorchScript, whose layers cannot be hooked",
+             lambda f: host().mixer("adaptive", [torch.jit.script(small()), torch.jit.script(small())])),
 ]
 # fmt: on
 

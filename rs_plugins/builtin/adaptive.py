@@ -13,6 +13,7 @@ intermediate features of both bases.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -52,21 +53,28 @@ def _check_bases(base_classifiers: Sequence[nn.Module], mixer: str) -> tuple[nn.
         raise ValueError(msg + f"second; got {len(bases)}")
     for model in bases:  # frozen: only the mixing network learns, and attacks differentiate through the bases
         model.eval()
-        model.requires_grad_(False)
+        for parameter in model.parameters():  # not requires_grad_(): a TorchScript module has no such method
+            parameter.requires_grad_(False)
     return bases[0], bases[1]
 
 
 def mix_log_probs(std_logits: Tensor, rob_logits: Tensor, alpha: Tensor | float, std_scale: float, rob_scale: float):
     """log((1 - α)·softmax(s_g·g) + α·softmax(s_h·h)), computed in log space (exact at α = 0 and α = 1).
 
+    Always in float32 or wider: under bf16/fp16 autocast the logits are promoted, so α keeps its value (α = 0.84
+    in bf16 would be 0.83984, and the certificate assumes α_min exactly).
+
     Shape:
         std_logits, rob_logits: (B, K); alpha: a float or (B,). returns: (B, K).
     """
-    alpha = torch.as_tensor(alpha, dtype=std_logits.dtype, device=std_logits.device)
+    dtype = torch.promote_types(std_logits.dtype, torch.float32)
+    std_logits, rob_logits = std_logits.to(dtype), rob_logits.to(dtype)
+    alpha = torch.as_tensor(alpha, device=std_logits.device).to(dtype)
     alpha = alpha.reshape(-1, 1) if alpha.dim() else alpha
-    log_g = F.log_softmax(std_scale * std_logits, dim=1) + torch.log1p(-alpha)
-    log_h = F.log_softmax(rob_scale * rob_logits, dim=1) + torch.log(alpha)
-    return torch.logaddexp(log_g, log_h)
+    with torch.autocast(std_logits.device.type, enabled=False):
+        log_g = F.log_softmax(std_scale * std_logits, dim=1) + torch.log1p(-alpha)
+        log_h = F.log_softmax(rob_scale * rob_logits, dim=1) + torch.log(alpha)
+        return torch.logaddexp(log_g, log_h)
 
 
 class _Mixture(nn.Module):
@@ -117,8 +125,9 @@ class MixedClassifier(_Mixture):
 class PreActBlock(nn.Module):
     """A pre-activation residual block (He et al. 2016): BN-ReLU-conv3x3 twice, 1x1 shortcut when shapes change."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, preact_identity: bool = False) -> None:
         super().__init__()
+        self.preact_identity = preact_identity  # the identity shortcut adds relu(bn1(x)) (the paper's nets) or x
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -129,19 +138,23 @@ class PreActBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(out)
+        if self.shortcut is not None:
+            shortcut = self.shortcut(out)
+        else:
+            shortcut = out if self.preact_identity else x
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         return out + shortcut
 
 
-def preact_stage(in_planes: int, planes: int, stride: int) -> nn.Sequential:
+def preact_stage(in_planes: int, planes: int, stride: int, preact_identity: bool = False) -> nn.Sequential:
     """Two PreAct blocks, the first with ``stride``."""
-    return nn.Sequential(PreActBlock(in_planes, planes, stride), PreActBlock(planes, planes, 1))
+    first = PreActBlock(in_planes, planes, stride, preact_identity)
+    return nn.Sequential(first, PreActBlock(planes, planes, 1, preact_identity))
 
 
 class MixingNetwork(nn.Module):
-    """The paper's mixing network (``MixingNetV4``): features of both bases -> one scalar γ per image.
+    """The small mixing network (``net=small``, for tiny bases): features of both bases -> one scalar γ per image.
 
     Stage-1 features of g and h, concatenated, go through a PreAct stage (stride 2); stage-2 features, concatenated,
     through a 1x1 convolution; the two are summed (the level-2 map is average-pooled to the level-1 output's size
@@ -168,6 +181,73 @@ class MixingNetwork(nn.Module):
         return self.linear(out).squeeze(1)
 
 
+# Per-base widths of the paper's mixing networks, keyed by the base's stage-1 width (the authors' table in
+# models/mixing_net.py); other bases get (c1, c2, 2·c2, 4·c2), the PreAct-ResNet-18 pattern.
+PAPER_WIDTHS = {
+    64: (64, 128, 256, 512),
+    160: (160, 320, 512, 768),
+    256: (256, 256, 384, 512),
+    512: (512, 256, 384, 512),
+}
+NETS = ("v3", "v4", "small")
+
+
+class PaperMixingNetwork(nn.Module):
+    """The paper's ``MixingNetV3`` (``version=3``) and ``MixingNetV4`` (``version=4``): γ from both bases' features.
+
+    The widths are the sums over the two bases of ``PAPER_WIDTHS``: the concatenated stage-1 features pass three
+    PreAct stages (stride 2 each, to widths w1, w2, w3); the concatenated stage-2 features are added after the first
+    stage, as they are (V3: they must have w1 channels) or through a 1x1 convolution (V4). Head: global average
+    pooling and a bias-free linear layer. For a PreAct-ResNet-18 pair the widths are 128 -> 256/512/1024.
+
+    Shape:
+        features: ((B, C1g, ...), (B, C2g, ...), (B, C1h, ...), (B, C2h, ...)); returns γ (B,).
+    """
+
+    def __init__(self, channels: Sequence[int], version: int = 3) -> None:
+        super().__init__()
+        c1g, c2g, c1h, c2h = channels
+        per_base = [PAPER_WIDTHS.get(c1, (c1, c2, 2 * c2, 4 * c2)) for c1, c2 in ((c1g, c2g), (c1h, c2h))]
+        planes = [a + b for a, b in zip(*per_base)]
+        if version == 3 and c2g + c2h != planes[1]:
+            raise ValueError(f"--mixer-option net=v3 adds the stage-2 features ({c2g}+{c2h} channels) to a "
+                             f"{planes[1]}-channel map; use net=v4 (a 1x1 convolution fuses them)")  # fmt: skip
+        self.version = version
+        widths = [c1g + c1h, *planes[1:]]
+        self.stages = nn.ModuleList(preact_stage(a, b, 2, preact_identity=True) for a, b in zip(widths, widths[1:]))
+        self.fuse = nn.Conv2d(c2g + c2h, planes[1], 1, bias=False) if version == 4 else None
+        self.linear = nn.Linear(planes[-1], 1, bias=False)
+
+    def forward(self, f1g: Tensor, f2g: Tensor, f1h: Tensor, f2h: Tensor) -> Tensor:
+        level1 = self.stages[0](torch.cat([f1g, _resize(f1h, f1g)], dim=1))
+        level2 = torch.cat([f2g, _resize(f2h, f2g)], dim=1)
+        out = level1 + _resize(level2 if self.fuse is None else self.fuse(level2), level1)
+        for stage in self.stages[1:]:
+            out = stage(out)
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1)).squeeze(1)
+
+
+def mixing_network(channels: Sequence[int], net: str | None, width: int | None) -> nn.Module:
+    """The mixing network ``--mixer-option net=`` names; by default the paper's (V3 when it fits, else V4), or the
+    small one when only ``width`` is given."""
+    if net is None:
+        net = "small" if width is not None else "v3" if channels[1] + channels[3] == _paper_planes1(channels) else "v4"
+    if net not in NETS:
+        raise ValueError(f"--mixer-option net must be one of {', '.join(NETS)}; got {net!r}")
+    if net == "small":
+        width = 64 if width is None else width
+        if not (isinstance(width, int) and width >= 1):
+            raise ValueError(f"--mixer-option width must be a positive integer; got {width!r}")
+        return MixingNetwork(channels, width)
+    if width is not None:
+        raise ValueError(f"--mixer-option width sets net=small only; net={net} has the paper's widths")
+    return PaperMixingNetwork(channels, version=int(net[1]))
+
+
+def _paper_planes1(channels: Sequence[int]) -> int:
+    return sum(PAPER_WIDTHS.get(c1, (c1, c2))[1] for c1, c2 in ((channels[0], channels[1]), (channels[2], channels[3])))
+
+
 def _resize(x: Tensor, like: Tensor) -> Tensor:
     return x if x.shape[-2:] == like.shape[-2:] else F.adaptive_avg_pool2d(x, like.shape[-2:])
 
@@ -186,6 +266,9 @@ class FeatureTap:
         if layers is None and callable(features) and not isinstance(model.features, nn.Module):
             self.method = model.features
             return
+        if isinstance(model, torch.jit.ScriptModule):
+            raise ValueError(f"the {which} model is TorchScript, whose layers cannot be hooked; --mixer adaptive "
+                             "needs an eager model (or one with a features(x) method)")  # fmt: skip
         modules = dict(model.named_modules())
         self.layers = _resolve_layers(modules, layers, which)
         self.modules = [modules[name] for name in self.layers]
@@ -261,7 +344,9 @@ class AdaptiveMixer(_Mixture):
         std_scale, rob_scale: logit temperatures, as in ``mix``.
         std_layers, rob_layers: "stage1,stage2" module names to hook; default: a ``features(x)`` method or the
             first of ``DEFAULT_LAYERS`` the model has.
-        width: channels of the mixing network's first stage (the second has twice as many).
+        net: the mixing network: ``v3`` / ``v4`` (the paper's ``MixingNetV3/V4``; default: V3 when the stage-2
+            features fit it, else V4) or ``small`` (two stages of ``width``, 2·``width``: for tiny bases).
+        width: channels of the small network's first stage (default 64; giving it alone selects ``net=small``).
         checkpoint: the mixing network's state dict, e.g. ``mixing.pt`` from ``rs-plugins train-mixer``.
         probe_size: side of the blank image used once to read the feature channels.
 
@@ -280,7 +365,8 @@ class AdaptiveMixer(_Mixture):
         rob_scale: float = 1.0,
         std_layers: str | Sequence[str] | None = None,
         rob_layers: str | Sequence[str] | None = None,
-        width: int = 64,
+        net: str | None = None,
+        width: int | None = None,
         checkpoint: str | None = None,
         probe_size: int = 32,
     ) -> None:
@@ -291,11 +377,10 @@ class AdaptiveMixer(_Mixture):
             raise ValueError(f"--mixer-option alpha_min ({alpha_min}) must not exceed alpha_max ({alpha_max})")
         self.train_gamma = _pair(train_gamma, "train_gamma")
         self.eval_gamma = _pair(eval_gamma, "eval_gamma")
-        if not (isinstance(width, int) and width >= 1):
-            raise ValueError(f"--mixer-option width must be a positive integer; got {width!r}")
         self.taps = (FeatureTap(self.standard, std_layers, "std"), FeatureTap(self.robust, rob_layers, "rob"))
         channels = self._channels(int(probe_size))
-        self.mixing = MixingNetwork(channels, width)
+        self.mixing = mixing_network(channels, net, width)
+        self.attack_view = False  # eval mode with the training constants and α unsquashed: see authors_view()
         self.gamma_norm = nn.BatchNorm1d(1, affine=False, momentum=0.01)
         self.last_gamma: Tensor | None = None
         if checkpoint is not None:
@@ -304,7 +389,7 @@ class AdaptiveMixer(_Mixture):
                 self.trainable().load_state_dict(state)
             except (RuntimeError, TypeError, AttributeError) as err:
                 msg = f"--mixer-option checkpoint={checkpoint} does not fit this mixing network ({err}); "
-                raise ValueError(msg + "use the width and layers it was trained with") from None
+                raise ValueError(msg + "use the net, width and layers it was trained with") from None
 
     @property
     def certified_alpha(self) -> float:
@@ -327,6 +412,19 @@ class AdaptiveMixer(_Mixture):
             channels += [f1.shape[1], f2.shape[1]]
         return [channels[0], channels[1], channels[2], channels[3]]
 
+    @contextmanager
+    def authors_view(self):
+        """Eval mode as the authors attack it in training (``comp_model.eval(scale_alpha=False)``): BatchNorm of γ
+        on its running statistics, no batch clamp, but the training constants ``train_gamma`` and α = sigmoid(γ)."""
+        was_training = self.training
+        self.eval()
+        self.attack_view = True
+        try:
+            yield self
+        finally:
+            self.attack_view = False
+            self.train(was_training)
+
     def gamma(self, features: Sequence[Tensor]) -> Tensor:
         """γ after the paper's post-processing (batch clamp in training, BatchNorm, scale and bias). Shape: (B,)."""
         gamma = self.mixing(*features)
@@ -334,12 +432,12 @@ class AdaptiveMixer(_Mixture):
             mean, std = gamma.mean().detach(), gamma.std().detach()
             gamma = torch.minimum(torch.maximum(gamma, mean - 0.6 * std), mean + 0.6 * std)
         gamma = self.gamma_norm(gamma.float().unsqueeze(1)).squeeze(1)
-        scale, bias = self.train_gamma if self.training else self.eval_gamma
+        scale, bias = self.train_gamma if self.training or self.attack_view else self.eval_gamma
         return gamma * scale + bias
 
     def alpha(self, gamma: Tensor) -> Tensor:
         """α from γ: sigmoid in training; squashed into [α_min, α_max] in eval mode. Shape: (B,) -> (B,)."""
-        if self.training:
+        if self.training or self.attack_view:
             return torch.sigmoid(gamma)
         return self.alpha_min + (self.alpha_max - self.alpha_min) * torch.sigmoid(gamma)
 

@@ -31,7 +31,8 @@ def add_commands(sub) -> None:
                    help="clean images per batch (each is also attacked; default 50)")  # fmt: skip
     g.add_argument("--lr", type=shared._positive_float, default=defaults.lr, help="default 5e-5")
     g.add_argument("--weight-decay", type=validation.nonnegative_float, default=defaults.weight_decay)
-    g.add_argument("--accumulate", type=shared._positive_int, default=defaults.accumulate, help="batches per step (4)")
+    g.add_argument("--accumulate", type=shared._positive_int, default=defaults.accumulate,
+                   help="mini-batches of the buffer per optimizer step (4)")  # fmt: skip
     g.add_argument("--clip", type=shared._positive_float, default=defaults.clip, help="gradient-norm clip (10)")
     g.add_argument("--warmup", type=shared._probability, default=defaults.warmup, help="warm-up share of steps (1/25)")
     g = p.add_argument_group("training attack (APGD-CE / targeted APGD-DLR through the mixture)")
@@ -43,8 +44,10 @@ def add_commands(sub) -> None:
                    help="steps ~ chi2(this)")  # fmt: skip
     g.add_argument("--attack-weight", type=validation.nonnegative_float, default=defaults.attack_weight,
                    help="the attacker's BCE weight w ~ U(0, this) (0.4)")  # fmt: skip
-    g.add_argument("--untargeted", type=validation.nonnegative_float, default=defaults.untargeted,
-                   help="share of untargeted APGD-CE attacks (0.1)")  # fmt: skip
+    g.add_argument("--targets", type=validation.nonnegative_int, default=defaults.targets,
+                   help="targeted APGD-DLR runs per batch besides the APGD-CE one (ranks 2..; default 9)")  # fmt: skip
+    g.add_argument("--extra-clean", type=validation.nonnegative_int, default=defaults.extra_clean,
+                   help="other clean images per batch in the buffer, in batches (default 9)")  # fmt: skip
     g = p.add_argument_group("loss: bce·BCE(gamma, s) + ce·CE + prod·BCE·CE")
     g.add_argument("--bce-weight", type=validation.nonnegative_float, default=defaults.bce_weight, help="1.5")
     g.add_argument("--ce-weight", type=validation.nonnegative_float, default=defaults.ce_weight, help="0")
@@ -105,7 +108,7 @@ def cmd_train_mixer(args: argparse.Namespace) -> int:
 
     low, high = args.eps_range
     schedule = ("epochs", "batch_size", "lr", "weight_decay", "accumulate", "clip", "warmup", "norm", "eps")
-    schedule += ("attack_steps", "attack_weight", "untargeted", "bce_weight", "ce_weight", "prod_weight")
+    schedule += ("attack_steps", "attack_weight", "targets", "extra_clean", "bce_weight", "ce_weight", "prod_weight")
     config = MixerTrainConfig(**{k: getattr(args, k) for k in schedule}, eps_low=low, eps_high=high,
                               precision=args.precision, seed=args.seed)  # fmt: skip
     validation.check_output_dir(args.checkpoint_dir, "--checkpoint-dir")

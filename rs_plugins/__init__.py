@@ -29,6 +29,7 @@ from .errors import (  # noqa: E402  (hookimpl must exist before the built-in pl
     SourceError,
     UnknownComponentError,
 )
+from .denoising import DenoisedClassifier  # noqa: E402
 from .evaluation import AttackResult, attack  # noqa: E402
 from .host import Host  # noqa: E402
 from .smoothing import SmoothedClassifier, cohen_certify, cohen_predict  # noqa: E402
@@ -38,6 +39,8 @@ from .types import (  # noqa: E402
     Certifier,
     CertifierSpec,
     DataRequest,
+    Denoiser,
+    DenoiserSpec,
     LossOutput,
     LossSpec,
     MixerSpec,
@@ -60,6 +63,9 @@ __all__ = [
     "CertifierSpec",
     "ComponentConflictError",
     "DataRequest",
+    "DenoisedClassifier",
+    "Denoiser",
+    "DenoiserSpec",
     "Host",
     "IncompatibleComponentsError",
     "LossOutput",

@@ -20,6 +20,7 @@ import pluggy
 hookimpl = pluggy.HookimplMarker("rs_plugins")
 """Marks a plugin function as an implementation of the hook with the same name."""
 
+from .denoising import DenoisedClassifier  # noqa: E402
 from .errors import (  # noqa: E402  (hookimpl must exist before the built-in plugins import this package)
     ComponentConflictError,
     IncompatibleComponentsError,
@@ -29,7 +30,6 @@ from .errors import (  # noqa: E402  (hookimpl must exist before the built-in pl
     SourceError,
     UnknownComponentError,
 )
-from .denoising import DenoisedClassifier  # noqa: E402
 from .evaluation import AttackResult, attack  # noqa: E402
 from .host import Host  # noqa: E402
 from .smoothing import SmoothedClassifier, cohen_certify, cohen_predict  # noqa: E402

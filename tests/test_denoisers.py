@@ -148,7 +148,9 @@ def test_timestep_rule_matches_the_authors_and_hand_values(schedule):
 def test_x0_equals_the_schedulers_pred_original_sample(learned_variance, tmp_path):
     channels = 3
     unet = tiny_unet(channels, 2 * channels if learned_variance else channels, seed=1)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, variance_type="learned_range" if learned_variance else "fixed_small")
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, variance_type="learned_range" if learned_variance else "fixed_small"
+    )
     denoiser = DiffusionDenoiser(0.25, str(save_checkpoint(tmp_path, unet, scheduler)))
     x = torch.rand(4, channels, 8, 8) + 0.25 * torch.randn(4, channels, 8, 8)
     with torch.no_grad():

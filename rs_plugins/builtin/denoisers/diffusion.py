@@ -18,7 +18,10 @@ from torch import Tensor, nn
 from rs_plugins.validation import check_number
 
 OPTION = "--denoiser diffusion:DIR"
-LOADS = "a diffusers save_pretrained folder: config.json + scheduler_config.json (e.g. google/ddpm-cifar10-32), or unet/ + scheduler/"
+LOADS = (
+    "a diffusers save_pretrained folder: config.json + scheduler_config.json (e.g. google/ddpm-cifar10-32), "
+    "or unet/ + scheduler/"
+)
 
 
 def _folders(path: str) -> tuple[Path, Path]:
@@ -33,7 +36,9 @@ def _folders(path: str) -> tuple[Path, Path]:
     for unet, scheduler in ((root, root), (root / "unet", root / "scheduler")):
         if (unet / "config.json").is_file() and (scheduler / "scheduler_config.json").is_file():
             return unet, scheduler
-    raise ValueError(f"{OPTION}: {path!r} is not a diffusers folder (no config.json + scheduler_config.json); give {LOADS}")
+    raise ValueError(
+        f"{OPTION}: {path!r} is not a diffusers folder (no config.json + scheduler_config.json); give {LOADS}"
+    )
 
 
 def timestep_for(alphas_cumprod: Tensor, sigma: float) -> int:
@@ -64,7 +69,7 @@ class DiffusionDenoiser(nn.Module):
         self.classifier_size = classifier_size
         unet_dir, scheduler_dir = _folders(path)
         try:
-            self.unet = UNet2DModel.from_pretrained(unet_dir).eval()
+            self.unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False).eval()  # no accelerate
             scheduler = DDPMScheduler.from_pretrained(scheduler_dir)
         except (OSError, ValueError, TypeError, KeyError) as err:
             msg = f"{OPTION}: {path!r} does not hold a UNet2DModel + DDPMScheduler ({type(err).__name__}: {err})"
@@ -81,8 +86,10 @@ class DiffusionDenoiser(nn.Module):
         self.t = timestep_for(abar, self.sigma)
         if self.t < 0:
             largest = math.sqrt((1 - float(abar[-1])) / float(abar[-1])) / 2
-            msg = (f"--sigma {self.sigma:g}: 2 sigma = {2 * self.sigma:g} exceeds the largest noise level of the "
-                   f"diffusion schedule ({2 * largest:.4g} at t = {len(abar) - 1}); use sigma <= {largest:.4g}")  # fmt: skip
+            msg = (
+                f"--sigma {self.sigma:g}: 2 sigma = {2 * self.sigma:g} exceeds the largest noise level of the "
+                f"diffusion schedule ({2 * largest:.4g} at t = {len(abar) - 1}); use sigma <= {largest:.4g}"
+            )
             raise ValueError(msg)
         self.alpha_bar = float(abar[self.t])  # float32 in the scheduler, as DDPMScheduler.step uses it
 

@@ -197,3 +197,20 @@ def test_certify_through_the_diffusion_denoiser_records_it(capsys, tmp_path, ddp
     assert denoiser["name"] == "diffusion" and denoiser["path"] == str(ddpm_dir) and denoiser["t"] == 145
     assert denoiser["sha256"] == rs_plugins.provenance.weights_sha256(DiffusionDenoiser(0.25, str(ddpm_dir)))
     assert sidecar["provenance"]["denoiser"]["plugin"] == "denoisers"
+
+
+def test_attack_through_the_identity_denoiser_equals_the_plain_attack(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.shared, "Host", functools.partial(rs_plugins.Host, plugins=[DenoiserPlugin()]))
+    torch.manual_seed(0)
+    torch.save(SmallCNN(width=4).state_dict(), tmp_path / "m.pt")
+    argv = ["attack", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 4}', "--checkpoint",
+            tmp_path / "m.pt", "--data", "digits", "--attack", "PGDL2", "--eps", "0.5", "--sigma", "0.25", "--m", "2",
+            "--n", "20", "--limit", "3", *FAST]  # fmt: skip
+    assert run(capsys, *argv, "--out", tmp_path / "plain.tsv") == 0
+    assert run(capsys, *argv, "--denoiser", "identity", "--out", tmp_path / "denoised.tsv") == 0
+
+    def rows(name):  # without the timing column
+        return [line.split("\t")[:6] for line in (tmp_path / name).read_text().splitlines()]
+
+    assert rows("plain.tsv") == rows("denoised.tsv") and len(rows("plain.tsv")) == 4
+    assert json.loads((tmp_path / "denoised.tsv.json").read_text())["denoiser"]["name"] == "identity"

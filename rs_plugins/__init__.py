@@ -20,6 +20,7 @@ import pluggy
 hookimpl = pluggy.HookimplMarker("rs_plugins")
 """Marks a plugin function as an implementation of the hook with the same name."""
 
+from .denoising import DenoisedClassifier  # noqa: E402
 from .errors import (  # noqa: E402  (hookimpl must exist before the built-in plugins import this package)
     ComponentConflictError,
     IncompatibleComponentsError,
@@ -38,6 +39,8 @@ from .types import (  # noqa: E402
     Certifier,
     CertifierSpec,
     DataRequest,
+    Denoiser,
+    DenoiserSpec,
     LossOutput,
     LossSpec,
     MixerSpec,
@@ -60,6 +63,9 @@ __all__ = [
     "CertifierSpec",
     "ComponentConflictError",
     "DataRequest",
+    "DenoisedClassifier",
+    "Denoiser",
+    "DenoiserSpec",
     "Host",
     "IncompatibleComponentsError",
     "LossOutput",

@@ -14,7 +14,7 @@ published under the entry-point group ``rs_plugins``::
     def rs_noise_samplers():
         yield rs_plugins.NoiseSpec("mynoise", MyNoise, summary="...", reference="arXiv:...")
 
-Four *registry* hooks contribute named components (every plugin's answer is collected; names must be unique
+Five *registry* hooks contribute named components (every plugin's answer is collected; names must be unique
 within a kind). Two *source* hooks resolve a ``--model`` or ``--data`` string; the first plugin that
 recognises the string answers, and the built-in resolvers run last, so a plugin can take over a form.
 """
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import Dataset
 
-    from .types import CertifierSpec, DataRequest, LossSpec, MixerSpec, ModelRequest, NoiseSpec
+    from .types import CertifierSpec, DataRequest, DenoiserSpec, LossSpec, MixerSpec, ModelRequest, NoiseSpec
 
 hookspec = pluggy.HookspecMarker("rs_plugins")
 
@@ -96,6 +96,23 @@ def rs_certifiers() -> Iterable[CertifierSpec]:
         @rs_plugins.hookimpl
         def rs_certifiers():
             yield CertifierSpec("cohen", CohenCertifier, summary="Clopper-Pearson CERTIFY")
+    """
+
+
+@hookspec
+def rs_denoisers() -> Iterable[DenoiserSpec]:
+    """Contribute denoisers for denoised smoothing (the base classifier becomes classifier o denoiser).
+
+    ``build(sigma=..., **config)`` must return an ``nn.Module`` mapping a (B, C, H, W) batch of noisy inputs
+    (x + delta, values outside [0, 1] allowed) to clean-image estimates of the same shape in [0, 1]. ``--denoiser
+    NAME:PATH`` passes ``path=PATH``. An optional ``settings()`` method returns a JSON-ready dict recorded with
+    the results (e.g. the diffusion timestep chosen for sigma).
+
+    Example::
+
+        @rs_plugins.hookimpl
+        def rs_denoisers():
+            yield DenoiserSpec("mydenoiser", MyDenoiser, summary="one-shot denoiser", reference="arXiv:...")
     """
 
 

@@ -38,6 +38,7 @@ REGISTRY_HOOKS = {
     "loss": "rs_training_losses",
     "mixer": "rs_mixers",
     "certifier": "rs_certifiers",
+    "denoiser": "rs_denoisers",
 }
 OPTION_FLAGS = {kind: f"--{kind}-option" for kind in REGISTRY_HOOKS}  # how the CLI passes each kind's options
 # Errors that already speak to the user; anything else a plugin raises is wrapped with the plugin's name.
@@ -117,7 +118,7 @@ class Host:
     # -- components ---------------------------------------------------------------------------------------
 
     def names(self, kind: str) -> list[str]:
-        """Names of the components of ``kind`` ('noise', 'loss', 'mixer' or 'certifier')."""
+        """Names of the components of ``kind`` ('noise', 'loss', 'mixer', 'certifier' or 'denoiser')."""
         return sorted(self._kind(kind))
 
     def components(self, kind: str) -> list[Component]:
@@ -182,6 +183,12 @@ class Host:
     def mixer(self, name: str, base_classifiers: Sequence[nn.Module], **config: Any) -> nn.Module:
         """One classifier combined from several by the mixer ``name``."""
         return self.build("mixer", name, list(base_classifiers), **config)
+
+    def denoiser(self, name: str, *, sigma: float, path: str | None = None, **config: Any) -> nn.Module:
+        """A denoiser for noise level ``sigma``, e.g. ``host.denoiser("diffusion", sigma=0.25, path="ddpm")``."""
+        if path is not None:
+            config["path"] = path
+        return self.build("denoiser", name, sigma=sigma, **config)
 
     def check_compatible(self, certifier: str, noise: str) -> None:
         """Refuse a certifier with a noise it is not derived for, before any sampling."""

@@ -115,6 +115,29 @@ def check_mixer(mixed: nn.Module, *, channels: int = 1, size: int = 8, num_class
     assert x.grad is not None and torch.isfinite(x.grad).all(), "the mixer must be differentiable in its input"
 
 
+class IdentityDenoiser(nn.Module):
+    """A denoiser that returns its input: denoised smoothing with it is plain smoothing, row for row."""
+
+    def __init__(self, sigma: float = 0.0) -> None:
+        super().__init__()
+        self.sigma = float(sigma)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def check_denoiser(denoiser: nn.Module, *, shape: tuple[int, ...] = (4, 3, 8, 8), sigma: float = 0.25) -> None:
+    """Shape, dtype and device kept; finite values in [0, 1] for noisy inputs that leave [0, 1]."""
+    torch.manual_seed(0)
+    x = torch.rand(shape) + sigma * torch.randn(shape)
+    with torch.no_grad():
+        out = denoiser(x)
+    assert isinstance(out, Tensor) and out.shape == x.shape, f"denoiser output must have shape {tuple(x.shape)}"
+    assert out.dtype == x.dtype and out.device == x.device, "denoiser output must keep dtype and device"
+    assert torch.isfinite(out).all(), "denoiser output must be finite"
+    assert out.min() >= 0 and out.max() <= 1, "denoiser output must lie in [0, 1]"
+
+
 def check_certifier(
     certifier: Certifier, noise: NoiseSampler, *, num_classes: int = 3, model: nn.Module | None = None
 ) -> None:

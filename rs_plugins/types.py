@@ -83,8 +83,16 @@ class CertifierSpec(ComponentSpec):
     noises: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class DenoiserSpec(ComponentSpec):
+    """Contributes a denoiser for denoised smoothing; ``build(sigma=..., [path=...,] **config) -> Denoiser``."""
+
+    kind: ClassVar[str] = "denoiser"
+    label: ClassVar[str] = "denoiser"
+
+
 SPEC_TYPES: dict[str, type[ComponentSpec]] = {
-    spec.kind: spec for spec in (NoiseSpec, LossSpec, MixerSpec, CertifierSpec)
+    spec.kind: spec for spec in (NoiseSpec, LossSpec, MixerSpec, CertifierSpec, DenoiserSpec)
 }
 """Component kinds in display order."""
 
@@ -177,6 +185,25 @@ class Certifier(Protocol):
 
         A certifier may also accept ``labels`` (a (B,) int64 tensor, or None): the runner passes the data set's
         labels to a ``certify`` whose signature has that keyword, for evaluation-only class selection.
+        """
+        ...
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """An ``nn.Module`` that maps noisy inputs to clean-image estimates; built for one noise level sigma.
+
+    The smoothed classifier becomes ``classifier(denoiser(x + delta))``: the composition is just another base
+    classifier, so every certifier applies unchanged. ``settings()`` (optional) returns what the run depends on
+    beyond the options, e.g. the diffusion timestep, for the results' sidecar.
+    """
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Denoise a batch.
+
+        Shape:
+            x: (B, C, H, W) noisy images in the smoothing's input space (x + delta; values outside [0, 1]).
+            returns: the same shape, clean-image estimates in [0, 1], finite.
         """
         ...
 

@@ -22,7 +22,7 @@ from torch import nn
 
 import rs_plugins
 from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict, execution, validation
-from rs_plugins.builtin import adaptive, catrs, consistency, gaussian, sources
+from rs_plugins.builtin import adaptive, catrs, consistency, denoisers, gaussian, sources
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.errors import RsPluginError
 from rs_plugins.nets import SmallCNN
@@ -92,8 +92,30 @@ class BrokenPlugin:
         yield CertifierSpec("nan_radius", NaNRadiusCertifier, "radius NaN")
 
 
+class BrokenDenoiserPlugin:
+    """Denoisers that break their contract: output of another shape, or NaNs."""
+
+    name = "broken_denoisers"
+
+    @rs_plugins.hookimpl
+    def rs_denoisers(self):
+        from rs_plugins.types import DenoiserSpec
+
+        yield DenoiserSpec("bad_shape", functools.partial(BadDenoiser, fault="shape"), "drops a row")
+        yield DenoiserSpec("bad_nan", functools.partial(BadDenoiser, fault="nan"), "returns NaN")
+
+
+class BadDenoiser(nn.Module):
+    def __init__(self, sigma: float, fault: str) -> None:
+        super().__init__()
+        self.fault = fault
+
+    def forward(self, x):
+        return x[:, :, 1:] if self.fault == "shape" else x * float("nan")
+
+
 def host() -> rs_plugins.Host:
-    plugins = [gaussian, consistency, sources, adaptive, catrs, BrokenPlugin()]
+    plugins = [gaussian, consistency, sources, adaptive, catrs, denoisers, BrokenPlugin(), BrokenDenoiserPlugin()]
     return rs_plugins.Host(entry_points=False, plugins=plugins)
 
 
@@ -224,6 +246,10 @@ def _denied(check):
         return check()
 
 
+def certify_args_lazy() -> list:
+    return [*CERTIFY, "--checkpoint", lambda f: f.ckpt, "--out", lambda f: f.root / "unused.tsv"]
+
+
 def x1() -> torch.Tensor:
     return torch.rand(1, 1, 8, 8)
 
@@ -243,6 +269,24 @@ def votes_file(f: Files) -> Path:
     with ResultsFile(path, CONFIDENCE_COLUMNS, {"n": 2, "num_classes": 10, "data_identity": identity}) as results:
         results.append(ConfidenceRow(0, 3, ((3, 2),), 0.0))
     return path
+
+
+def ddpm(f: Files, channels: int = 1) -> Path:
+    """A tiny diffusers UNet2DModel + DDPMScheduler folder for ``channels``-channel 8 x 8 images."""
+    path = f.root / f"ddpm{channels}"
+    if not path.exists():
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        torch.manual_seed(0)
+        UNet2DModel(sample_size=8, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
+                    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                    layers_per_block=1, norm_num_groups=4).save_pretrained(path)  # fmt: skip
+        DDPMScheduler(num_train_timesteps=1000).save_pretrained(path)
+    return path
+
+
+def diffusion(f: Files, channels: int = 1) -> str:
+    return f"diffusion:{ddpm(f, channels)}"
 
 
 # fmt: off
@@ -578,6 +622,39 @@ CASES: list[Case] = [
     api_case("api-adaptive-torchscript", "`Host.mixer`", "`mixer('adaptive', [g, h])` with TorchScript bases",
              "the std model is TorchScript, whose layers cannot be hooked",
              lambda f: host().mixer("adaptive", [torch.jit.script(small()), torch.jit.script(small())])),
+    # denoised smoothing (--denoiser)
+    cli_case("denoiser-missing-dir", "certify", "`--denoiser diffusion:no_such_dir`",
+             "--denoiser diffusion:DIR: no directory 'no_such_dir'",
+             *certify_args_lazy(), "--denoiser", "diffusion:no_such_dir"),
+    cli_case("denoiser-not-diffusers", "certify", "`--denoiser diffusion:DIR`, DIR without diffusers configs",
+             "is not a diffusers folder (no config.json + scheduler_config.json)",
+             *certify_args_lazy(), "--denoiser", lambda f: f"diffusion:{f.folder}"),
+    cli_case("denoiser-pt-file", "certify", "`--denoiser diffusion:model.pt` (improved-diffusion checkpoint)",
+             "is a .pt file (e.g. improved-/guided-diffusion), which diffusers cannot convert",
+             *certify_args_lazy(), "--denoiser", lambda f: f"diffusion:{f.ckpt}"),
+    cli_case("denoiser-sigma-too-large", "certify", "`--sigma 100 --denoiser diffusion:DIR`",
+             "2 sigma = 200 exceeds the largest noise level of the diffusion schedule",
+             *MODEL, "--data", "digits", "--sigma", "100", "--n", "20", "--n0", "10", "--limit", "1",
+             "--out", lambda f: f.root / "u.tsv", "--denoiser", diffusion),
+    cli_case("denoiser-wrong-channels", "certify", "an RGB diffusion model on 1-channel digits",
+             "the UNet takes 3-channel images; the data has 1 channels",
+             *certify_args_lazy(), "--denoiser", lambda f: diffusion(f, 3)),
+    cli_case("denoiser-option-unknown", "certify", "`--denoiser-option steps=4`",
+             "has no option 'steps' (--denoiser-option); accepted: sigma, path, classifier_size",
+             *certify_args_lazy(), "--denoiser", diffusion, "--denoiser-option", "steps=4"),
+    cli_case("denoiser-empty-path", "predict", "`--denoiser diffusion:`",
+             "--denoiser takes NAME or NAME:PATH", *PREDICT, "--out", lambda f: f.root / "u.tsv",
+             "--denoiser", "diffusion:"),
+    cli_case("denoiser-no-sigma", "attack", "`--denoiser` without `--sigma`",
+             "--denoiser denoises the smoothing noise: give --sigma",
+             *MODEL, "--data", "digits", "--attack", "PGD", "--eps", "0.1", "--limit", "1", "--denoiser",
+             "bad_shape", "--device", "cpu", "--no-progress", "--out", lambda f: f.root / "u.tsv"),
+    cli_case("denoiser-bad-shape", "certify", "a plugin denoiser whose output has another shape",
+             "denoiser 'bad_shape' from plugin broken_denoisers returned (1, 1, 7, 8) for input (1, 1, 8, 8)",
+             *certify_args_lazy(), "--denoiser", "bad_shape"),
+    cli_case("denoiser-nan", "certify", "a plugin denoiser that returns NaN",
+             "denoiser 'bad_nan' from plugin broken_denoisers returned NaN or infinite values",
+             *certify_args_lazy(), "--denoiser", "bad_nan"),
 ]
 # fmt: on
 

@@ -113,11 +113,11 @@ def test_plugins_json_lists_the_builtin_components(capsys):
     assert set(listing) >= {"plugins", "components"}
     distribution = {p["name"]: p["distribution"] for p in listing["plugins"]}
     for component in listing["components"]:
-        assert component["kind"] in {"noise", "loss", "mixer", "certifier"}
+        assert component["kind"] in {"noise", "loss", "mixer", "certifier", "denoiser"}
         for key in ("name", "summary", "reference"):
             assert isinstance(component[key], str) and component[key], (key, component)
     builtin = {(c["kind"], c["name"]) for c in listing["components"] if distribution[c["plugin"]] == "rs-plugins"}
-    assert {("noise", "gaussian"), ("loss", "gaussian"), ("certifier", "cohen")} <= builtin
+    assert {("noise", "gaussian"), ("loss", "gaussian"), ("certifier", "cohen"), ("denoiser", "diffusion")} <= builtin
     techniques = {"consistency", "smoothmix", "smoothadv", "macer", "adre"}
     assert {("loss", name) for name in techniques} <= builtin
     options = {c["name"]: c["options"] for c in listing["components"] if c["kind"] == "loss"}

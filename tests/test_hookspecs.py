@@ -13,6 +13,7 @@ PINNED = [
     ("rs_training_losses", (), False),
     ("rs_mixers", (), False),
     ("rs_certifiers", (), False),
+    ("rs_denoisers", (), False),
     ("rs_load_model", ("request",), True),
     ("rs_load_data", ("request",), True),
 ]

@@ -17,6 +17,7 @@ def add_attack(sub) -> None:
     """Add ``attack`` to the ``rs-plugins`` sub-parsers."""
     p = sub.add_parser("attack", help="robust accuracy under a torchattacks or AutoAttack adversary")
     shared._add_model(p, several=True)
+    shared._add_denoiser(p)
     shared._add_data(p, "test")
     shared._add_subset(p)
     g = p.add_argument_group("adversary")
@@ -85,6 +86,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     dataset = host.load_data(DataRequest(args.data, args.split))
     indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
     settings["model_sha256"] = provenance.weights_sha256(model)  # the weights as loaded; others change the rows
+    model = shared._denoised(host, args, model, settings)  # after the hash: the classifier's weights alone
     model = prepare_model(model, device, execution)
     record = shared._record(host, args, settings, model, dataset, indices, device, execution.precision)
     record["norm"] = adversary.norm  # of eps and the perturbations; the smoothing noise's is noise_norm

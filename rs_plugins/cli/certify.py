@@ -34,6 +34,7 @@ def add_certify(sub) -> None:
     ):
         p = sub.add_parser(name, help=help_)
         shared._add_model(p, several=True)
+        shared._add_denoiser(p)
         shared._add_data(p, "test")
         shared._add_subset(p)
         shared._add_run(p, batch_size=1000)
@@ -106,6 +107,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     dataset = host.load_data(DataRequest(args.data, args.split))
     indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
     settings["model_sha256"] = provenance.weights_sha256(model)  # the weights as loaded; others change the rows
+    model = shared._denoised(host, args, model, settings)  # after the hash: the classifier's weights alone
     model = prepare_model(model, device, execution)
     batch_size = args.batch_size
     if batch_size == "auto":

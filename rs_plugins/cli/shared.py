@@ -84,6 +84,36 @@ def _add_model(p: argparse.ArgumentParser, *, several: bool) -> None:
     )
 
 
+def _add_denoiser(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("denoised smoothing")
+    g.add_argument("--denoiser", metavar="NAME[:PATH]", help="classify denoiser(x + delta): e.g. diffusion:DIR "
+                   "(a diffusers UNet2DModel + DDPMScheduler folder); see rs-plugins plugins")  # fmt: skip
+    g.add_argument("--denoiser-option", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _denoised(host: Host, args: argparse.Namespace, model, settings: dict):
+    """``model`` composed with the --denoiser built for --sigma (``model`` itself without one).
+
+    Stores the denoiser's name, path, options, weights' hash and own settings in ``settings["denoiser"]``.
+    """
+    from ..denoising import DenoisedClassifier, denoiser_settings, parse_denoiser
+
+    options = _options(args.denoiser_option, "--denoiser-option")
+    if not args.denoiser:
+        if options:
+            raise ValueError("--denoiser-option given without --denoiser")
+        return model
+    if args.sigma is None:
+        raise ValueError("--denoiser denoises the smoothing noise: give --sigma")
+    name, path = parse_denoiser(args.denoiser)
+    for key in ("sigma", "path"):
+        if key in options:
+            raise ValueError(f"--denoiser-option {key}=...: give it with --sigma / --denoiser NAME:PATH")
+    denoiser = host.denoiser(name, sigma=args.sigma, path=path, **options)
+    settings["denoiser"] = denoiser_settings(name, path, options, denoiser)
+    return DenoisedClassifier(model, denoiser)
+
+
 def _add_data(p: argparse.ArgumentParser, split: str) -> None:
     g = p.add_argument_group("data")
     forms = "digits | mnist:<root> | cifar10:<root> | cifar100:<root> | imagenet:<root> | <file>.pt | <file>.npz"
@@ -223,4 +253,7 @@ def _record(
         record["noise"] = provenance.component(host, "noise", args.noise, settings["noise_option"])
     if args.mixer:
         record["mixer"] = provenance.component(host, "mixer", args.mixer, settings["mixer_option"])
+    if settings.get("denoiser"):
+        record["denoiser"] = provenance.component(host, "denoiser", settings["denoiser"]["name"],
+                                                  settings["denoiser"]["options"])  # fmt: skip
     return record

@@ -194,20 +194,20 @@ def read_results(path: StrPath) -> list[Row]:
 
 def read_attack_results(path: StrPath) -> list[AttackRow]:
     """Rows of an ``rs-plugins attack`` TSV; an unfinished last line (a run still writing) is skipped."""
-    header, rows, _ = _load(Path(path))
-    if header != ATTACK_COLUMNS:
-        msg = f"{path} is not an attack results file: header {header!r}; expected {ATTACK_COLUMNS!r}"
-        raise ResultsFileError(msg)
-    return rows  # type: ignore[return-value]
+    return _read_rows(path, ATTACK_COLUMNS, "an attack results file")  # type: ignore[return-value]
 
 
 def read_confidence(path: StrPath) -> list[ConfidenceRow]:
     """Rows of an ``rs-plugins predict-confidence`` TSV; an unfinished last line (a run still writing) is skipped."""
+    return _read_rows(path, CONFIDENCE_COLUMNS, "a predict-confidence file")  # type: ignore[return-value]
+
+
+def _read_rows(path: StrPath, columns: Sequence[str], kind: str) -> list:
+    """The rows of a results file whose header must be ``columns`` (``kind`` names the file in the message)."""
     header, rows, _ = _load(Path(path))
-    if header != CONFIDENCE_COLUMNS:
-        msg = f"{path} is not a predict-confidence file: header {header!r}; expected {CONFIDENCE_COLUMNS!r}"
-        raise ResultsFileError(msg)
-    return rows  # type: ignore[return-value]
+    if header != columns:
+        raise ResultsFileError(f"{path} is not {kind}: header {header!r}; expected {columns!r}")
+    return rows
 
 
 def check_rows(path: StrPath, rows: Sequence[Row], num_classes: int | None = None) -> None:

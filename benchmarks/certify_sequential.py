@@ -19,6 +19,7 @@ Resumable: trained models and certification TSVs are reused when rerun with the 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
 from pathlib import Path
@@ -37,9 +38,9 @@ MODES = {"cohen": ("cohen", []), "grid": ("sequential", []), "tolerance": ("sequ
 
 
 def train(args: argparse.Namespace) -> Path:
-    """A SmallCNN trained with Gaussian noise on the digits training split (resumes if already trained)."""
-    run_dir = Path(args.work_dir) / f"gaussian_sigma{args.sigma}_seed{args.seed}"
-    argv = ["train", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", f'{{"width": {args.width}}}']
+    """A SmallCNN trained with Gaussian noise on the digits training split (reused if already trained)."""
+    run_dir = Path(args.work_dir) / f"smallcnn_w{args.width}_sigma{args.sigma}_seed{args.seed}"
+    argv = ["train", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", json.dumps({"width": args.width})]
     argv += ["--data", "digits", "--sigma", str(args.sigma), "--loss", "gaussian", "--epochs", str(args.epochs)]
     argv += ["--batch-size", "64", "--lr", "0.05", "--lr-step", str(max(1, args.epochs // 3)), "--seed", str(args.seed)]
     argv += ["--device", "cpu", "--checkpoint-dir", str(run_dir), "--no-progress"]

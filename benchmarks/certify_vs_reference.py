@@ -26,24 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from certify_sequential import train  # the same Gaussian SmallCNN on digits (a sibling script)
 from scipy.stats import beta, norm
 
 from rs_plugins.cli import main as rs_plugins
 from rs_plugins.data import load_digits
 from rs_plugins.nets import SmallCNN
 from rs_plugins.report import Row, certified_accuracy, mean_samples, read_results
-
-
-def train(args: argparse.Namespace) -> Path:
-    """A SmallCNN trained with Gaussian noise on the digits training split (reused if already trained)."""
-    run_dir = Path(args.work_dir) / f"smallcnn_w{args.width}_sigma{args.sigma}_seed{args.seed}"
-    argv = ["train", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", json.dumps({"width": args.width})]
-    argv += ["--data", "digits", "--sigma", str(args.sigma), "--loss", "gaussian", "--epochs", str(args.epochs)]
-    argv += ["--batch-size", "64", "--lr", "0.05", "--lr-step", str(max(1, args.epochs // 3)), "--seed", str(args.seed)]
-    argv += ["--device", "cpu", "--checkpoint-dir", str(run_dir), "--no-progress"]
-    if rs_plugins(argv):
-        raise SystemExit("training failed: rs-plugins " + " ".join(argv))
-    return run_dir / "model.pt"
 
 
 @torch.no_grad()

@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .attacks import import_torchattacks
-from .training import CHECKPOINT, PRECISIONS, _read_log, _resume, _save_checkpoint, _seed, _write_log
+from .checkpoints import CHECKPOINT, derived_seed, read_log, resume, save_checkpoint, write_log
+from .training import PRECISIONS
 from .validation import MAX_SEED, check_integer, check_number
 
 if TYPE_CHECKING:
@@ -208,12 +209,12 @@ def train_mixer(
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     # The cosine schedule spans every epoch, so unlike train's, the epoch count is fixed once a run has started.
     recorded = dataclasses.asdict(config) | (settings or {}) | {"schedule_epochs": config.epochs}
-    start_epoch = _resume(directory, recorded, trainable, optimizer, scheduler, scaler, device)
-    log = _read_log(directory)[:start_epoch]
+    start_epoch = resume(directory, recorded, trainable, optimizer, scheduler, scaler, device)
+    log = read_log(directory)[:start_epoch]
 
     for epoch in range(start_epoch, config.epochs):
-        torch.manual_seed(_seed(config.seed, epoch))
-        generator = torch.Generator().manual_seed(_seed(config.seed, epoch))
+        torch.manual_seed(derived_seed(config.seed, epoch))
+        generator = torch.Generator().manual_seed(derived_seed(config.seed, epoch))
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator)
         sums: dict[str, float] = defaultdict(float)
         started = time.perf_counter()
@@ -250,8 +251,8 @@ def train_mixer(
         entry: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]} | _means(sums)
         entry["seconds"] = time.perf_counter() - started
         log.append(entry)
-        _save_checkpoint(directory, epoch + 1, recorded, trainable, optimizer, scheduler, scaler)
-        _write_log(directory, log)
+        save_checkpoint(directory, epoch + 1, recorded, trainable, optimizer, scheduler, scaler)
+        write_log(directory, log)
         if progress:
             tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
     mixer.eval()

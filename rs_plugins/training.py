@@ -9,7 +9,6 @@ per-example targets (``example_targets``, e.g. CAT-RS's smoothed predictions p_b
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
@@ -19,11 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .checkpoints import (
+    CHECKPOINT,
+    LOG,  # noqa: F401  (the log's file name, where the training runner's users look for it)
+    derived_seed,
+    read_log,
+    resume,
+    save_checkpoint,
+    write_log,
+)
 from .distributed import World, average_buffers, average_gradients, barrier, broadcast_model, sum_over_processes
 from .errors import PluginBuildError, TrainingDivergedError
 from .provenance import describe
@@ -36,7 +43,6 @@ from .validation import (
     check_labels,
     check_logits,
     check_number,
-    load_weights_only,
 )
 
 if TYPE_CHECKING:
@@ -45,9 +51,7 @@ if TYPE_CHECKING:
 
     from .types import NoiseSampler, TrainingLoss
 
-CHECKPOINT = "checkpoint.pt"  # everything needed to resume: model, optimizer, scheduler, epoch, config
 FINAL_MODEL = "model.pt"  # the trained model's state dict alone, for --checkpoint
-LOG = "train_log.csv"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUGMENTATIONS = ("none", "crop-flip")
 
@@ -139,7 +143,7 @@ def hold_out(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dat
     held = max(1, round(fraction * len(dataset)))
     if held >= len(dataset):
         raise ValueError(f"--val-split {fraction} holds out all {len(dataset)} images; nothing is left to train on")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(_seed(seed, 2**31))).tolist()
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(derived_seed(seed, 2**31))).tolist()
     return Subset(dataset, order[held:]), Subset(dataset, order[:held])
 
 
@@ -181,10 +185,6 @@ def held_out_accuracy(
             counts["noisy"] += float((model(noisy).argmax(1) == y).sum())
             counts["images"] += len(items)
     return counts
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -299,7 +299,7 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
     num_classes = _check_data_fits_model(model, dataset, device, memory_format)
     targets = example_targets(loss, dataset, num_classes)
     positions = base_indices(dataset)[1]
-    start_epoch = _resume(directory, recorded, model, optimizer, scheduler, scaler, device)
+    start_epoch = resume(directory, recorded, model, optimizer, scheduler, scaler, device)
     if start_epoch > config.epochs:  # the checkpoint is past the requested epoch: its weights are not those
         msg = (
             f"--epochs {config.epochs}: {directory / CHECKPOINT} already holds {start_epoch} epochs, and the weights "
@@ -311,7 +311,7 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
             tqdm.write(f"{directory / CHECKPOINT}: finished, all {start_epoch} epochs trained; nothing to do")
         else:
             tqdm.write(f"{directory / CHECKPOINT}: resuming after epoch {start_epoch} of {config.epochs}")
-    log = _read_log(directory)[:start_epoch]
+    log = read_log(directory)[:start_epoch]
     chunks = int(getattr(loss, "chunks", 1))
     flags = [p.requires_grad for p in model.parameters()]
     show = progress and world.main
@@ -319,12 +319,12 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
     for epoch in range(start_epoch, config.epochs):
         if hasattr(loss, "set_epoch"):
             loss.set_epoch(epoch)
-        torch.manual_seed(_seed(config.seed, epoch, world.rank))
+        torch.manual_seed(derived_seed(config.seed, epoch, world.rank))
         loader = DataLoader(
             _Indexed(dataset),
             batch_size=config.batch_size,
             shuffle=True,
-            generator=torch.Generator().manual_seed(_seed(config.seed, epoch)),
+            generator=torch.Generator().manual_seed(derived_seed(config.seed, epoch)),
         )
         sums: dict[str, float] = defaultdict(float)
         started = time.perf_counter()
@@ -372,7 +372,7 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
             val_set, val_indices = val
             counts = held_out_accuracy(
                 model, val_set, noise, val_indices[world.rank :: world.size], batch_size=config.batch_size,
-                device=device, seed=_seed(config.seed, epoch, world.rank, 1), autocast_dtype=autocast_dtype,
+                device=device, seed=derived_seed(config.seed, epoch, world.rank, 1), autocast_dtype=autocast_dtype,
                 memory_format=memory_format,
             )  # fmt: skip
             counts = sum_over_processes(counts, world)
@@ -386,8 +386,8 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
         scheduler.step()
         log.append(entry)
         if world.main:
-            _save_checkpoint(directory, epoch + 1, recorded, model, optimizer, scheduler, scaler)
-            _write_log(directory, log)
+            save_checkpoint(directory, epoch + 1, recorded, model, optimizer, scheduler, scaler)
+            write_log(directory, log)
         barrier(world)
         if world.main:  # --no-progress hides the bars, not these lines
             tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
@@ -429,58 +429,3 @@ def _check_loss_restored(loss: TrainingLoss, model: nn.Module, flags: list[bool]
         raise PluginBuildError(f"{name} left the model in eval mode; a loss must restore the mode")
     if [p.requires_grad for p in model.parameters()] != flags:
         raise PluginBuildError(f"{name} changed requires_grad flags; a loss must restore them")
-
-
-def _resume(directory: Path, recorded: dict, model, optimizer, scheduler, scaler, device) -> int:
-    path = directory / CHECKPOINT
-    if not path.exists():
-        return 0
-    damaged = f"it is not a checkpoint this command wrote, or it is damaged; delete {path} to start over"
-    state = load_weights_only(path, "--checkpoint-dir", f"a training checkpoint ({damaged})")
-    if not isinstance(state, dict) or not {"config", "model", "optimizer", "scheduler", "epoch"} <= state.keys():
-        raise ValueError(f"--checkpoint-dir: {path} holds no training state; {damaged}")
-    saved = {k: v for k, v in state["config"].items() if k != "epochs"}
-    wanted = {k: v for k, v in recorded.items() if k != "epochs"}
-    if saved != wanted:
-        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k])
-        msg = f"{path} was written with other settings ({diff}); use another --checkpoint-dir or the same settings"
-        raise ValueError(msg)
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise ValueError(f"--checkpoint-dir: {path} does not fit this model ({err}); {damaged}") from err
-    if "scaler" in state:
-        scaler.load_state_dict(state["scaler"])
-    return int(state["epoch"])
-
-
-def _save_checkpoint(directory: Path, epoch: int, recorded: dict, model, optimizer, scheduler, scaler) -> None:
-    state = {
-        "epoch": epoch,
-        "config": recorded,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-    }
-    tmp = directory / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, directory / CHECKPOINT)  # atomic: a crash leaves the previous checkpoint intact
-
-
-def _read_log(directory: Path) -> list[dict[str, float]]:
-    path = directory / LOG
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _write_log(directory: Path, log: list[dict[str, float]]) -> None:
-    fields = list(dict.fromkeys(k for entry in log for k in entry))
-    with open(directory / LOG, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(log)

@@ -251,7 +251,7 @@ def test_training_changes_only_the_mixing_network_and_resumes_exactly(tmp_path, 
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(mixing, "_write_log", interrupt)
+        patch.setattr(mixing, "write_log", interrupt)
         with pytest.raises(KeyboardInterrupt):
             tiny_training(tmp_path / "b")
     resumed, _ = tiny_training(tmp_path / "b")

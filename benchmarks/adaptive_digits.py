@@ -30,9 +30,9 @@ import torchattacks
 
 import rs_plugins
 from rs_plugins.builtin.adaptive import AdaptiveMixer, MixedClassifier
-from rs_plugins.mixing import MixerTrainConfig, train_mixer
 from rs_plugins.nets import SmallCNN
-from rs_plugins.training import FINAL_MODEL, TrainConfig, train
+from rs_plugins.train.loop import FINAL_MODEL, TrainConfig, train
+from rs_plugins.train.mixer import MixerTrainConfig, train_mixer
 from rs_plugins.types import LossOutput
 
 ALPHAS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)

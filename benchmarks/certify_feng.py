@@ -22,13 +22,13 @@ import torch
 
 from rs_plugins.builtin.feng import feng_radius
 from rs_plugins.builtin.gaussian import GaussianNoise
+from rs_plugins.certify.runner import image_generator
+from rs_plugins.certify.smoothing import sample_counts
+from rs_plugins.certify.stats import clopper_pearson_lower
 from rs_plugins.cli import main as rs_plugins
-from rs_plugins.data import load_digits
-from rs_plugins.models import load_factory
-from rs_plugins.report import Row, average_certified_radius, certified_accuracy
-from rs_plugins.runner import image_generator
-from rs_plugins.smoothing import sample_counts
-from rs_plugins.stats import clopper_pearson_lower
+from rs_plugins.results.report import Row, average_certified_radius, certified_accuracy
+from rs_plugins.sources.data import load_digits
+from rs_plugins.sources.models import load_factory
 
 TRAINING = {"gaussian": [], "adre": ["--loss-option=k=8", "--loss-option=lbd=0.1"]}
 

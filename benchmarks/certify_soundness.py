@@ -24,12 +24,12 @@ from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 
 from rs_plugins import ABSTAIN
+from rs_plugins.builtin.adaptive.certificate import MixedCertifier
 from rs_plugins.builtin.feng import FengCertifier
 from rs_plugins.builtin.gaussian import CohenCertifier, GaussianNoise
 from rs_plugins.builtin.laplace import LaplaceNoise
 from rs_plugins.builtin.sequential import SequentialCertifier
 from rs_plugins.builtin.uniform import UniformNoise
-from rs_plugins.mixed_certificate import MixedCertifier
 from rs_plugins.testing import CoordinateClassifier, LinearClassifier
 
 

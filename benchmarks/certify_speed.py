@@ -8,8 +8,8 @@ With ``--repeats R`` every timing is the best of R (the run least disturbed by o
 and the certification alternating.
 
 - ``certify``: rs-plugins' ``cohen_certify`` on ``--images`` images with n0 + n samples each, as the CLI runs it
-  (the model wrapped by ``rs_plugins.execution.prepare_model``): samples/s, seconds per image, peak memory, and the
-  ratio to the raw forward throughput of the same wrapped model at the same batch size (target >= 0.95);
+  (the model wrapped by ``rs_plugins.certify.execution.prepare_model``): samples/s, seconds per image, peak memory,
+  and the ratio to the raw forward throughput of the same wrapped model at the same batch size (target >= 0.95);
 - peak memory again at ``n / 10`` samples, to show it does not grow with n;
 - ``loop``: a per-image fp32 loop with the structure of the reference implementation (Cohen et al.'s core.py: one
   image at a time, ``x.repeat`` batches, counts copied to the host after every batch), written here independently;
@@ -45,12 +45,12 @@ import torch.nn.functional as F
 from scipy.stats import beta
 
 from rs_plugins.builtin.gaussian import GaussianAugmentation, GaussianNoise
-from rs_plugins.data import load_digits
-from rs_plugins.execution import Execution, auto_batch_size, prepare_model
+from rs_plugins.certify.execution import Execution, auto_batch_size, prepare_model
+from rs_plugins.certify.runner import image_generator, resolve_device
+from rs_plugins.certify.smoothing import cohen_certify
 from rs_plugins.nets import CifarResNet
-from rs_plugins.runner import image_generator, resolve_device
-from rs_plugins.smoothing import cohen_certify
-from rs_plugins.training import TrainConfig, train
+from rs_plugins.sources.data import load_digits
+from rs_plugins.train.loop import TrainConfig, train
 
 EXECUTIONS = {
     "fp32": Execution("fp32"),

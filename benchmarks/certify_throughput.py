@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from rs_plugins.builtin.gaussian import GaussianNoise
+from rs_plugins.certify.runner import resolve_device
+from rs_plugins.certify.smoothing import cohen_certify
+from rs_plugins.certify.stats import clopper_pearson_lower
 from rs_plugins.nets import SmallCNN
-from rs_plugins.runner import resolve_device
-from rs_plugins.smoothing import cohen_certify
-from rs_plugins.stats import clopper_pearson_lower
 
 
 @torch.no_grad()

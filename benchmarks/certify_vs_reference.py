@@ -30,9 +30,9 @@ from certify_sequential import train  # the same Gaussian SmallCNN on digits (a 
 from scipy.stats import beta, norm
 
 from rs_plugins.cli import main as rs_plugins
-from rs_plugins.data import load_digits
 from rs_plugins.nets import SmallCNN
-from rs_plugins.report import Row, certified_accuracy, mean_samples, read_results
+from rs_plugins.results.report import Row, certified_accuracy, mean_samples, read_results
+from rs_plugins.sources.data import load_digits
 
 
 @torch.no_grad()

@@ -15,10 +15,10 @@ import time
 
 import torch
 
-import rs_plugins.smoothing as engine
+import rs_plugins.certify.smoothing as engine
 from rs_plugins.builtin.gaussian import GaussianNoise
+from rs_plugins.certify.runner import resolve_device
 from rs_plugins.nets import SmallCNN
-from rs_plugins.runner import resolve_device
 
 CHECKS = ("check_noise_output", "check_logits", "check_finite_logits")
 

@@ -32,7 +32,7 @@ import torch
 from rs_plugins import DenoisedClassifier, cohen_certify
 from rs_plugins.builtin.denoisers.diffusion import DiffusionDenoiser
 from rs_plugins.builtin.gaussian import GaussianNoise
-from rs_plugins.execution import Execution, prepare_model
+from rs_plugins.certify.execution import Execution, prepare_model
 from rs_plugins.nets import cifar_resnet110
 
 DDPM_CIFAR10_32 = dict(  # the configuration of google/ddpm-cifar10-32's UNet

@@ -20,7 +20,9 @@ import pluggy
 hookimpl = pluggy.HookimplMarker("rs_plugins")
 """Marks a plugin function as an implementation of the hook with the same name."""
 
-from .denoising import DenoisedClassifier  # noqa: E402
+from .attacks.engine import AttackResult, attack  # noqa: E402
+from .certify.denoising import DenoisedClassifier  # noqa: E402
+from .certify.smoothing import SmoothedClassifier, cohen_certify, cohen_predict  # noqa: E402
 from .errors import (  # noqa: E402  (hookimpl must exist before the built-in plugins import this package)
     ComponentConflictError,
     IncompatibleComponentsError,
@@ -30,9 +32,7 @@ from .errors import (  # noqa: E402  (hookimpl must exist before the built-in pl
     SourceError,
     UnknownComponentError,
 )
-from .evaluation import AttackResult, attack  # noqa: E402
 from .host import Host  # noqa: E402
-from .smoothing import SmoothedClassifier, cohen_certify, cohen_predict  # noqa: E402
 from .types import (  # noqa: E402
     ABSTAIN,
     Certificate,

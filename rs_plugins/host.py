@@ -23,7 +23,7 @@ from .errors import (
     UnknownComponentError,
 )
 from .manager import DISABLE_ENV, PluginRecord, make_plugin_manager
-from .provenance import remember
+from .results.provenance import remember
 from .types import NAME_PATTERN, SPEC_TYPES, ComponentSpec, DataRequest, ModelRequest
 from .validation import accepted_options
 
@@ -214,14 +214,14 @@ class Host:
 
     def load_model(self, request: ModelRequest | str) -> nn.Module:
         """The classifier a ``--model`` string names, from the first plugin that recognises its form."""
-        from .models import MODEL_FORMS
+        from .sources.models import MODEL_FORMS
 
         request = ModelRequest(request) if isinstance(request, str) else request
         return remember(self._first_result("rs_load_model", request, "--model", MODEL_FORMS), repr(request.source))
 
     def load_data(self, request: DataRequest | str) -> Dataset:
         """The data set a ``--data`` string names, from the first plugin that recognises its form."""
-        from .data import DATA_FORMS
+        from .sources.data import DATA_FORMS
 
         request = DataRequest(request) if isinstance(request, str) else request
         return self._first_result("rs_load_data", request, "--data", DATA_FORMS)

@@ -131,10 +131,10 @@ class TrainingLoss(Protocol):
 
     Two optional members the training runner honours: ``chunks`` (int, default 1) splits each loader batch into
     that many chunks with one optimiser step each, the papers' convention for m noise draws; ``set_epoch(epoch)``
-    is called at the start of every epoch (from 0) for warm-up schedules (see ``rs_plugins.losses.EpochAware``).
+    is called at the start of every epoch (from 0) for warm-up schedules (see ``rs_plugins.train.losses.EpochAware``).
     A third, ``example_targets(dataset, num_classes) -> {name: (N, ...) tensor}``, asks for per-example data by
     data set index (e.g. CAT-RS's p_b); the runner then calls the loss with ``targets={name: rows of this batch}``
-    (see ``rs_plugins.training.example_targets``).
+    (see ``rs_plugins.train.loop.example_targets``).
     """
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, noise: NoiseSampler, *, progress: float) -> LossOutput:

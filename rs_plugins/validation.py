@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import PluginBuildError, SourceError
-from .provenance import describe
+from .results.provenance import describe
 
 if TYPE_CHECKING:
     from torch import Tensor, nn

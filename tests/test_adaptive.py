@@ -12,20 +12,21 @@ from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 from torch import nn
 
-from rs_plugins import cli, mixing
+from rs_plugins import cli
 from rs_plugins.builtin.adaptive import AdaptiveMixer, MixedClassifier
-from rs_plugins.builtin.gaussian import GaussianNoise
-from rs_plugins.mixed_certificate import (
+from rs_plugins.builtin.adaptive.certificate import (
     MixedCertifier,
     bernstein_margin,
     hoeffding_lower,
     hoeffding_upper,
     mixed_radius,
 )
-from rs_plugins.mixing import MixerTrainConfig, train_mixer
+from rs_plugins.builtin.gaussian import GaussianNoise
+from rs_plugins.certify.stats import clopper_pearson_upper
 from rs_plugins.nets import SmallCNN
-from rs_plugins.stats import clopper_pearson_upper
 from rs_plugins.testing import LinearClassifier
+from rs_plugins.train import mixer as mixing
+from rs_plugins.train.mixer import MixerTrainConfig, train_mixer
 
 FAST = ["--device", "cpu", "--no-progress"]
 
@@ -488,7 +489,7 @@ def test_tradeoff_writes_table_and_plot(checkpoints, tmp_path, capsys):
 
 
 def test_default_feature_layers_of_the_robustbench_architectures():
-    from rs_plugins.models import import_robustbench
+    from rs_plugins.sources.models import import_robustbench
 
     import_robustbench()  # robustbench 1.1.1 needs its import fixes first
     from robustbench.model_zoo.architectures.dm_wide_resnet import DMPreActResNet, DMWideResNet
@@ -509,7 +510,7 @@ def test_default_feature_layers_of_the_robustbench_architectures():
 
 def test_mixed_certifier_sees_through_the_execution_wrapper():
     """certify wraps the mixture for --precision/--channels-last; the certificate smooths h run the same way."""
-    from rs_plugins.execution import Execution, RunAs, prepare_model
+    from rs_plugins.certify.execution import Execution, RunAs, prepare_model
 
     torch.manual_seed(0)
     w = torch.randn(1, 4, 4)

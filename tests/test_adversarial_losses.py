@@ -14,7 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rs_plugins.attacks import (
+from rs_plugins.builtin.consistency import ConsistencyLoss
+from rs_plugins.builtin.gaussian import GaussianNoise
+from rs_plugins.builtin.smoothadv import SmoothAdvLoss
+from rs_plugins.builtin.smoothmix import SmoothMixLoss
+from rs_plugins.errors import MissingDependencyError
+from rs_plugins.testing import check_loss, tiny_classifier
+from rs_plugins.train.smoothed_pgd import (
     NO_BALL,
     SmoothedSoftClassifier,
     attack_mode,
@@ -22,12 +28,6 @@ from rs_plugins.attacks import (
     smoothadv_attack,
     smoothed_pgd,
 )
-from rs_plugins.builtin.consistency import ConsistencyLoss
-from rs_plugins.builtin.gaussian import GaussianNoise
-from rs_plugins.builtin.smoothadv import SmoothAdvLoss
-from rs_plugins.builtin.smoothmix import SmoothMixLoss
-from rs_plugins.errors import MissingDependencyError
-from rs_plugins.testing import check_loss, tiny_classifier
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 

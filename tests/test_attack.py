@@ -24,12 +24,12 @@ from torch import nn
 
 import rs_plugins
 from rs_plugins import cli
+from rs_plugins.attacks.engine import EOT_ATTACKS, make_adversary
 from rs_plugins.builtin import gaussian as gaussian_module
 from rs_plugins.builtin import sources as sources_module
 from rs_plugins.builtin.gaussian import GaussianNoise
-from rs_plugins.evaluation import EOT_ATTACKS, make_adversary
-from rs_plugins.report import ATTACK_COLUMNS, AttackRow, ResultsFile, Row, read_attack_results, read_results
-from rs_plugins.smoothing import cohen_certify
+from rs_plugins.certify.smoothing import cohen_certify
+from rs_plugins.results.report import ATTACK_COLUMNS, AttackRow, ResultsFile, Row, read_attack_results, read_results
 from rs_plugins.testing import LinearClassifier, tiny_classifier
 
 TESTS = Path(__file__).resolve().parent
@@ -429,7 +429,7 @@ class Flat(nn.Module):
 @pytest.fixture(scope="module")
 def flat_model(tmp_path_factory):
     """Trained here for a few full-batch steps on the digits training split, saved as TorchScript."""
-    from rs_plugins.data import load_digits
+    from rs_plugins.sources.data import load_digits
 
     train = load_digits("train")
     torch.manual_seed(0)
@@ -466,8 +466,8 @@ def test_autoattack_standard_reproduces_robustbench_benchmark(flat_model, tmp_pa
     L2 only: each standard run costs seconds (Square's 5000 queries on the points that survive), and Linf differs
     only in the norm passed to the same call; `make_adversary`'s tests cover the norm handling."""
     norm, eps = "L2", 0.5
-    from rs_plugins.data import load_digits
-    from rs_plugins.models import import_robustbench
+    from rs_plugins.sources.data import load_digits
+    from rs_plugins.sources.models import import_robustbench
 
     import_robustbench()
     import robustbench.eval

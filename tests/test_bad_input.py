@@ -21,14 +21,15 @@ import torch
 from torch import nn
 
 import rs_plugins
-from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict, execution, validation
+from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict, validation
 from rs_plugins.builtin import adaptive, catrs, consistency, denoisers, gaussian, sources
 from rs_plugins.builtin.gaussian import GaussianNoise
+from rs_plugins.certify import execution
+from rs_plugins.certify.runner import certify_dataset
 from rs_plugins.errors import RsPluginError
 from rs_plugins.nets import SmallCNN
-from rs_plugins.report import CERTIFY_COLUMNS, CONFIDENCE_COLUMNS, ConfidenceRow, ResultsFile
-from rs_plugins.runner import certify_dataset
-from rs_plugins.training import TrainConfig
+from rs_plugins.results.report import CERTIFY_COLUMNS, CONFIDENCE_COLUMNS, ConfidenceRow, ResultsFile
+from rs_plugins.train.loop import TrainConfig
 from rs_plugins.types import Certificate, CertifierSpec, MixerSpec, ModelRequest
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "guarantees.md"

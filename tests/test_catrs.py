@@ -19,14 +19,14 @@ from torch.utils.data import TensorDataset
 
 from rs_plugins.builtin.catrs import CatrsLoss, budget, low_confidence_loss, noise_adversary, restandardise
 from rs_plugins.builtin.gaussian import GaussianNoise
+from rs_plugins.certify.distributed import World, shard
+from rs_plugins.certify.runner import confidence_dataset, partial_path, read_confidence_targets
 from rs_plugins.cli import main
-from rs_plugins.distributed import World, shard
 from rs_plugins.errors import PluginBuildError, ResultsFileError
 from rs_plugins.host import Host
 from rs_plugins.nets import SmallCNN
-from rs_plugins.report import CONFIDENCE_COLUMNS, RECORD_KEYS, ResultsFile, read_confidence
-from rs_plugins.runner import confidence_dataset, partial_path, read_confidence_targets
-from rs_plugins.training import TrainConfig, hold_out, train
+from rs_plugins.results.report import CONFIDENCE_COLUMNS, RECORD_KEYS, ResultsFile, read_confidence
+from rs_plugins.train.loop import TrainConfig, hold_out, train
 from rs_plugins.types import DataRequest, LossOutput
 
 M, B, K = 4, 12, 3

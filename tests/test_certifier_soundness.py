@@ -14,10 +14,10 @@ from statsmodels.stats.proportion import proportion_confint
 from torch import nn
 
 from rs_plugins import ABSTAIN
+from rs_plugins.builtin.adaptive.certificate import MixedCertifier, mixed_radius, tight_mixed_radius
 from rs_plugins.builtin.feng import feng_radius
 from rs_plugins.builtin.gaussian import GaussianNoise
-from rs_plugins.mixed_certificate import MixedCertifier, mixed_radius, tight_mixed_radius
-from rs_plugins.stats import clopper_pearson_lower, clopper_pearson_upper
+from rs_plugins.certify.stats import clopper_pearson_lower, clopper_pearson_upper
 from rs_plugins.testing import LinearClassifier
 
 ALPHA = 0.1

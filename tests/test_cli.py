@@ -533,7 +533,7 @@ def test_demo_help_plugins_forms_and_demo_messages_speak_of_the_demo_options(cap
 
 
 def test_missing_torchvision_data_does_not_advise_download_true():
-    from rs_plugins.data import _not_on_disk
+    from rs_plugins.sources.data import _not_on_disk
 
     err = RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
     message = str(_not_on_disk("cifar10", "data", "data/cifar-10-batches-py", err, "run X"))
@@ -543,7 +543,7 @@ def test_missing_torchvision_data_does_not_advise_download_true():
 def test_a_cli_row_is_reproduced_from_python_as_the_docs_say(capsys, tmp_path, checkpoint):
     """Issue 21 item 11 (docs/index.md): image_generator(seed, idx) and the CLI's sampling settings give the row."""
     import rs_plugins as rs
-    from rs_plugins.runner import image_generator
+    from rs_plugins.certify.runner import image_generator
 
     out = tmp_path / "c.tsv"
     assert run_cli(capsys, *certify_argv(checkpoint, out, "--start", "7", "--limit", "2", "--seed", "3"))[0] == 0

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from rs_plugins import compare
 from rs_plugins.cli import main
+from rs_plugins.results import compare
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\n"
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from rs_plugins.data import (
+from rs_plugins.errors import MissingDependencyError, SourceError
+from rs_plugins.sources.data import (
     DATA_FORMS,
     check_images,
     load_cifar10,
@@ -18,7 +19,6 @@ from rs_plugins.data import (
     load_tensor_file,
     select_indices,
 )
-from rs_plugins.errors import MissingDependencyError, SourceError
 from rs_plugins.types import DataRequest
 
 # -- digits -----------------------------------------------------------------------------------------------

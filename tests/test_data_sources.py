@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from rs_plugins.data import DATA_FORMS, load_data, load_imagenet, load_mnist
 from rs_plugins.errors import SourceError
+from rs_plugins.sources.data import DATA_FORMS, load_data, load_imagenet, load_mnist
 from rs_plugins.types import DataRequest
 
 pytest.importorskip("torchvision")

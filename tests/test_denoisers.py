@@ -195,7 +195,7 @@ def test_certify_through_the_diffusion_denoiser_records_it(capsys, tmp_path, ddp
     sidecar = json.loads((tmp_path / "c.tsv.json").read_text())
     denoiser = sidecar["denoiser"]
     assert denoiser["name"] == "diffusion" and denoiser["path"] == str(ddpm_dir) and denoiser["t"] == 145
-    assert denoiser["sha256"] == rs_plugins.provenance.weights_sha256(DiffusionDenoiser(0.25, str(ddpm_dir)))
+    assert denoiser["sha256"] == rs_plugins.results.provenance.weights_sha256(DiffusionDenoiser(0.25, str(ddpm_dir)))
     assert sidecar["provenance"]["denoiser"]["plugin"] == "denoisers"
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rs_plugins.cli import main
-from rs_plugins.data import load_digits
+from rs_plugins.sources.data import load_digits
 
 MODEL = '''
 import torch

@@ -34,8 +34,8 @@ import pytest
 import torch
 
 from rs_plugins.cli import build_parser
-from rs_plugins.data import DATA_FORMS
 from rs_plugins.nets import SmallCNN
+from rs_plugins.sources.data import DATA_FORMS
 
 ROOT = Path(__file__).parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

@@ -14,9 +14,7 @@ from torch import nn
 
 from rs_plugins import ABSTAIN, cohen_certify
 from rs_plugins.builtin.gaussian import GaussianNoise
-from rs_plugins.cli import build_parser, main
-from rs_plugins.errors import ResultsFileError
-from rs_plugins.execution import (
+from rs_plugins.certify.execution import (
     Execution,
     RunAs,
     auto_batch_size,
@@ -25,6 +23,8 @@ from rs_plugins.execution import (
     prepare_model,
     resolve_precision,
 )
+from rs_plugins.cli import build_parser, main
+from rs_plugins.errors import ResultsFileError
 from rs_plugins.nets import CifarResNet
 from rs_plugins.testing import LinearClassifier, tiny_classifier
 
@@ -276,8 +276,8 @@ def test_cli_records_the_execution_and_refuses_to_mix_precisions(tmp_path, capsy
 
 def test_attacks_accept_channels_last_batches():
     """`train --loss smoothmix --channels-last` feeds NHWC batches to torchattacks, which reshapes with .view."""
-    from rs_plugins.attacks import smoothed_pgd
-    from rs_plugins.losses import draw_deltas
+    from rs_plugins.train.losses import draw_deltas
+    from rs_plugins.train.smoothed_pgd import smoothed_pgd
 
     model = tiny_classifier(channels=3).to(memory_format=torch.channels_last)
     x = torch.rand(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)

@@ -19,8 +19,8 @@ from rs_plugins.builtin.feng import AdreLoss, runner_up_log_prob
 from rs_plugins.builtin.gaussian import GaussianAugmentation, GaussianNoise
 from rs_plugins.builtin.macer import MacerLoss, macer_terms
 from rs_plugins.errors import PluginBuildError
-from rs_plugins.losses import draw_deltas, warmup_factor
 from rs_plugins.testing import check_loss, tiny_classifier
+from rs_plugins.train.losses import draw_deltas, warmup_factor
 
 B, K, SIGMA = 8, 3, 0.5
 # The fresh tiny classifier predicts class 2 for every image below: half the labels agree, half do not.

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from rs_plugins.errors import MissingDependencyError, SourceError
-from rs_plugins.models import (
+from rs_plugins.nets import Normalize, SmallCNN
+from rs_plugins.sources.models import (
     MODEL_FORMS,
     ExportedModule,
     import_robustbench,
@@ -17,7 +18,6 @@ from rs_plugins.models import (
     load_model,
     load_state_dict_file,
 )
-from rs_plugins.nets import Normalize, SmallCNN
 from rs_plugins.types import ModelRequest
 
 FACTORY = "rs_plugins.nets:SmallCNN"
@@ -170,7 +170,7 @@ except ModuleNotFoundError as err:
 for name in [m for m in sys.modules if m.split('.')[0] in ('robustbench', 'pkg_resources')]:
     del sys.modules[name]  # what the failed import left behind
 sys.modules['pkg_resources'] = None  # as with setuptools >= 81
-from rs_plugins.models import import_robustbench
+from rs_plugins.sources.models import import_robustbench
 print('ours:', import_robustbench().__name__)
 import robustbench.loaders
 shim = robustbench.loaders.pkg_resources
@@ -208,7 +208,7 @@ def test_robustbench_with_pkg_resources_in_process(robustbench_zoo):
 @pytest.fixture(scope="module")
 def robustbench_zoo():
     pytest.importorskip("pyautoattack")
-    from rs_plugins.models import import_robustbench
+    from rs_plugins.sources.models import import_robustbench
 
     import_robustbench()
     from robustbench.model_zoo import model_dicts

@@ -12,7 +12,7 @@ import torch
 import rs_plugins
 from rs_plugins import cli
 from rs_plugins.nets import SmallCNN
-from rs_plugins.provenance import weights_sha256
+from rs_plugins.results.provenance import weights_sha256
 
 MODEL = ["--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 4}']
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from rs_plugins.report import (
+from rs_plugins.results.report import (
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
     ResultsFile,
@@ -250,7 +250,7 @@ def test_largest_radius_is_the_radius_at_the_clopper_pearson_bound_with_all_vote
 
     from rs_plugins.builtin.gaussian import GaussianNoise
     from rs_plugins.builtin.laplace import LaplaceNoise
-    from rs_plugins.report import largest_radius
+    from rs_plugins.results.report import largest_radius
 
     for n, alpha in ((100, 0.001), (100_000, 0.001), (1000, 0.05)):
         p_lower = proportion_confint(n, n, alpha=2 * alpha, method="beta")[0]  # one-sided at alpha: alpha**(1/n)
@@ -260,7 +260,7 @@ def test_largest_radius_is_the_radius_at_the_clopper_pearson_bound_with_all_vote
 
 
 def test_planned_images_and_norm_come_from_the_latest_run():
-    from rs_plugins.report import planned_images, recorded
+    from rs_plugins.results.report import planned_images, recorded
 
     sidecar = {"sigma": 0.25, "provenance": {"images": 10, "norm": "l1"}, "resumed": [{"images": 20}]}
     assert planned_images(sidecar) == 20 and recorded(sidecar, "norm") == "l1"

@@ -12,12 +12,12 @@ from torchrun_model import torchrun as launch
 from torchrun_model import write_model
 
 from rs_plugins.builtin.gaussian import CohenCertifier, GaussianNoise
+from rs_plugins.certify.distributed import World, shard
+from rs_plugins.certify.runner import certify_dataset, partial_path, predict_dataset
 from rs_plugins.cli import main
-from rs_plugins.data import load_digits
-from rs_plugins.distributed import World, shard
 from rs_plugins.errors import ResultsFileError
-from rs_plugins.report import CERTIFY_COLUMNS, PREDICT_COLUMNS, RECORD_KEYS, ResultsFile, read_results
-from rs_plugins.runner import certify_dataset, partial_path, predict_dataset
+from rs_plugins.results.report import CERTIFY_COLUMNS, PREDICT_COLUMNS, RECORD_KEYS, ResultsFile, read_results
+from rs_plugins.sources.data import load_digits
 
 IMAGES = 12
 

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 from statsmodels.stats.proportion import binom_test, proportion_confint
 
-from rs_plugins.stats import binomial_pvalue, clopper_pearson_lower, min_samples_to_certify, min_samples_to_predict
+from rs_plugins.certify.stats import (
+    binomial_pvalue,
+    clopper_pearson_lower,
+    min_samples_to_certify,
+    min_samples_to_predict,
+)
 
 
 @pytest.mark.parametrize("n", [1, 10, 100, 100_000])
@@ -50,7 +55,7 @@ def test_clopper_pearson_upper_keeps_its_level_below_1e_16(k, n, alpha):
     """Issue 17 item 5: the bound U solves P[Bin(n, U) <= k] = alpha, checked with mpmath at 50 digits."""
     import mpmath
 
-    from rs_plugins.stats import clopper_pearson_upper
+    from rs_plugins.certify.stats import clopper_pearson_upper
 
     mpmath.mp.dps = 50
     upper = float(clopper_pearson_upper(k, n, alpha))
@@ -61,7 +66,7 @@ def test_clopper_pearson_upper_keeps_its_level_below_1e_16(k, n, alpha):
 
 def test_bernstein_margin_at_one_sample_is_finite_and_sound():
     """Issue 17 item 5: one value gives no variance; the margin must be 1 (covers [0, 1]), not a division by 0."""
-    from rs_plugins.mixed_certificate import bernstein_margin
+    from rs_plugins.builtin.adaptive.certificate import bernstein_margin
 
     margin = bernstein_margin(np.zeros(3), 1, 0.1)
     np.testing.assert_array_equal(margin, np.ones(3))

@@ -13,10 +13,10 @@ from torch.utils.data import Subset, TensorDataset
 
 from rs_plugins import Host
 from rs_plugins.builtin.gaussian import GaussianAugmentation, GaussianNoise
-from rs_plugins.data import load_digits
 from rs_plugins.errors import PluginBuildError, TrainingDivergedError
 from rs_plugins.nets import SmallCNN
-from rs_plugins.training import CHECKPOINT, FINAL_MODEL, LOG, TrainConfig, crop_flip, train
+from rs_plugins.sources.data import load_digits
+from rs_plugins.train.loop import CHECKPOINT, FINAL_MODEL, LOG, TrainConfig, crop_flip, train
 from rs_plugins.types import LossOutput
 
 # The rate halves after epoch 2: a resume after epoch 1 ends with the wrong rate unless the scheduler state is restored.

@@ -12,7 +12,7 @@ import torch
 
 from rs_plugins import cli
 from rs_plugins.errors import SourceError
-from rs_plugins.models import load_model, load_state_dict_file
+from rs_plugins.sources.models import load_model, load_state_dict_file
 from rs_plugins.types import ModelRequest
 
 
@@ -78,7 +78,7 @@ def test_checkpoint_with_a_payload_is_refused(tmp_path):
 def test_training_resume_never_unpickles(tmp_path):
     from rs_plugins.builtin.gaussian import GaussianAugmentation, GaussianNoise
     from rs_plugins.nets import SmallCNN
-    from rs_plugins.training import TrainConfig, train
+    from rs_plugins.train.loop import TrainConfig, train
 
     marker = tmp_path / "marker"
     torch.save({"epoch": 1, "config": {}, "model": Payload(marker)}, tmp_path / "checkpoint.pt")
@@ -118,7 +118,7 @@ def test_torchscript_needs_trust(tmp_path):
 def test_npz_object_arrays_are_never_unpickled(tmp_path):
     import numpy as np
 
-    from rs_plugins.data import load_tensor_file
+    from rs_plugins.sources.data import load_tensor_file
 
     marker = tmp_path / "marker"
     np.savez(tmp_path / "d.npz", x=np.array([Payload(marker)], dtype=object), y=np.zeros(1, dtype=np.int64))

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from torch.distributions import Binomial
 
 import rs_plugins
-from rs_plugins.attacks import attack_mode
-from rs_plugins.losses import EpochAware, check_bool, check_float, check_int, draw_deltas, noisy_logits
+from rs_plugins.train.losses import EpochAware, check_bool, check_float, check_int, draw_deltas, noisy_logits
+from rs_plugins.train.smoothed_pgd import attack_mode
 from rs_plugins.types import LossOutput, LossSpec, NoiseSampler
 
 JEONG_KIM_SHIN = "Jeong, Kim & Shin, AAAI 2023, arXiv:2212.09000"
@@ -118,7 +118,7 @@ class CatrsLoss(EpochAware):
 
     def example_targets(self, dataset, num_classes: int) -> dict[str, Tensor]:
         """p_b per training index, from ``confidence``; refused if made on other data or for other classes."""
-        from rs_plugins.runner import read_confidence_targets
+        from rs_plugins.certify.runner import read_confidence_targets
 
         return {"p_b": read_confidence_targets(self.confidence, dataset, num_classes, "confidence")}
 
@@ -135,7 +135,7 @@ class CatrsLoss(EpochAware):
         self, model: nn.Module, x: Tensor, y: Tensor, noise: NoiseSampler, *, progress: float, targets=None
     ) -> LossOutput:
         if not targets or "p_b" not in targets:
-            raise ValueError("catrs needs p_b with each batch: train it through rs_plugins.training.train")
+            raise ValueError("catrs needs p_b with each batch: train it through rs_plugins.train.loop.train")
         p_b = targets["p_b"].to(x.dtype)
         lbd = self.weight(float(noise.sigma))
         doubled = self.double_epsilon_at is not None and self.epoch is not None and self.epoch >= self.double_epsilon_at

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import rs_plugins
-from rs_plugins.attacks import import_torchattacks, smoothadv_input
-from rs_plugins.losses import (
+from rs_plugins.train.losses import (
     EpochAware,
     check_bool,
     check_choice,
@@ -29,6 +28,7 @@ from rs_plugins.losses import (
     noisy_logits,
     warmup_factor,
 )
+from rs_plugins.train.smoothed_pgd import import_torchattacks, smoothadv_input
 from rs_plugins.types import LossOutput, LossSpec, NoiseSampler
 
 JEONG_SHIN = "Jeong & Shin, NeurIPS 2020, arXiv:2006.04062"

@@ -26,9 +26,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import rs_plugins
-from rs_plugins.attacks import import_torchattacks, smoothadv_input
 from rs_plugins.builtin.gaussian import GaussianNoise
-from rs_plugins.losses import (
+from rs_plugins.certify.smoothing import (
+    _per_image,
+    check_class_selection,
+    check_images,
+    check_sampling,
+    eval_mode,
+    sample_counts,
+    select_classes,
+)
+from rs_plugins.certify.stats import clopper_pearson_lower, clopper_pearson_upper
+from rs_plugins.train.losses import (
     EpochAware,
     check_choice,
     check_float,
@@ -38,16 +47,7 @@ from rs_plugins.losses import (
     soft_smoothed,
     warmup_factor,
 )
-from rs_plugins.smoothing import (
-    _per_image,
-    check_class_selection,
-    check_images,
-    check_sampling,
-    eval_mode,
-    sample_counts,
-    select_classes,
-)
-from rs_plugins.stats import clopper_pearson_lower, clopper_pearson_upper
+from rs_plugins.train.smoothed_pgd import import_torchattacks, smoothadv_input
 from rs_plugins.types import ABSTAIN, Certificate, CertifierSpec, LossOutput, LossSpec, NoiseSampler
 
 FENG = "Feng et al., AAAI 2020, arXiv:2002.07246"

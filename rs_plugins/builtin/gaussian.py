@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import rs_plugins
-from rs_plugins.smoothing import check_class_selection, cohen_certify
+from rs_plugins.certify.smoothing import check_class_selection, cohen_certify
 from rs_plugins.types import Certificate, CertifierSpec, LossOutput, LossSpec, NoiseSampler, NoiseSpec
 from rs_plugins.validation import check_number
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import rs_plugins
-from rs_plugins.losses import EpochAware, check_float, check_int, draw_deltas, noisy_logits, soft_smoothed
+from rs_plugins.train.losses import EpochAware, check_float, check_int, draw_deltas, noisy_logits, soft_smoothed
 from rs_plugins.types import LossOutput, LossSpec, NoiseSampler
 
 ZHAI = "Zhai et al., ICLR 2020, arXiv:2001.02378"

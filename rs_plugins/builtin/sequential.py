@@ -31,7 +31,7 @@ from scipy.stats import beta as beta_distribution
 from torch import Tensor, nn
 
 import rs_plugins
-from rs_plugins.smoothing import (
+from rs_plugins.certify.smoothing import (
     _per_image,
     check_class_selection,
     check_images,
@@ -41,7 +41,7 @@ from rs_plugins.smoothing import (
     eval_mode,
     select_classes,
 )
-from rs_plugins.stats import clopper_pearson_lower, clopper_pearson_upper, min_samples_to_certify
+from rs_plugins.certify.stats import clopper_pearson_lower, clopper_pearson_upper, min_samples_to_certify
 from rs_plugins.types import ABSTAIN, Certificate, CertifierSpec, NoiseSampler
 from rs_plugins.validation import check_integer, check_number
 

@@ -5,7 +5,7 @@ Learning via Adversarially Trained Smoothed Classifiers", NeurIPS 2019, arXiv:19
 
 The attack maximises -log((1/m) sum_i F(x' + d_i)_y) over ||x' - x||_2 <= eps with the m draws d_i fixed
 (SmoothAdv-PGD; each step clips x' to [0, 1] and then scales x' - x back into the ball, the reference code's
-order, see ``rs_plugins.attacks.smoothed_pgd``), and the loss is (1/m) sum_i CE(f(x' + d_i), y) with the
+order, see ``rs_plugins.train.smoothed_pgd.smoothed_pgd``), and the loss is (1/m) sum_i CE(f(x' + d_i), y) with the
 same draws. eps grows linearly over the first ``warmup`` epochs: eps_t = min(eps, (t + 1) eps / warmup).
 """
 
@@ -15,8 +15,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import rs_plugins
-from rs_plugins.attacks import import_torchattacks, smoothadv_input
-from rs_plugins.losses import EpochAware, check_bool, check_float, check_int, draw_deltas, noisy_logits, warmup_factor
+from rs_plugins.train.losses import (
+    EpochAware,
+    check_bool,
+    check_float,
+    check_int,
+    draw_deltas,
+    noisy_logits,
+    warmup_factor,
+)
+from rs_plugins.train.smoothed_pgd import import_torchattacks, smoothadv_input
 from rs_plugins.types import LossOutput, LossSpec, NoiseSampler
 
 SALMAN = "Salman et al., NeurIPS 2019, arXiv:1906.04584"

@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import rs_plugins
-from rs_plugins.attacks import NO_BALL, import_torchattacks, smoothed_pgd
-from rs_plugins.losses import (
+from rs_plugins.train.losses import (
     EpochAware,
     check_bool,
     check_float,
@@ -34,6 +33,7 @@ from rs_plugins.losses import (
     soft_smoothed,
     warmup_factor,
 )
+from rs_plugins.train.smoothed_pgd import NO_BALL, import_torchattacks, smoothed_pgd
 from rs_plugins.types import LossOutput, LossSpec, NoiseSampler
 
 JEONG_2021 = "Jeong et al., NeurIPS 2021, arXiv:2111.09277"

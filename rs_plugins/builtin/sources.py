@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import rs_plugins
-from rs_plugins import data, models
+from rs_plugins.sources import data, models
 
 
 @rs_plugins.hookimpl(trylast=True)

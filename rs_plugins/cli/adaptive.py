@@ -1,6 +1,6 @@
 """``rs-plugins train-mixer`` and ``rs-plugins tradeoff``: the adaptive-smoothing commands (parsers and thin calls).
 
-The work lives in ``rs_plugins.mixing``; this module only turns flags into its arguments.
+The work lives in ``rs_plugins.train.mixer``; this module only turns flags into its arguments.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import argparse
 from pathlib import Path
 
 from .. import validation
-from ..data import select_indices
-from ..mixing import MIXING_WEIGHTS, NORMS, MixerTrainConfig
+from ..sources.data import select_indices
+from ..train.mixer import MIXING_WEIGHTS, NORMS, MixerTrainConfig
 from ..types import DataRequest
 from . import shared
 
@@ -101,10 +101,10 @@ def cmd_train_mixer(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import Subset
 
+    from ..certify.runner import resolve_device
     from ..host import Host
-    from ..mixing import train_mixer
-    from ..provenance import weights_sha256
-    from ..runner import resolve_device
+    from ..results.provenance import weights_sha256
+    from ..train.mixer import train_mixer
 
     low, high = args.eps_range
     schedule = ("epochs", "batch_size", "lr", "weight_decay", "accumulate", "clip", "warmup", "norm", "eps")
@@ -135,9 +135,9 @@ def cmd_train_mixer(args: argparse.Namespace) -> int:
 def cmd_tradeoff(args: argparse.Namespace) -> int:
     import torch
 
+    from ..certify.runner import resolve_device
     from ..host import Host
-    from ..mixing import tradeoff, write_tradeoff
-    from ..runner import resolve_device
+    from ..train.mixer import tradeoff, write_tradeoff
 
     for alpha in args.alphas:
         if not 0 <= alpha <= 1:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from .. import provenance, validation
-from ..data import select_indices
-from ..execution import add_execution_arguments, execution_from_args
-from ..report import ATTACK_COLUMNS, read_sidecar
+from .. import validation
+from ..certify.execution import add_execution_arguments, execution_from_args
+from ..results import provenance
+from ..results.report import ATTACK_COLUMNS, read_sidecar
+from ..sources.data import select_indices
 from ..types import DataRequest
 from . import shared
 from .shared import _positive_float, _positive_int, _probability, _radius
@@ -49,10 +50,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .. import evaluation as ev
-    from ..distributed import init_world, leave_world
-    from ..execution import execution_record, prepare_model
-    from ..runner import resolve_device, run_sharded
+    from ..attacks import engine as ev
+    from ..certify.distributed import init_world, leave_world
+    from ..certify.execution import execution_record, prepare_model
+    from ..certify.runner import resolve_device, run_sharded
 
     options = shared._options(args.attack_option, "--attack-option")
     adversary = ev.make_adversary(args.attack, args.norm, options, smoothed=args.sigma is not None)

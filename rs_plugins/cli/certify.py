@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from .. import provenance, validation
-from ..data import select_indices
-from ..execution import add_execution_arguments, execution_from_args
-from ..report import (
+from .. import validation
+from ..certify.execution import add_execution_arguments, execution_from_args
+from ..results import provenance
+from ..results.report import (
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
     format_table,
@@ -17,6 +17,7 @@ from ..report import (
     read_sidecar,
     write_summary,
 )
+from ..sources.data import select_indices
 from ..types import ABSTAIN, DataRequest
 from . import shared
 from .shared import _positive_int, _probability
@@ -60,9 +61,9 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..distributed import init_world, leave_world
-    from ..execution import auto_batch_size, execution_record, prepare_model
-    from ..runner import certify_dataset, predict_dataset, resolve_device, run_sharded
+    from ..certify.distributed import init_world, leave_world
+    from ..certify.execution import auto_batch_size, execution_record, prepare_model
+    from ..certify.runner import certify_dataset, predict_dataset, resolve_device, run_sharded
 
     certify = args.command == "certify"
     if certify and args.n0 > args.n:

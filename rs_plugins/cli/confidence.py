@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from .. import provenance, validation
-from ..report import CONFIDENCE_COLUMNS
-from ..training import AUGMENTATIONS
+from .. import validation
+from ..results import provenance
+from ..results.report import CONFIDENCE_COLUMNS
+from ..train.loop import AUGMENTATIONS
 from ..types import DataRequest
 from . import shared
 from .shared import _positive_int
@@ -34,9 +35,9 @@ def cmd_confidence(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..data import data_identity
-    from ..distributed import init_world, leave_world
-    from ..runner import check_dataset, confidence_dataset, resolve_device, run_sharded
+    from ..certify.distributed import init_world, leave_world
+    from ..certify.runner import check_dataset, confidence_dataset, resolve_device, run_sharded
+    from ..sources.data import data_identity
 
     validation.check_output_file(args.out, "--out")
     host = shared.Host()
@@ -60,7 +61,7 @@ def cmd_confidence(args: argparse.Namespace) -> int:
 
     batch_size = args.batch_size
     if batch_size == "auto":
-        from ..execution import auto_batch_size
+        from ..certify.execution import auto_batch_size
 
         batch_size = auto_batch_size(model, dataset[0][0].shape, device, limit=args.n)
 

@@ -61,8 +61,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             if c["options"]:
                 options = ", ".join(f"{k}={v!r}" for k, v in c["options"].items())
                 print(f"    {'':<10} {'':<14} options: {options}")
-    from ..data import DATA_FORMS
-    from ..models import MODEL_FORMS
+    from ..sources.data import DATA_FORMS
+    from ..sources.models import MODEL_FORMS
 
     print(f"--model forms (built in; plugins may add more): {' | '.join(MODEL_FORMS)}")
     print(f"--data forms (built in; plugins may add more): {' | '.join(DATA_FORMS)}")

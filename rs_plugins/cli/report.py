@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import validation
-from ..report import format_provenance, format_table, write_summary
+from ..results.report import format_provenance, format_table, write_summary
 from .shared import _positive_float, _radius
 
 
@@ -29,7 +29,7 @@ def add_report(sub) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .. import compare
+    from ..results import compare
 
     for option in ("summary", "table"):
         validation.check_output_file(getattr(args, option), f"--{option}")

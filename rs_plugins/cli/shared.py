@@ -6,9 +6,10 @@ import argparse
 import json
 import math
 
-from .. import provenance, validation
-from ..execution import batch_size_arg
+from .. import validation
+from ..certify.execution import batch_size_arg
 from ..host import Host  # the commands call shared.Host(): one place a test swaps in its own host
+from ..results import provenance
 from ..types import ModelRequest
 
 SEED_HELP = "seed; each image's noise is seeded from (seed, index), so reruns and resumed runs agree"
@@ -96,7 +97,7 @@ def _denoised(host: Host, args: argparse.Namespace, model, settings: dict):
 
     Stores the denoiser's name, path, options, weights' hash and own settings in ``settings["denoiser"]``.
     """
-    from ..denoising import DenoisedClassifier, denoiser_settings, parse_denoiser
+    from ..certify.denoising import DenoisedClassifier, denoiser_settings, parse_denoiser
 
     options = _options(args.denoiser_option, "--denoiser-option")
     if not args.denoiser:
@@ -193,7 +194,7 @@ def _kwargs_per_model(args: argparse.Namespace) -> list[dict]:
 
 def _check_trained(args: argparse.Namespace, source: str, checkpoint: str | None) -> None:
     """Refuse evaluating a factory model without weights: its results would look plausible and mean nothing."""
-    from ..models import FACTORY_PATTERN
+    from ..sources.models import FACTORY_PATTERN
 
     if checkpoint is None and getattr(args, "random_weights", True) is False and FACTORY_PATTERN.match(source):
         raise ValueError(
@@ -239,7 +240,7 @@ def _record(
     host: Host, args: argparse.Namespace, settings: dict, model, dataset, indices, device, precision: str
 ) -> dict:
     """Check the data against the model (as it will run, on ``device``) and return the run's provenance."""
-    from ..runner import check_dataset
+    from ..certify.runner import check_dataset
 
     num_classes = check_dataset(model, dataset, indices, device)
     record = provenance.environment(device) | {

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import validation
-from ..training import AUGMENTATIONS, PRECISIONS, RECIPES, VAL_IMAGES, TrainConfig
+from ..train.loop import AUGMENTATIONS, PRECISIONS, RECIPES, VAL_IMAGES, TrainConfig
 from ..types import DataRequest
 from . import shared
 from .shared import _epochs, _positive_float, _positive_int
@@ -56,7 +56,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def _held_out(host: shared.Host, args: argparse.Namespace, dataset):
     """(training data, held-out data or None) for cmd_train: --val-split, --val-data, or --data's test split."""
-    from ..training import hold_out
+    from ..train.loop import hold_out
 
     if args.val_split is not None and args.val_data is not None:
         raise ValueError("give --val-split or --val-data, not both")
@@ -81,9 +81,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             "`rs-plugins train-mixer --model STD --model ROB ...`; `mix` has no parameters to train"
         )
 
-    from ..distributed import init_world, leave_world
-    from ..runner import resolve_device
-    from ..training import train
+    from ..certify.distributed import init_world, leave_world
+    from ..certify.runner import resolve_device
+    from ..train.loop import train
 
     config = train_config(args)
     validation.check_output_dir(args.checkpoint_dir, "--checkpoint-dir")

@@ -306,7 +306,7 @@ def radius_formula(noise: Any, certifier: Any = None) -> str:
 def largest_radius(noise: Any, n: int, alpha: float) -> float:
     """The largest radius N samples can certify: ``noise.radius`` at the one-sided Clopper-Pearson lower bound
     with all ``n`` votes for the top class, alpha**(1/n) (Cohen et al.'s CERTIFY at level ``alpha``)."""
-    from .stats import clopper_pearson_lower
+    from ..certify.stats import clopper_pearson_lower
 
     return float(noise.radius(float(clopper_pearson_lower(n, n, alpha))))
 

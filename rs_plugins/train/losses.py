@@ -16,7 +16,7 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from .types import NoiseSampler
+    from ..types import NoiseSampler
 
 
 def draw_deltas(noise: NoiseSampler, x: Tensor, m: int) -> Tensor:

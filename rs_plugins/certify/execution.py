@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from .provenance import describe, remember
-from .training import PRECISIONS
+from ..results.provenance import describe, remember
+from ..train.loop import PRECISIONS
 
 CPU_AUTO_BATCH = 400
 """``--batch-size auto`` on a CPU: the reference repositories' batch (Cohen et al.'s ``--batch 400``). A CPU's

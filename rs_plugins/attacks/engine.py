@@ -28,18 +28,18 @@ import torch
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from .attacks import EOTSoftClassifier, attack_mode, import_torchattacks
-from .report import ATTACK_COLUMNS, AttackRow, ResultsFile, Row
-from .runner import image_generator
-from .smoothing import check_images, check_sampling, cohen_predict
-from .types import ABSTAIN
-from .validation import check_finite_logits, check_labels, check_logits
+from ..certify.runner import image_generator
+from ..certify.smoothing import check_images, check_sampling, cohen_predict
+from ..results.report import ATTACK_COLUMNS, AttackRow, ResultsFile, Row
+from ..train.smoothed_pgd import EOTSoftClassifier, attack_mode, import_torchattacks
+from ..types import ABSTAIN
+from ..validation import check_finite_logits, check_labels, check_logits
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
     from torch.utils.data import Dataset
 
-    from .types import NoiseSampler
+    from ..types import NoiseSampler
 
 NORMS = ("Linf", "L2")
 AUTOATTACK_STANDARD = "autoattack-standard"
@@ -142,7 +142,7 @@ def _autoattack_standard(target: nn.Module, x: Tensor, y: Tensor, eps: float, *,
     ``log_path`` and whose ``run_standard_evaluation`` takes ``batch_size`` where the original took ``bs`` and
     returns (images, labels) where the original returned the images.
     """
-    from .models import import_robustbench
+    from ..sources.models import import_robustbench
 
     import_robustbench()  # makes pyautoattack importable as autoattack
     from autoattack import AutoAttack
@@ -513,7 +513,7 @@ def certified_targets(certified: Sequence[Row]) -> tuple[dict[int, int], dict[in
 def read_certified(path: str | Path, sigma: float, noise: str) -> tuple[list[Row], float | None]:
     """The rows of a certify TSV and its alpha (None if unknown); refused if its settings sidecar (``<path>.json``,
     written by ``rs-plugins certify``) has another sigma or noise."""
-    from .report import read_results
+    from ..results.report import read_results
 
     rows = read_results(path)
     sidecar = Path(f"{path}.json")
@@ -668,7 +668,7 @@ def attack(
         got = f"shape {tuple(labels.shape)}, dtype {labels.dtype}"
         raise ValueError(f"labels must be {len(images)} integers, one per image; got {got}")
     if sigma is not None and noise is None:
-        from .builtin.gaussian import GaussianNoise
+        from ..builtin.gaussian import GaussianNoise
 
         noise = GaussianNoise(sigma)
     if certified is not None and noise is None:

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .distributed import World, barrier, shard
-from .errors import ResultsFileError
-from .report import (
+from ..errors import ResultsFileError
+from ..results.report import (
     ATTACK_COLUMNS,
     CONFIDENCE_COLUMNS,
     RECORD_KEYS,
@@ -39,6 +38,8 @@ from .report import (
     read_sidecar,
     sidecar_path,
 )
+from ..validation import MAX_SEED, check_certificates, check_input_shape, check_integer, check_labels, check_logits
+from .distributed import World, barrier, shard
 from .smoothing import (
     call_model,
     check_images,
@@ -48,13 +49,12 @@ from .smoothing import (
     reporting_passes,
     sample_counts,
 )
-from .validation import MAX_SEED, check_certificates, check_input_shape, check_integer, check_labels, check_logits
 
 if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import Dataset
 
-    from .types import Certifier, NoiseSampler
+    from ..types import Certifier, NoiseSampler
 
 MAX_IMAGES_PER_CALL = 64
 
@@ -253,7 +253,7 @@ def confidence_dataset(
     their pass over the augmented training split); the crop and the noise are seeded from (seed, index), so a
     resumed or sharded run writes the same rows.
     """
-    from .training import crop_flip
+    from ..train.loop import crop_flip
 
     check_integer("seed", seed, minimum=0, maximum=MAX_SEED)
     check_sampling(n=n, alpha=0.5, batch_size=batch_size)
@@ -288,7 +288,7 @@ def read_confidence_targets(path: str | os.PathLike, dataset: Dataset, num_class
     Refused (naming ``option``) unless its sidecar shows it was made on this data set (``data.data_identity``:
     size and labels in index order) for this many classes, and it holds a row for every image.
     """
-    from .data import data_identity
+    from ..sources.data import data_identity
 
     path = Path(path)
     if not path.is_file():

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import PluginBuildError
-from .provenance import describe, weights_sha256
+from ..errors import PluginBuildError
+from ..results.provenance import describe, weights_sha256
 
 
 class DenoisedClassifier(nn.Module):

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from rs_plugins.certify.smoothing import check_images
 from rs_plugins.errors import MissingDependencyError, SourceError
-from rs_plugins.smoothing import check_images
 from rs_plugins.validation import load_weights_only
 
 if TYPE_CHECKING:

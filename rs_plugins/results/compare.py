@@ -54,7 +54,7 @@ class Run:
 
 def _build_noise(name: str, sigma: float, options: dict[str, Any]) -> Any:
     """The noise sampler ``name`` from the plugins installed now."""
-    from .host import Host
+    from ..host import Host
 
     return Host().noise(name, sigma=sigma, **options)
 
@@ -69,7 +69,7 @@ def radius_norm(settings: dict[str, Any], noise: str | None = None, sigma: float
     name = settings.get("noise", noise)
     if name is None:
         return "l2"
-    from .errors import RsPluginError
+    from ..errors import RsPluginError
 
     try:
         return _build_noise(name, settings.get("sigma", sigma or 1.0), settings.get("noise_option", {})).norm
@@ -164,7 +164,7 @@ def largest_radii(runs: Sequence[Run]) -> dict[str, float]:
     """Label -> the largest radius each run's N could certify (``report.largest_radius``), for the runs whose
     sidecar gives N and alpha, whose noise plugin is installed, and whose radii are the noise's (not a
     certifier's own formula, e.g. the mixed certificate's)."""
-    from .errors import RsPluginError
+    from ..errors import RsPluginError
 
     found = {}
     for run in runs:

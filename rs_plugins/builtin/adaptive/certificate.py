@@ -24,11 +24,11 @@ import torch
 from scipy.stats import norm
 from torch import Tensor, nn
 
-from .errors import IncompatibleComponentsError
-from .provenance import describe
-from .smoothing import _per_image, noise_input, sample_counts
-from .stats import clopper_pearson_lower, clopper_pearson_upper
-from .types import ABSTAIN, Certificate, NoiseSampler
+from ...certify.smoothing import _per_image, noise_input, sample_counts
+from ...certify.stats import clopper_pearson_lower, clopper_pearson_upper
+from ...errors import IncompatibleComponentsError
+from ...results.provenance import describe
+from ...types import ABSTAIN, Certificate, NoiseSampler
 
 VOTES = ("hard", "soft")
 BOUNDS = ("hoeffding", "bernstein")
@@ -127,7 +127,7 @@ class MixedCertifier:
             raise ValueError(f"--certifier-option radius must be one of {', '.join(RADII)}; got {radius!r}")
         self.votes, self.bound, self.radius = votes, bound, radius
         formula = "tight_mixed_radius" if radius == "tight" else "mixed_radius"
-        self.radius_formula = f"rs_plugins.mixed_certificate.{formula}"  # recorded in results sidecars
+        self.radius_formula = f"rs_plugins.mixed_certificate.{formula}"  # in results sidecars: a format, kept
 
     def check_model(self, model: nn.Module) -> None:
         """Refuse, before any sampling, a classifier that is not a mixture with a robust member."""
@@ -145,7 +145,7 @@ class MixedCertifier:
         batch_size: int,
         generator=None,
     ) -> list[Certificate]:
-        from .builtin.gaussian import GaussianNoise
+        from ..gaussian import GaussianNoise
 
         if not isinstance(noise, GaussianNoise):
             raise IncompatibleComponentsError(
@@ -185,7 +185,7 @@ class MixedCertifier:
 
 def _unwrap(model: nn.Module) -> tuple[nn.Module, Any]:
     """The mixture inside the execution wrappers (``RunAs``, ``torch.compile``) and the ``RunAs`` settings, if any."""
-    from .execution import RunAs
+    from ...certify.execution import RunAs
 
     execution = None
     for _ in range(8):
@@ -202,7 +202,7 @@ def _unwrap(model: nn.Module) -> tuple[nn.Module, Any]:
 
 def _robust_member(model: nn.Module) -> tuple[nn.Module, float, float]:
     """The robust member h (run with the mixture's precision and memory format), the certified α and h's scale."""
-    from .execution import RunAs
+    from ...certify.execution import RunAs
 
     mixture, execution = _unwrap(model)
     robust, alpha_mix = getattr(mixture, "robust", None), getattr(mixture, "certified_alpha", None)

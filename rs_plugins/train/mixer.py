@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .attacks import import_torchattacks
+from ..validation import MAX_SEED, check_integer, check_number
 from .checkpoints import CHECKPOINT, derived_seed, read_log, resume, save_checkpoint, write_log
-from .training import PRECISIONS
-from .validation import MAX_SEED, check_integer, check_number
+from .loop import PRECISIONS
+from .smoothed_pgd import import_torchattacks
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -330,10 +330,10 @@ def tradeoff(
         mixers: label -> (mixer module, its α for the table; None for the adaptive mixer, whose α_min is shown).
         images, labels: the evaluation set. Shape: (N, C, H, W) in [0, 1]; (N,).
     """
-    from .builtin.gaussian import GaussianNoise
-    from .evaluation import attack as run_attack
-    from .mixed_certificate import MixedCertifier
-    from .runner import image_generator
+    from ..attacks.engine import attack as run_attack
+    from ..builtin.adaptive.certificate import MixedCertifier
+    from ..builtin.gaussian import GaussianNoise
+    from ..certify.runner import image_generator
 
     device = torch.device(device)
     rows = []

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import MissingDependencyError
+from ..errors import MissingDependencyError
 from .losses import noisy_logits, soft_smoothed
 
 if TYPE_CHECKING:

@@ -22,6 +22,26 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..certify.distributed import (
+    World,
+    average_buffers,
+    average_gradients,
+    barrier,
+    broadcast_model,
+    sum_over_processes,
+)
+from ..certify.smoothing import call_model, check_images, eval_mode
+from ..errors import PluginBuildError, TrainingDivergedError
+from ..results.provenance import describe
+from ..validation import (
+    MAX_SEED,
+    CheckedNoise,
+    check_input_shape,
+    check_integer,
+    check_labels,
+    check_logits,
+    check_number,
+)
 from .checkpoints import (
     CHECKPOINT,
     LOG,  # noqa: F401  (the log's file name, where the training runner's users look for it)
@@ -31,25 +51,12 @@ from .checkpoints import (
     save_checkpoint,
     write_log,
 )
-from .distributed import World, average_buffers, average_gradients, barrier, broadcast_model, sum_over_processes
-from .errors import PluginBuildError, TrainingDivergedError
-from .provenance import describe
-from .smoothing import call_model, check_images, eval_mode
-from .validation import (
-    MAX_SEED,
-    CheckedNoise,
-    check_input_shape,
-    check_integer,
-    check_labels,
-    check_logits,
-    check_number,
-)
 
 if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import Dataset
 
-    from .types import NoiseSampler, TrainingLoss
+    from ..types import NoiseSampler, TrainingLoss
 
 FINAL_MODEL = "model.pt"  # the trained model's state dict alone, for --checkpoint
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

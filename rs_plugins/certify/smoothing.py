@@ -16,16 +16,23 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import IncompatibleComponentsError
-from .provenance import built_from, describe
+from ..errors import IncompatibleComponentsError
+from ..results.provenance import built_from, describe
+from ..types import ABSTAIN, Certificate
+from ..validation import (
+    check_finite_logits,
+    check_integer,
+    check_logits,
+    check_noise_output,
+    check_number,
+    check_tensor,
+)
 from .stats import binomial_pvalue, clopper_pearson_lower, min_samples_to_certify, min_samples_to_predict
-from .types import ABSTAIN, Certificate
-from .validation import check_finite_logits, check_integer, check_logits, check_noise_output, check_number, check_tensor
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from .types import Certifier, NoiseSampler
+    from ..types import Certifier, NoiseSampler
 
 
 def check_images(x: Tensor, what: str = "x") -> None:
@@ -62,7 +69,7 @@ def check_sampling(*, n0: int | None = None, n: int, alpha: float, batch_size: i
 
 def check_smoothing(model: object, noise: object) -> None:
     """Refuse a model that cannot be called or a noise that is not a ``NoiseSampler`` (e.g. None)."""
-    from .types import NoiseSampler
+    from ..types import NoiseSampler
 
     if not callable(model):
         raise ValueError(f"model must be a torch.nn.Module (or a callable returning logits); got {model!r}")

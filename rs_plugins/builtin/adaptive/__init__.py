@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import rs_plugins
-from rs_plugins.mixed_certificate import MixedCertifier
+from rs_plugins.builtin.adaptive.certificate import MixedCertifier
 from rs_plugins.types import CertifierSpec, MixerSpec
 from rs_plugins.validation import check_number, load_weights_only
 

@@ -1,0 +1,1 @@
+"""Certify and predict: the Monte Carlo engine, its statistics, dataset runs, execution options and sharding."""

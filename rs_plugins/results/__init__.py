@@ -1,0 +1,1 @@
+"""Results: the resumable TSV and its sidecar, reports, comparisons across runs, provenance."""

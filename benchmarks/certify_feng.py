@@ -23,7 +23,7 @@ import torch
 from rs_plugins.builtin.feng import feng_radius
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.certify.runner import image_generator
-from rs_plugins.certify.smoothing import sample_counts
+from rs_plugins.certify.sampling import sample_counts
 from rs_plugins.certify.stats import clopper_pearson_lower
 from rs_plugins.cli import main as rs_plugins
 from rs_plugins.results.report import Row, average_certified_radius, certified_accuracy

@@ -29,7 +29,7 @@ from rs_plugins.builtin.gaussian import CohenCertifier, GaussianNoise
 from rs_plugins.builtin.laplace import LaplaceNoise
 from rs_plugins.builtin.sequential import SequentialCertifier, look_schedule, spending, thresholds
 from rs_plugins.builtin.uniform import UniformNoise
-from rs_plugins.certify.smoothing import sample_counts, sample_requests
+from rs_plugins.certify.sampling import sample_counts, sample_requests
 from rs_plugins.certify.stats import clopper_pearson_lower, clopper_pearson_upper
 from rs_plugins.testing import CoordinateClassifier, LinearClassifier, tiny_classifier
 

@@ -12,7 +12,7 @@ from scipy.stats import norm
 
 from rs_plugins import ABSTAIN, SmoothedClassifier, cohen_certify, cohen_predict
 from rs_plugins.builtin.gaussian import GaussianNoise
-from rs_plugins.certify.smoothing import sample_counts
+from rs_plugins.certify.sampling import sample_counts
 from rs_plugins.testing import LinearClassifier, tiny_classifier
 
 SIGMA = 0.5
@@ -212,7 +212,7 @@ def test_on_pass_reports_each_forward_pass_and_the_counts_do_not_change():
 
 def test_reporting_passes_reaches_calls_inside_a_certifier():
     """The runner's bar hears the passes of a certifier that calls sample_counts itself (CERTIFY: n0 then n)."""
-    from rs_plugins.certify.smoothing import reporting_passes
+    from rs_plugins.certify.sampling import reporting_passes
 
     passes: list[int] = []
     with reporting_passes(passes.append):

@@ -27,15 +27,8 @@ from torch import Tensor, nn
 
 import rs_plugins
 from rs_plugins.builtin.gaussian import GaussianNoise
-from rs_plugins.certify.smoothing import (
-    _per_image,
-    check_class_selection,
-    check_images,
-    check_sampling,
-    eval_mode,
-    sample_counts,
-    select_classes,
-)
+from rs_plugins.certify.sampling import eval_mode, per_image_generators, sample_counts
+from rs_plugins.certify.smoothing import check_class_selection, check_images, check_sampling, select_classes
 from rs_plugins.certify.stats import clopper_pearson_lower, clopper_pearson_upper
 from rs_plugins.train.losses import (
     EpochAware,
@@ -170,7 +163,7 @@ class FengCertifier:
             raise ValueError(f"certifier 'feng' supports noise ['gaussian'] (its radius is Gaussian); got {noise!r}")
         check_images(x)
         check_sampling(n0=n0, n=n, alpha=alpha, batch_size=batch_size)
-        generators = _per_image(generator, len(x))
+        generators = per_image_generators(generator, len(x))
         with eval_mode(model):
             top, spent = select_classes(
                 model,

@@ -31,16 +31,8 @@ from scipy.stats import beta as beta_distribution
 from torch import Tensor, nn
 
 import rs_plugins
-from rs_plugins.certify.smoothing import (
-    _per_image,
-    check_class_selection,
-    check_images,
-    check_sampling,
-    chunked,
-    count_pass,
-    eval_mode,
-    select_classes,
-)
+from rs_plugins.certify.sampling import chunked, count_pass, eval_mode, per_image_generators
+from rs_plugins.certify.smoothing import check_class_selection, check_images, check_sampling, select_classes
 from rs_plugins.certify.stats import clopper_pearson_lower, clopper_pearson_upper, min_samples_to_certify
 from rs_plugins.types import ABSTAIN, Certificate, CertifierSpec, NoiseSampler
 from rs_plugins.validation import check_integer, check_number
@@ -157,7 +149,7 @@ class SequentialCertifier:
         best = alphas[-1] ** (1 / n)  # the largest bound a full run can reach
         targets = thresholds(noise, self.radii)
         targets = targets[targets < best]  # radii a full run could certify; the rest are out of reach anyway
-        generators = _per_image(generator, len(x))
+        generators = per_image_generators(generator, len(x))
         with eval_mode(model):
             top, spent = select_classes(
                 model,

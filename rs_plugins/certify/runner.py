@@ -40,15 +40,8 @@ from ..results.report import (
 )
 from ..validation import MAX_SEED, check_certificates, check_input_shape, check_integer, check_labels, check_logits
 from .distributed import World, barrier, shard
-from .smoothing import (
-    call_model,
-    check_images,
-    check_sampling,
-    cohen_predict,
-    eval_mode,
-    reporting_passes,
-    sample_counts,
-)
+from .sampling import call_model, eval_mode, reporting_passes, sample_counts
+from .smoothing import check_images, check_sampling, cohen_predict
 
 if TYPE_CHECKING:
     from torch import nn

@@ -30,7 +30,8 @@ from ..certify.distributed import (
     broadcast_model,
     sum_over_processes,
 )
-from ..certify.smoothing import call_model, check_images, eval_mode
+from ..certify.sampling import call_model, eval_mode
+from ..certify.smoothing import check_images
 from ..errors import PluginBuildError, TrainingDivergedError
 from ..results.provenance import describe
 from ..validation import (

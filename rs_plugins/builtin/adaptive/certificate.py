@@ -24,7 +24,7 @@ import torch
 from scipy.stats import norm
 from torch import Tensor, nn
 
-from ...certify.smoothing import _per_image, noise_input, sample_counts
+from ...certify.sampling import noise_input, per_image_generators, sample_counts
 from ...certify.stats import clopper_pearson_lower, clopper_pearson_upper
 from ...errors import IncompatibleComponentsError
 from ...results.provenance import describe
@@ -153,7 +153,7 @@ class MixedCertifier:
                 f"got {describe(noise, type(noise).__name__)}"
             )
         robust, alpha_mix, scale = _robust_member(model)
-        generators = _per_image(generator, len(x))
+        generators = per_image_generators(generator, len(x))
         if self.votes == "hard":
             top = sample_counts(robust, x, noise, n0, batch_size=batch_size, generator=generators).argmax(1)
             counts = sample_counts(robust, x, noise, n, batch_size=batch_size, generator=generators).numpy()

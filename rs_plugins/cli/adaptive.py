@@ -21,26 +21,26 @@ def add_commands(sub) -> None:
     """Add ``train-mixer`` and ``tradeoff`` to the ``rs-plugins`` sub-parsers."""
     defaults = MixerTrainConfig()
     p = sub.add_parser("train-mixer", help="adversarially train the adaptive mixer's mixing network (bases frozen)")
-    shared._add_model(p, several=True)
+    shared.add_model(p, several=True)
     p.set_defaults(mixer="adaptive")
-    shared._add_data(p, "train")
-    shared._add_subset(p)
+    shared.add_data(p, "train")
+    shared.add_subset(p)
     g = p.add_argument_group("schedule (AdamW, exponential warm-up, cosine; the authors' CIFAR-10 values)")
-    g.add_argument("--epochs", type=shared._positive_int, default=defaults.epochs, help="default 3")
-    g.add_argument("--batch-size", type=shared._positive_int, default=defaults.batch_size,
+    g.add_argument("--epochs", type=shared.positive_int, default=defaults.epochs, help="default 3")
+    g.add_argument("--batch-size", type=shared.positive_int, default=defaults.batch_size,
                    help="clean images per batch (each is also attacked; default 50)")  # fmt: skip
-    g.add_argument("--lr", type=shared._positive_float, default=defaults.lr, help="default 5e-5")
+    g.add_argument("--lr", type=shared.positive_float, default=defaults.lr, help="default 5e-5")
     g.add_argument("--weight-decay", type=validation.nonnegative_float, default=defaults.weight_decay)
-    g.add_argument("--accumulate", type=shared._positive_int, default=defaults.accumulate,
+    g.add_argument("--accumulate", type=shared.positive_int, default=defaults.accumulate,
                    help="mini-batches of the buffer per optimizer step (4)")  # fmt: skip
-    g.add_argument("--clip", type=shared._positive_float, default=defaults.clip, help="gradient-norm clip (10)")
-    g.add_argument("--warmup", type=shared._probability, default=defaults.warmup, help="warm-up share of steps (1/25)")
+    g.add_argument("--clip", type=shared.positive_float, default=defaults.clip, help="gradient-norm clip (10)")
+    g.add_argument("--warmup", type=shared.probability_arg, default=defaults.warmup, help="warm-up share (1/25)")
     g = p.add_argument_group("training attack (APGD-CE / targeted APGD-DLR through the mixture)")
     g.add_argument("--norm", default=defaults.norm, choices=NORMS, help="default Linf")
-    g.add_argument("--eps", type=shared._positive_float, default=defaults.eps, help="radius (default 8/255)")
+    g.add_argument("--eps", type=shared.positive_float, default=defaults.eps, help="radius (default 8/255)")
     g.add_argument("--eps-range", type=validation.nonnegative_float, nargs=2, default=(defaults.eps_low,
                    defaults.eps_high), metavar=("LOW", "HIGH"), help="eps factor ~ U(LOW, HIGH) (0.4 1.1)")  # fmt: skip
-    g.add_argument("--attack-steps", type=shared._positive_int, default=defaults.attack_steps,
+    g.add_argument("--attack-steps", type=shared.positive_int, default=defaults.attack_steps,
                    help="steps ~ chi2(this)")  # fmt: skip
     g.add_argument("--attack-weight", type=validation.nonnegative_float, default=defaults.attack_weight,
                    help="the attacker's BCE weight w ~ U(0, this) (0.4)")  # fmt: skip
@@ -61,9 +61,9 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_train_mixer)
 
     p = sub.add_parser("tradeoff", help="clean, attacked and certified accuracy of mixtures over alpha (CSV + PNG)")
-    shared._add_model(p, several=True)
-    shared._add_data(p, "test")
-    shared._add_subset(p)
+    shared.add_model(p, several=True)
+    shared.add_data(p, "test")
+    shared.add_subset(p)
     p.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
                    help="fixed alphas of --mixer mix (default 0 .25 .5 .6 .7 .8 .9 1)")  # fmt: skip
     p.add_argument("--adaptive", action="append", default=[], metavar="MIXING_PT",
@@ -72,15 +72,15 @@ def add_commands(sub) -> None:
     g = p.add_argument_group("adversary (through the whole mixture)")
     g.add_argument("--attack", default="APGD", help="torchattacks class (default APGD)")
     g.add_argument("--norm", help="Linf | L2 (default: the attack's only norm)")
-    g.add_argument("--eps", type=shared._radius, required=True, help="radius in [0, 1] pixel units")
+    g.add_argument("--eps", type=shared.radius_arg, required=True, help="radius in [0, 1] pixel units")
     g.add_argument("--attack-option", action="append", default=[], metavar="KEY=VALUE")
     g = p.add_argument_group("mixed certificate (with --sigma: the robust member Gaussian-smoothed)")
-    g.add_argument("--sigma", type=shared._positive_float, help="noise level of the robust member's smoothing")
-    g.add_argument("--radii", type=shared._radius, nargs="+", default=[0.0, 0.25, 0.5], help="certified accuracy at")
-    g.add_argument("--n0", type=shared._positive_int, default=100, help="selection samples (default 100)")
-    g.add_argument("--n", type=shared._positive_int, default=1000, help="estimation samples (default 1000)")
-    g.add_argument("--alpha", type=shared._probability, default=0.001, help="failure probability (default 0.001)")
-    p.add_argument("--batch-size", type=shared._positive_int, default=256, help="samples per forward pass")
+    g.add_argument("--sigma", type=shared.positive_float, help="noise level of the robust member's smoothing")
+    g.add_argument("--radii", type=shared.radius_arg, nargs="+", default=[0.0, 0.25, 0.5], help="certified accuracy at")
+    g.add_argument("--n0", type=shared.positive_int, default=100, help="selection samples (default 100)")
+    g.add_argument("--n", type=shared.positive_int, default=1000, help="estimation samples (default 1000)")
+    g.add_argument("--alpha", type=shared.probability_arg, default=0.001, help="failure probability (default 0.001)")
+    p.add_argument("--batch-size", type=shared.positive_int, default=256, help="samples per forward pass")
     p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=validation.seed, default=0, help=shared.SEED_HELP)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -93,8 +93,8 @@ def _bases(host, args) -> list:
     if len(args.model) != 2:
         raise ValueError(f"{args.command} takes two --model, the accurate one first, the robust one second; "
                          f"got {len(args.model)}")  # fmt: skip
-    shared._checkpoints(args), shared._kwargs_per_model(args)  # counts checked before any model is loaded
-    return [shared._load_model(host, args, source, i) for i, source in enumerate(args.model)]
+    shared.checkpoint_list(args), shared.kwargs_per_model(args)  # counts checked before any model is loaded
+    return [shared.load_model(host, args, source, i) for i, source in enumerate(args.model)]
 
 
 def cmd_train_mixer(args: argparse.Namespace) -> int:
@@ -114,7 +114,7 @@ def cmd_train_mixer(args: argparse.Namespace) -> int:
     validation.check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
     device = resolve_device(args.device)
     host = Host()
-    options = shared._options(args.mixer_option, "--mixer-option")
+    options = shared.parse_options(args.mixer_option, "--mixer-option")
     bases = _bases(host, args)
     torch.manual_seed(args.seed)  # the mixing network's initial weights depend on --seed alone
     mixer = host.mixer(args.mixer, bases, **options)
@@ -123,7 +123,7 @@ def cmd_train_mixer(args: argparse.Namespace) -> int:
     dataset = host.load_data(DataRequest(args.data, args.split))
     indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
     settings = {k: getattr(args, k) for k in ("model", "mixer", "data", "split", "start", "max", "every", "limit")}
-    settings |= {"checkpoint": shared._checkpoint_setting(args), "model_kwargs": shared._model_kwargs(args)}
+    settings |= {"checkpoint": shared.checkpoint_setting(args), "model_kwargs": shared.model_kwargs_setting(args)}
     settings |= {"mixer_option": options, "bases_sha256": weights_sha256(torch.nn.ModuleList(bases))}
     train_mixer(mixer, Subset(dataset, indices), config=config, checkpoint_dir=args.checkpoint_dir, device=device,
                 progress=not args.no_progress, settings=settings)  # fmt: skip
@@ -146,8 +146,8 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
     validation.check_plot_path(args.plot)
     host = Host()
     device = resolve_device(args.device)
-    options = shared._options(args.mixer_option, "--mixer-option")
-    attack_options = shared._options(args.attack_option, "--attack-option")
+    options = shared.parse_options(args.mixer_option, "--mixer-option")
+    attack_options = shared.parse_options(args.attack_option, "--attack-option")
     bases = _bases(host, args)
     scales = {k: v for k, v in options.items() if k in SCALE_OPTIONS}
     mixers = {f"alpha={a:g}": (host.mixer("mix", bases, alpha=a, **scales), a) for a in args.alphas}

@@ -11,30 +11,30 @@ from ..results.report import ATTACK_COLUMNS, read_sidecar
 from ..sources.data import select_indices
 from ..types import DataRequest
 from . import shared
-from .shared import _positive_float, _positive_int, _probability, _radius
+from .shared import positive_float, positive_int, probability_arg, radius_arg
 
 
 def add_attack(sub) -> None:
     """Add ``attack`` to the ``rs-plugins`` sub-parsers."""
     p = sub.add_parser("attack", help="robust accuracy under a torchattacks or AutoAttack adversary")
-    shared._add_model(p, several=True)
-    shared._add_denoiser(p)
-    shared._add_data(p, "test")
-    shared._add_subset(p)
+    shared.add_model(p, several=True)
+    shared.add_denoiser(p)
+    shared.add_data(p, "test")
+    shared.add_subset(p)
     g = p.add_argument_group("adversary")
     g.add_argument("--attack", required=True, help="torchattacks class, any case (PGD, APGD, ...), autoattack-standard")
     g.add_argument("--norm", help="Linf | L2 (default: the attack's only norm)")
-    g.add_argument("--eps", type=_radius, nargs="+", required=True, help="radii in [0, 1] pixel units; each is run")
+    g.add_argument("--eps", type=radius_arg, nargs="+", required=True, help="radii in [0, 1] pixel units; each is run")
     g.add_argument("--attack-option", action="append", default=[], metavar="KEY=VALUE", help="attack class option")
     g = p.add_argument_group("smoothed classifier (with --sigma)")
-    g.add_argument("--sigma", type=_positive_float, help="attack the smoothed classifier with this noise level")
+    g.add_argument("--sigma", type=positive_float, help="attack the smoothed classifier with this noise level")
     g.add_argument("--noise", default="gaussian", help="noise sampler (default gaussian)")
     g.add_argument("--noise-option", action="append", default=[], metavar="KEY=VALUE")
-    g.add_argument("--m", type=_positive_int, default=16, help="noise draws per image for the attack (default 16)")
-    g.add_argument("--n", type=_positive_int, default=10_000, help="PREDICT samples (default 10000)")
-    g.add_argument("--alpha", type=_probability, default=0.001, help="PREDICT failure probability (default 0.001)")
+    g.add_argument("--m", type=positive_int, default=16, help="noise draws per image for the attack (default 16)")
+    g.add_argument("--n", type=positive_int, default=10_000, help="PREDICT samples (default 10000)")
+    g.add_argument("--alpha", type=probability_arg, default=0.001, help="PREDICT failure probability (default 0.001)")
     g.add_argument("--certified", help="certify TSV: attack its certified images below their radius, list breaks")
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="samples per forward pass (default 256)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="samples per forward pass (default 256)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=validation.seed, default=0, help=shared.SEED_HELP)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -55,7 +55,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from ..certify.execution import execution_record, prepare_model
     from ..certify.runner import resolve_device, run_sharded
 
-    options = shared._options(args.attack_option, "--attack-option")
+    options = shared.parse_options(args.attack_option, "--attack-option")
     adversary = ev.make_adversary(args.attack, args.norm, options, smoothed=args.sigma is not None)
     eps = ev.check_eps(args.eps)
     if args.certified and args.sigma is None:
@@ -65,15 +65,15 @@ def cmd_attack(args: argparse.Namespace) -> int:
     validation.check_plot_path(args.plot)
     # Everything that changes a row is stored with --out; more --eps values on a rerun only add rows.
     settings = {k: getattr(args, k) for k in ("model", "mixer", "checkpoint", "data", "split", "seed", "batch_size")}
-    settings["checkpoint"] = shared._checkpoint_setting(args)
+    settings["checkpoint"] = shared.checkpoint_setting(args)
     settings |= {"attack": adversary.name, "norm": adversary.norm, "attack_option": options}
     settings |= {
-        "model_kwargs": shared._model_kwargs(args),
-        "mixer_option": shared._options(args.mixer_option, "--mixer-option"),
+        "model_kwargs": shared.model_kwargs_setting(args),
+        "mixer_option": shared.parse_options(args.mixer_option, "--mixer-option"),
     }
     if args.sigma is not None:
         settings |= {k: getattr(args, k) for k in ("sigma", "noise", "m", "n", "alpha", "certified")}
-        settings["noise_option"] = shared._noise_options(args)
+        settings["noise_option"] = shared.noise_options_of(args)
     device = resolve_device(args.device)
     execution = execution_from_args(args, device)
     settings |= execution.settings()  # the robustness measured is that of the model as run
@@ -83,13 +83,13 @@ def cmd_attack(args: argparse.Namespace) -> int:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     noise = None if args.sigma is None else host.noise(args.noise, sigma=args.sigma, **settings["noise_option"])
-    model = shared._classifier(host, args, settings["mixer_option"])
+    model = shared.build_classifier(host, args, settings["mixer_option"])
     dataset = host.load_data(DataRequest(args.data, args.split))
     indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
     settings["model_sha256"] = provenance.weights_sha256(model)  # the weights as loaded; others change the rows
-    model = shared._denoised(host, args, model, settings)  # after the hash: the classifier's weights alone
+    model = shared.with_denoiser(host, args, model, settings)  # after the hash: the classifier's weights alone
     model = prepare_model(model, device, execution)
-    record = shared._record(host, args, settings, model, dataset, indices, device, execution.precision)
+    record = shared.record_run(host, args, settings, model, dataset, indices, device, execution.precision)
     record["norm"] = adversary.norm  # of eps and the perturbations; the smoothing noise's is noise_norm
     if noise is not None:
         record["noise_norm"] = noise.norm

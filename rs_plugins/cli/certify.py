@@ -20,7 +20,7 @@ from ..results.report import (
 from ..sources.data import select_indices
 from ..types import ABSTAIN, DataRequest
 from . import shared
-from .shared import _positive_int, _probability
+from .shared import positive_int, probability_arg
 
 LABEL_CLAIM = (
     "class_selection=label: certifies g(x) = y and robust (evaluation only, no n0 pass; not a deployable prediction)"
@@ -34,20 +34,20 @@ def add_certify(sub) -> None:
         ("predict", "Cohen et al.'s PREDICT over a data set"),
     ):
         p = sub.add_parser(name, help=help_)
-        shared._add_model(p, several=True)
-        shared._add_denoiser(p)
-        shared._add_data(p, "test")
-        shared._add_subset(p)
-        shared._add_run(p, batch_size=1000)
+        shared.add_model(p, several=True)
+        shared.add_denoiser(p)
+        shared.add_data(p, "test")
+        shared.add_subset(p)
+        shared.add_run(p, batch_size=1000)
         add_execution_arguments(p)
         if name == "certify":
             certifier_help = "certifier (default cohen); sequential stops each image once its table radii are "
             certifier_help += "decided: the cheap path for certified-accuracy tables on any device (docs/certifiers.md)"
             p.add_argument("--certifier", default="cohen", help=certifier_help)
             p.add_argument("--certifier-option", action="append", default=[], metavar="KEY=VALUE")
-            p.add_argument("--n0", type=_positive_int, default=100, help="selection samples (default 100)")
-        p.add_argument("--n", type=_positive_int, default=100_000, help="estimation samples (default 100000)")
-        p.add_argument("--alpha", type=_probability, default=0.001, help="failure probability (default 0.001)")
+            p.add_argument("--n0", type=positive_int, default=100, help="selection samples (default 100)")
+        p.add_argument("--n", type=positive_int, default=100_000, help="estimation samples (default 100000)")
+        p.add_argument("--alpha", type=probability_arg, default=0.001, help="failure probability (default 0.001)")
         p.add_argument("--out", default=f"{name}.tsv", help="results TSV; rerunning resumes it")
         p.add_argument(
             "--plot", help="write certified accuracy vs radius as a PNG" if name == "certify" else argparse.SUPPRESS
@@ -76,16 +76,16 @@ def cmd_certify(args: argparse.Namespace) -> int:
         k: getattr(args, k)
         for k in ("model", "mixer", "checkpoint", "data", "split", "sigma", "noise", "n", "alpha", "seed")
     }
-    settings["checkpoint"] = shared._checkpoint_setting(args)
+    settings["checkpoint"] = shared.checkpoint_setting(args)
     settings |= {
-        "model_kwargs": shared._model_kwargs(args),
-        "noise_option": shared._noise_options(args),
-        "mixer_option": shared._options(args.mixer_option, "--mixer-option"),
+        "model_kwargs": shared.model_kwargs_setting(args),
+        "noise_option": shared.noise_options_of(args),
+        "mixer_option": shared.parse_options(args.mixer_option, "--mixer-option"),
     }
     if certify:
         settings |= {
             "certifier": args.certifier,
-            "certifier_option": shared._options(args.certifier_option, "--certifier-option"),
+            "certifier_option": shared.parse_options(args.certifier_option, "--certifier-option"),
             "n0": args.n0,
         }
     device = resolve_device(args.device)
@@ -104,18 +104,18 @@ def cmd_certify(args: argparse.Namespace) -> int:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)  # else every process would also open a context on GPU 0
     noise = host.noise(args.noise, sigma=args.sigma, **settings["noise_option"])
-    model = shared._classifier(host, args, settings["mixer_option"])
+    model = shared.build_classifier(host, args, settings["mixer_option"])
     dataset = host.load_data(DataRequest(args.data, args.split))
     indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
     settings["model_sha256"] = provenance.weights_sha256(model)  # the weights as loaded; others change the rows
-    model = shared._denoised(host, args, model, settings)  # after the hash: the classifier's weights alone
+    model = shared.with_denoiser(host, args, model, settings)  # after the hash: the classifier's weights alone
     model = prepare_model(model, device, execution)
     batch_size = args.batch_size
     if batch_size == "auto":
         batch_size = auto_batch_size(model, dataset[indices[0]][0].shape, device, limit=args.n)
         if world.main:
             print(f"--batch-size auto: {batch_size}", flush=True)
-    record = shared._record(host, args, settings, model, dataset, indices, device, execution.precision)
+    record = shared.record_run(host, args, settings, model, dataset, indices, device, execution.precision)
     record |= execution_record(model, args.precision)
     if certify and hasattr(certifier, "check_model"):  # e.g. mixed: refuse a classifier it cannot certify, now
         certifier.check_model(model)

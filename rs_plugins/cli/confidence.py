@@ -10,7 +10,7 @@ from ..results.report import CONFIDENCE_COLUMNS
 from ..train.loop import AUGMENTATIONS
 from ..types import DataRequest
 from . import shared
-from .shared import _positive_int
+from .shared import positive_int
 
 
 def add_confidence(sub) -> None:
@@ -18,10 +18,10 @@ def add_confidence(sub) -> None:
     p = sub.add_parser(
         "predict-confidence", help="votes of a (Gaussian-trained) model over n noisy copies of every training image"
     )
-    shared._add_model(p, several=False)
-    shared._add_data(p, "train")
-    shared._add_run(p, batch_size=1000)
-    p.add_argument("--n", type=_positive_int, default=10_000, help="noisy copies per image (default 10000)")
+    shared.add_model(p, several=False)
+    shared.add_data(p, "train")
+    shared.add_run(p, batch_size=1000)
+    p.add_argument("--n", type=positive_int, default=10_000, help="noisy copies per image (default 10000)")
     p.add_argument(
         "--augment", default="none", choices=list(AUGMENTATIONS),
         help="augment each image once as training does before its n copies (the authors: crop-flip on CIFAR)",
@@ -46,13 +46,13 @@ def cmd_confidence(args: argparse.Namespace) -> int:
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
-    noise_options = shared._noise_options(args)
+    noise_options = shared.noise_options_of(args)
     noise = host.noise(args.noise, sigma=args.sigma, **noise_options)
-    model = shared._load_model(host, args, args.model).to(device)
+    model = shared.load_model(host, args, args.model).to(device)
     dataset = host.load_data(DataRequest(args.data, args.split))
     indices = list(range(len(dataset)))
     settings = {k: getattr(args, k) for k in ("model", "data", "split", "sigma", "noise", "n", "seed", "augment")}
-    settings |= {"checkpoint": args.checkpoint, "model_kwargs": shared._model_kwargs(args)}
+    settings |= {"checkpoint": args.checkpoint, "model_kwargs": shared.model_kwargs_setting(args)}
     settings |= {"noise_option": noise_options, "model_sha256": provenance.weights_sha256(model)}
     settings["num_classes"] = check_dataset(model, dataset, indices, device)
     settings["data_identity"] = data_identity(dataset)  # what the loss compares with its training data

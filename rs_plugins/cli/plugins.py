@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import validation
 from ..errors import RsPluginError
 from . import shared
-from .shared import _positive_float, _positive_int
+from .shared import positive_float, positive_int
 
 
 def add_plugins(sub) -> None:
@@ -31,10 +31,10 @@ def add_demo(sub) -> None:
     )
     p.add_argument("--out-dir", default="results/demo", help="folder for checkpoints/, certify.tsv, "
                    "certified_accuracy.png and summary.json (default results/demo)")  # fmt: skip
-    p.add_argument("--sigma", type=_positive_float, default=0.25, help="noise level (default 0.25)")
-    p.add_argument("--epochs", type=_positive_int, default=60, help="training epochs (default 60)")
-    p.add_argument("--n", type=_positive_int, default=10_000, help="CERTIFY's estimation samples (default 10000)")
-    p.add_argument("--every", type=_positive_int, default=4, help="certify every k-th test image (default 4)")
+    p.add_argument("--sigma", type=positive_float, default=0.25, help="noise level (default 0.25)")
+    p.add_argument("--epochs", type=positive_int, default=60, help="training epochs (default 60)")
+    p.add_argument("--n", type=positive_int, default=10_000, help="CERTIFY's estimation samples (default 10000)")
+    p.add_argument("--every", type=positive_int, default=4, help="certify every k-th test image (default 4)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=validation.seed, default=0, help=shared.SEED_HELP)
     p.set_defaults(func=cmd_demo)

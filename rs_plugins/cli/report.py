@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import validation
 from ..results.report import format_provenance, format_table, write_summary
-from .shared import _positive_float, _radius
+from .shared import positive_float, radius_arg
 
 
 def add_report(sub) -> None:
@@ -16,8 +16,8 @@ def add_report(sub) -> None:
     p.add_argument("results", nargs="+", help="TSV files written by certify (or the paper repos), radii in one norm")
     p.add_argument("--label", action="append", help="name of a run, once per file in order (default: noise and sigma, "
                    "else the shortest part of the paths that tells the files apart)")  # fmt: skip
-    p.add_argument("--radii", type=_radius, nargs="+", help="table columns (default 0, 0.25, ... to the largest)")
-    p.add_argument("--sigma", type=_positive_float, help="the noise level of files without a settings sidecar")
+    p.add_argument("--radii", type=radius_arg, nargs="+", help="table columns (default 0, 0.25, ... to the largest)")
+    p.add_argument("--sigma", type=positive_float, help="the noise level of files without a settings sidecar")
     p.add_argument("--noise", help="the noise of files without a settings sidecar, for their radius norm "
                    "(default: taken as gaussian, l2, with a warning)")  # fmt: skip
     p.add_argument("--fractions", action="store_true", help="certified accuracy as fractions (0.6120), not percent")

@@ -15,26 +15,26 @@ from ..types import ModelRequest
 SEED_HELP = "seed; each image's noise is seeded from (seed, index), so reruns and resumed runs agree"
 
 
-_positive_int = validation.positive_int
-_positive_float = validation.positive_float
-_probability = validation.probability
+positive_int = validation.positive_int
+positive_float = validation.positive_float
+probability_arg = validation.probability
 
 
-def _radius(text: str) -> float:
+def radius_arg(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text}")
     return value
 
 
-def _epochs(text: str) -> tuple[int, ...]:
+def epoch_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be comma-separated epochs like 200,400; got {text}") from None
 
 
-def _options(pairs: list[str], flag: str) -> dict:
+def parse_options(pairs: list[str], flag: str) -> dict:
     """KEY=VALUE pairs to a dict; values are parsed as JSON when they can be (numbers, booleans, lists)."""
     options = {}
     for pair in pairs:
@@ -48,7 +48,7 @@ def _options(pairs: list[str], flag: str) -> dict:
     return options
 
 
-def _add_model(p: argparse.ArgumentParser, *, several: bool) -> None:
+def add_model(p: argparse.ArgumentParser, *, several: bool) -> None:
     g = p.add_argument_group("model")
     help_ = "robustbench:<name> | package.module:factory | torchscript:<file> | <file>.pt2"
     if several:
@@ -85,21 +85,21 @@ def _add_model(p: argparse.ArgumentParser, *, several: bool) -> None:
     )
 
 
-def _add_denoiser(p: argparse.ArgumentParser) -> None:
+def add_denoiser(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("denoised smoothing")
     g.add_argument("--denoiser", metavar="NAME[:PATH]", help="classify denoiser(x + delta): e.g. diffusion:DIR "
                    "(a diffusers UNet2DModel + DDPMScheduler folder); see rs-plugins plugins")  # fmt: skip
     g.add_argument("--denoiser-option", action="append", default=[], metavar="KEY=VALUE")
 
 
-def _denoised(host: Host, args: argparse.Namespace, model, settings: dict):
+def with_denoiser(host: Host, args: argparse.Namespace, model, settings: dict):
     """``model`` composed with the --denoiser built for --sigma (``model`` itself without one).
 
     Stores the denoiser's name, path, options, weights' hash and own settings in ``settings["denoiser"]``.
     """
     from ..certify.denoising import DenoisedClassifier, denoiser_settings, parse_denoiser
 
-    options = _options(args.denoiser_option, "--denoiser-option")
+    options = parse_options(args.denoiser_option, "--denoiser-option")
     if not args.denoiser:
         if options:
             raise ValueError("--denoiser-option given without --denoiser")
@@ -115,29 +115,29 @@ def _denoised(host: Host, args: argparse.Namespace, model, settings: dict):
     return DenoisedClassifier(model, denoiser)
 
 
-def _add_data(p: argparse.ArgumentParser, split: str) -> None:
+def add_data(p: argparse.ArgumentParser, split: str) -> None:
     g = p.add_argument_group("data")
     forms = "digits | mnist:<root> | cifar10:<root> | cifar100:<root> | imagenet:<root> | <file>.pt | <file>.npz"
     g.add_argument("--data", required=True, help=forms)
     g.add_argument("--split", default=split, choices=["train", "test"], help=f"default {split}")
 
 
-def _add_subset(p: argparse.ArgumentParser) -> None:
+def add_subset(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("subset (as in the paper repos)")
     g.add_argument("--start", type=validation.nonnegative_int, default=0, help="first data-set index")
-    g.add_argument("--max", type=_positive_int, default=None, help="stop before this data-set index")
-    g.add_argument("--every", "--skip", dest="every", type=_positive_int, default=1, help="every k-th index (--skip k)")
-    g.add_argument("--limit", type=_positive_int, default=None, help="at most this many images")
+    g.add_argument("--max", type=positive_int, default=None, help="stop before this data-set index")
+    g.add_argument("--every", "--skip", dest="every", type=positive_int, default=1, help="every k-th index (--skip k)")
+    g.add_argument("--limit", type=positive_int, default=None, help="at most this many images")
 
 
-def _add_run(p: argparse.ArgumentParser, *, batch_size: int | None) -> None:
-    p.add_argument("--sigma", type=_positive_float, required=True, help="noise level in [0, 1] pixel units")
+def add_run(p: argparse.ArgumentParser, *, batch_size: int | None) -> None:
+    p.add_argument("--sigma", type=positive_float, required=True, help="noise level in [0, 1] pixel units")
     p.add_argument("--noise", default="gaussian", help="noise sampler (default gaussian)")
     p.add_argument("--noise-option", action="append", default=[], metavar="KEY=VALUE")
     default = f"default {batch_size}" if batch_size else "default from --recipe (256; macer 64)"
     if batch_size:  # certify, predict: samples per forward pass; auto measures the GPU's memory
         default += "; auto: fill ~60%% of the GPU's free memory (CPU: 400)"
-    batch_type = batch_size_arg if batch_size else _positive_int
+    batch_type = batch_size_arg if batch_size else positive_int
     p.add_argument("--batch-size", type=batch_type, default=batch_size, help=default)
     p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=validation.seed, default=0, help=SEED_HELP)
@@ -154,7 +154,7 @@ def _parse_kwargs(text: str) -> dict:
     return kwargs
 
 
-def _model_kwargs(args: argparse.Namespace) -> dict | list[dict]:
+def model_kwargs_setting(args: argparse.Namespace) -> dict | list[dict]:
     """The --model-kwargs as stored with results: one dict, or one per --model when they differ per model."""
     if args.model_kwargs is None:  # a repeatable --model-kwargs not given
         return {}
@@ -164,7 +164,7 @@ def _model_kwargs(args: argparse.Namespace) -> dict | list[dict]:
     return parsed[0] if len(parsed) == 1 else parsed or {}
 
 
-def _checkpoints(args: argparse.Namespace) -> list[str | None]:
+def checkpoint_list(args: argparse.Namespace) -> list[str | None]:
     """One --checkpoint per --model ("none" for a model without one); none given means none for each."""
     models = args.model if isinstance(args.model, list) else [args.model]
     given = args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint] * len(models)
@@ -176,14 +176,14 @@ def _checkpoints(args: argparse.Namespace) -> list[str | None]:
     return [None if c in (None, "", "none") else c for c in given]
 
 
-def _checkpoint_setting(args: argparse.Namespace) -> str | list[str] | None:
+def checkpoint_setting(args: argparse.Namespace) -> str | list[str] | None:
     """--checkpoint as stored with results: the one file (or None), or the list when there are several."""
     given = args.checkpoint
     return given[0] if isinstance(given, list) and len(given) == 1 else given or None
 
 
-def _kwargs_per_model(args: argparse.Namespace) -> list[dict]:
-    kwargs, count = _model_kwargs(args), len(args.model) if isinstance(args.model, list) else 1
+def kwargs_per_model(args: argparse.Namespace) -> list[dict]:
+    kwargs, count = model_kwargs_setting(args), len(args.model) if isinstance(args.model, list) else 1
     if not isinstance(kwargs, list):
         return [kwargs] * count
     if len(kwargs) != count:
@@ -203,12 +203,12 @@ def _check_trained(args: argparse.Namespace, source: str, checkpoint: str | None
         )
 
 
-def _load_model(host: Host, args: argparse.Namespace, source: str, position: int = 0):
-    _check_trained(args, source, _checkpoints(args)[position])
+def load_model(host: Host, args: argparse.Namespace, source: str, position: int = 0):
+    _check_trained(args, source, checkpoint_list(args)[position])
     request = ModelRequest(
         source,
-        _checkpoints(args)[position],
-        _kwargs_per_model(args)[position],
+        checkpoint_list(args)[position],
+        kwargs_per_model(args)[position],
         args.dataset,
         args.threat_model,
         args.model_dir,
@@ -217,17 +217,17 @@ def _load_model(host: Host, args: argparse.Namespace, source: str, position: int
     return host.load_model(request)
 
 
-def _noise_options(args: argparse.Namespace) -> dict:
-    options = _options(args.noise_option, "--noise-option")
+def noise_options_of(args: argparse.Namespace) -> dict:
+    options = parse_options(args.noise_option, "--noise-option")
     if "sigma" in options:
         raise ValueError(f"--noise-option sigma={options['sigma']}: give the noise level with --sigma")
     return options
 
 
-def _classifier(host: Host, args: argparse.Namespace, mixer_options: dict):
+def build_classifier(host: Host, args: argparse.Namespace, mixer_options: dict):
     """The --model classifier, or the --mixer combination of several."""
-    _checkpoints(args), _kwargs_per_model(args)  # counts checked before any model is loaded
-    models = [_load_model(host, args, source, i) for i, source in enumerate(args.model)]
+    checkpoint_list(args), kwargs_per_model(args)  # counts checked before any model is loaded
+    models = [load_model(host, args, source, i) for i, source in enumerate(args.model)]
     if args.mixer:
         return host.mixer(args.mixer, models, **mixer_options)
     if len(models) > 1:
@@ -236,7 +236,7 @@ def _classifier(host: Host, args: argparse.Namespace, mixer_options: dict):
     return models[0]
 
 
-def _record(
+def record_run(
     host: Host, args: argparse.Namespace, settings: dict, model, dataset, indices, device, precision: str
 ) -> dict:
     """Check the data against the model (as it will run, on ``device``) and return the run's provenance."""

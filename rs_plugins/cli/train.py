@@ -9,27 +9,27 @@ from .. import validation
 from ..train.loop import AUGMENTATIONS, PRECISIONS, RECIPES, VAL_IMAGES, TrainConfig
 from ..types import DataRequest
 from . import shared
-from .shared import _epochs, _positive_float, _positive_int
+from .shared import epoch_list, positive_float, positive_int
 
 
 def add_train(sub) -> None:
     """Add ``train`` to the ``rs-plugins`` sub-parsers."""
     p = sub.add_parser("train", help="train a base classifier with a loss plugin")
-    shared._add_model(p, several=False)
-    shared._add_data(p, "train")
-    shared._add_run(p, batch_size=None)
+    shared.add_model(p, several=False)
+    shared.add_data(p, "train")
+    shared.add_run(p, batch_size=None)
     p.add_argument("--mixer", help=argparse.SUPPRESS)  # refused with a pointer to train-mixer, see cmd_train
     p.add_argument("--loss", default="gaussian", help="training loss (default gaussian); see `rs-plugins plugins`")
     p.add_argument("--loss-option", action="append", default=[], metavar="KEY=VALUE", help="technique option")
     g = p.add_argument_group("schedule (SGD; explicit flags override the recipe)")
     g.add_argument("--recipe", default="cifar10", choices=sorted(RECIPES), help="papers' schedule (default cifar10)")
-    g.add_argument("--epochs", type=_positive_int, help="default 150")
-    g.add_argument("--lr", type=_positive_float, help="default 0.1")
+    g.add_argument("--epochs", type=positive_int, help="default 150")
+    g.add_argument("--lr", type=positive_float, help="default 0.1")
     g.add_argument("--momentum", type=validation.nonnegative_float, help="default 0.9")
     g.add_argument("--weight-decay", type=validation.nonnegative_float, help="default 1e-4")
-    g.add_argument("--lr-step", type=_positive_int, help="decay the learning rate every this many epochs (default 50)")
-    g.add_argument("--lr-milestones", type=_epochs, help="comma-separated epochs to decay at, instead of --lr-step")
-    g.add_argument("--lr-gamma", type=_positive_float, help="decay factor (default 0.1)")
+    g.add_argument("--lr-step", type=positive_int, help="decay the learning rate every this many epochs (default 50)")
+    g.add_argument("--lr-milestones", type=epoch_list, help="comma-separated epochs to decay at, instead of --lr-step")
+    g.add_argument("--lr-gamma", type=positive_float, help="decay factor (default 0.1)")
     g = p.add_argument_group("execution")
     g.add_argument("--augment", default="none", choices=list(AUGMENTATIONS), help="per-batch augmentation")
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast dtype (default fp32)")
@@ -37,7 +37,7 @@ def add_train(sub) -> None:
     g.add_argument("--deterministic", action="store_true", help="only deterministic kernels (slower on GPU)")
     g.add_argument("--checkpoint-dir", default="checkpoints", help="checkpoint every epoch; rerunning resumes")
     g = p.add_argument_group("held-out accuracy after each epoch (clean_acc, noisy_acc in train_log.csv)")
-    g.add_argument("--val-split", type=_positive_float, help="hold out this fraction of the training data instead")
+    g.add_argument("--val-split", type=positive_float, help="hold out this fraction of the training data instead")
     g.add_argument("--val-data", help="--data source to evaluate on (default: --data's test split)")
     g.add_argument(
         "--val-images", type=validation.nonnegative_int, default=VAL_IMAGES,
@@ -92,12 +92,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     host = shared.Host()
-    loss_options = shared._options(args.loss_option, "--loss-option")
-    noise_options = shared._noise_options(args)
+    loss_options = shared.parse_options(args.loss_option, "--loss-option")
+    noise_options = shared.noise_options_of(args)
     noise = host.noise(args.noise, sigma=args.sigma, **noise_options)
     loss = host.loss(args.loss, **loss_options)
     torch.manual_seed(args.seed)  # the initial weights too depend on --seed alone, not on what ran before
-    model = shared._load_model(host, args, args.model)
+    model = shared.load_model(host, args, args.model)
     dataset = host.load_data(DataRequest(args.data, args.split))
     settings = {"loss": args.loss, "loss_option": loss_options, "noise": args.noise, "noise_option": noise_options}
     settings |= {"sigma": args.sigma, "model": args.model, "data": args.data, "split": args.split}

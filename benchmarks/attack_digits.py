@@ -28,7 +28,8 @@ from train_techniques import run_dir_of, run_one  # noqa: E402
 
 from rs_plugins.attacks.engine import summarize_attack  # noqa: E402
 from rs_plugins.cli import main as rs_plugins  # noqa: E402
-from rs_plugins.results.report import certified_accuracy, read_attack_results, read_results  # noqa: E402
+from rs_plugins.results.files import read_attack_results, read_results
+from rs_plugins.results.report import certified_accuracy  # noqa: E402
 
 EPS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 

@@ -26,7 +26,8 @@ from rs_plugins.certify.runner import image_generator
 from rs_plugins.certify.sampling import sample_counts
 from rs_plugins.certify.stats import clopper_pearson_lower
 from rs_plugins.cli import main as rs_plugins
-from rs_plugins.results.report import Row, average_certified_radius, certified_accuracy
+from rs_plugins.results.files import Row
+from rs_plugins.results.report import average_certified_radius, certified_accuracy
 from rs_plugins.sources.data import load_digits
 from rs_plugins.sources.models import load_factory
 

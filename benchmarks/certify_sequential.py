@@ -31,7 +31,8 @@ from scipy.stats import norm
 from rs_plugins.builtin.gaussian import CohenCertifier, GaussianNoise
 from rs_plugins.builtin.sequential import SequentialCertifier
 from rs_plugins.cli import main as rs_plugins
-from rs_plugins.results.report import Row, average_certified_radius, certified_accuracy, mean_samples, read_results
+from rs_plugins.results.files import Row, read_results
+from rs_plugins.results.report import average_certified_radius, certified_accuracy, mean_samples
 from rs_plugins.testing import LinearClassifier
 
 MODES = {"cohen": ("cohen", []), "grid": ("sequential", []), "tolerance": ("sequential", ["mode=tolerance"])}

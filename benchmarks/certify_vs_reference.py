@@ -31,7 +31,8 @@ from scipy.stats import beta, norm
 
 from rs_plugins.cli import main as rs_plugins
 from rs_plugins.nets import SmallCNN
-from rs_plugins.results.report import Row, certified_accuracy, mean_samples, read_results
+from rs_plugins.results.files import Row, read_results
+from rs_plugins.results.report import certified_accuracy, mean_samples
 from rs_plugins.sources.data import load_digits
 
 

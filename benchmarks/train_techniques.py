@@ -26,12 +26,8 @@ from pathlib import Path
 import torch
 
 from rs_plugins.cli import main as rs_plugins
-from rs_plugins.results.report import (
-    average_certified_radius,
-    certified_accuracy,
-    plot_certified_accuracy,
-    read_results,
-)
+from rs_plugins.results.files import read_results
+from rs_plugins.results.report import average_certified_radius, certified_accuracy, plot_certified_accuracy
 from rs_plugins.train.loop import LOG
 
 # The papers' MNIST settings (LeNet there, SmallCNN here); keys are sigma.

@@ -29,7 +29,7 @@ from rs_plugins.builtin import gaussian as gaussian_module
 from rs_plugins.builtin import sources as sources_module
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.certify.smoothing import cohen_certify
-from rs_plugins.results.report import ATTACK_COLUMNS, AttackRow, ResultsFile, Row, read_attack_results, read_results
+from rs_plugins.results.files import ATTACK_COLUMNS, AttackRow, ResultsFile, Row, read_attack_results, read_results
 from rs_plugins.testing import LinearClassifier, tiny_classifier
 
 TESTS = Path(__file__).resolve().parent

@@ -20,7 +20,7 @@ from rs_plugins.attacks.engine import attack_dataset, make_adversary
 from rs_plugins.certify.distributed import World
 from rs_plugins.certify.runner import partial_path
 from rs_plugins.cli import main
-from rs_plugins.results.report import ATTACK_COLUMNS, RECORD_KEYS, ResultsFile, read_attack_results
+from rs_plugins.results.files import ATTACK_COLUMNS, RECORD_KEYS, ResultsFile, read_attack_results
 from rs_plugins.sources.data import load_digits
 
 IMAGES, BATCH, EPS, STEPS = 10, 3, (0.5, 1.0), 2  # groups [0 1 2] [3 4 5] [6 7 8] [9]: rank 1 of 2 has [3 4 5] [9]

@@ -25,7 +25,7 @@ from rs_plugins.cli import main
 from rs_plugins.errors import PluginBuildError, ResultsFileError
 from rs_plugins.host import Host
 from rs_plugins.nets import SmallCNN
-from rs_plugins.results.report import CONFIDENCE_COLUMNS, RECORD_KEYS, ResultsFile, read_confidence
+from rs_plugins.results.files import CONFIDENCE_COLUMNS, RECORD_KEYS, ResultsFile, read_confidence
 from rs_plugins.train.loop import TrainConfig, hold_out, train
 from rs_plugins.types import DataRequest, LossOutput
 

@@ -24,7 +24,7 @@ import rs_plugins
 from rs_plugins import cli
 from rs_plugins.builtin import gaussian as gaussian_module
 from rs_plugins.builtin import sources as sources_module
-from rs_plugins.results.report import read_results
+from rs_plugins.results.files import read_results
 from rs_plugins.testing import check_mixer, check_noise, tiny_classifier
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "docs" / "examples" / "rs-example-plugin"

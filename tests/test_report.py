@@ -8,17 +8,13 @@ import json
 import numpy as np
 import pytest
 
+from rs_plugins.results.files import CERTIFY_COLUMNS, PREDICT_COLUMNS, ResultsFile, Row, read_results
 from rs_plugins.results.report import (
-    CERTIFY_COLUMNS,
-    PREDICT_COLUMNS,
-    ResultsFile,
-    Row,
     average_certified_radius,
     certified_accuracy,
     default_radii,
     format_table,
     plot_certified_accuracy,
-    read_results,
     summarize,
     write_summary,
 )
@@ -260,7 +256,7 @@ def test_largest_radius_is_the_radius_at_the_clopper_pearson_bound_with_all_vote
 
 
 def test_planned_images_and_norm_come_from_the_latest_run():
-    from rs_plugins.results.report import planned_images, recorded
+    from rs_plugins.results.files import planned_images, recorded
 
     sidecar = {"sigma": 0.25, "provenance": {"images": 10, "norm": "l1"}, "resumed": [{"images": 20}]}
     assert planned_images(sidecar) == 20 and recorded(sidecar, "norm") == "l1"

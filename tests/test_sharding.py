@@ -16,7 +16,7 @@ from rs_plugins.certify.distributed import World, shard
 from rs_plugins.certify.runner import certify_dataset, partial_path, predict_dataset
 from rs_plugins.cli import main
 from rs_plugins.errors import ResultsFileError
-from rs_plugins.results.report import CERTIFY_COLUMNS, PREDICT_COLUMNS, RECORD_KEYS, ResultsFile, read_results
+from rs_plugins.results.files import CERTIFY_COLUMNS, PREDICT_COLUMNS, RECORD_KEYS, ResultsFile, read_results
 from rs_plugins.sources.data import load_digits
 
 IMAGES = 12

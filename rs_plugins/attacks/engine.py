@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..certify.runner import image_generator
 from ..certify.smoothing import check_images, check_sampling, cohen_predict
-from ..results.report import ATTACK_COLUMNS, AttackRow, ResultsFile, Row
+from ..results.files import ATTACK_COLUMNS, AttackRow, ResultsFile, Row
 from ..train.smoothed_pgd import EOTSoftClassifier, attack_mode, import_torchattacks
 from ..types import ABSTAIN
 from ..validation import check_finite_logits, check_labels, check_logits
@@ -513,7 +513,7 @@ def certified_targets(certified: Sequence[Row]) -> tuple[dict[int, int], dict[in
 def read_certified(path: str | Path, sigma: float, noise: str) -> tuple[list[Row], float | None]:
     """The rows of a certify TSV and its alpha (None if unknown); refused if its settings sidecar (``<path>.json``,
     written by ``rs-plugins certify``) has another sigma or noise."""
-    from ..results.report import read_results
+    from ..results.files import read_results
 
     rows = read_results(path)
     sidecar = Path(f"{path}.json")

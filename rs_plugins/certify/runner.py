@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ResultsFileError
-from ..results.report import (
+from ..results.files import (
     ATTACK_COLUMNS,
     CONFIDENCE_COLUMNS,
     RECORD_KEYS,
@@ -29,9 +29,9 @@ from ..results.report import (
     ConfidenceRow,
     ResultsFile,
     Row,
-    _check_settings,
-    _format_row,
-    _load,
+    check_settings,
+    format_row,
+    load_rows,
     read_attack_results,
     read_confidence,
     read_results,
@@ -338,8 +338,8 @@ def _partial_rows(path: Path, settings: dict | None) -> list[Row]:
     if settings is not None and sidecar.is_file():
         wanted = json.loads(json.dumps(settings, default=str))  # as ResultsFile stores them
         stored = json.loads(sidecar.read_text(encoding="utf-8"))
-        _check_settings(path, {k: v for k, v in stored.items() if k not in RECORD_KEYS}, wanted)
-    return _load(path)[1]
+        check_settings(path, {k: v for k, v in stored.items() if k not in RECORD_KEYS}, wanted)
+    return load_rows(path)[1]
 
 
 def merge_results(
@@ -363,7 +363,7 @@ def merge_results(
     tmp = out.with_name(out.name + ".merging")
     with open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write("\t".join(columns) + "\n")
-        f.writelines(_format_row(row, columns) for row in merged)
+        f.writelines(format_row(row, columns) for row in merged)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, out)

@@ -7,7 +7,7 @@ import argparse
 from .. import validation
 from ..certify.execution import add_execution_arguments, execution_from_args
 from ..results import provenance
-from ..results.report import ATTACK_COLUMNS, read_sidecar
+from ..results.files import ATTACK_COLUMNS, read_sidecar
 from ..sources.data import select_indices
 from ..types import DataRequest
 from . import shared

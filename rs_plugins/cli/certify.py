@@ -7,16 +7,8 @@ import argparse
 from .. import validation
 from ..certify.execution import add_execution_arguments, execution_from_args
 from ..results import provenance
-from ..results.report import (
-    CERTIFY_COLUMNS,
-    PREDICT_COLUMNS,
-    format_table,
-    largest_radius,
-    plot_certified_accuracy,
-    radius_formula,
-    read_sidecar,
-    write_summary,
-)
+from ..results.files import CERTIFY_COLUMNS, PREDICT_COLUMNS, read_sidecar
+from ..results.report import format_table, largest_radius, plot_certified_accuracy, radius_formula, write_summary
 from ..sources.data import select_indices
 from ..types import ABSTAIN, DataRequest
 from . import shared

@@ -6,7 +6,7 @@ import argparse
 
 from .. import validation
 from ..results import provenance
-from ..results.report import CONFIDENCE_COLUMNS
+from ..results.files import CONFIDENCE_COLUMNS
 from ..train.loop import AUGMENTATIONS
 from ..types import DataRequest
 from . import shared

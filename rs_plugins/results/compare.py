@@ -18,19 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .files import Row, StrPath, planned_images, read_results, read_sidecar, recorded
 from .report import (
-    Row,
-    StrPath,
     average_certified_radius,
     certified_accuracy,
     default_radii,
     largest_radius,
-    planned_images,
     plot_certified_accuracy,
     radius_formula,
-    read_results,
-    read_sidecar,
-    recorded,
     summarize,
 )
 

@@ -18,7 +18,7 @@ from torchrun_model import write_model
 
 from rs_plugins.attacks.engine import attack_dataset, make_adversary
 from rs_plugins.certify.distributed import World
-from rs_plugins.certify.runner import partial_path
+from rs_plugins.certify.sharding import partial_path
 from rs_plugins.cli import main
 from rs_plugins.results.files import ATTACK_COLUMNS, RECORD_KEYS, ResultsFile, read_attack_results
 from rs_plugins.sources.data import load_digits

@@ -13,7 +13,8 @@ from torchrun_model import write_model
 
 from rs_plugins.builtin.gaussian import CohenCertifier, GaussianNoise
 from rs_plugins.certify.distributed import World, shard
-from rs_plugins.certify.runner import certify_dataset, partial_path, predict_dataset
+from rs_plugins.certify.runner import certify_dataset, predict_dataset
+from rs_plugins.certify.sharding import partial_path
 from rs_plugins.cli import main
 from rs_plugins.errors import ResultsFileError
 from rs_plugins.results.files import CERTIFY_COLUMNS, PREDICT_COLUMNS, RECORD_KEYS, ResultsFile, read_results

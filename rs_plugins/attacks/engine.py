@@ -343,7 +343,7 @@ def attack_dataset(
     ``batch_size // m`` when smoothed), each group and radius under its own seed drawn from (seed, first index,
     eps), so a resumed run recomputes an unfinished group exactly as an uninterrupted run did and appends only the
     rows it lacks. Per-image seeds cannot replace them: torchattacks draws a whole batch's random starts from the
-    global generator at once. A sharded run (``runner.run_sharded`` with ``group=attack_group_size(...)``)
+    global generator at once. A sharded run (``sharding.run_sharded`` with ``group=attack_group_size(...)``)
     therefore gives each process whole groups of the full index list, all their images included, and its share
     cut here again yields the same groups (only the list's last group may be short): each group has the same
     images, batch and seed whatever the process count, so the rows equal a one-process run's.

@@ -1,5 +1,5 @@
 """Data-parallel training across processes started by ``torchrun`` (one process per GPU, any number of nodes),
-and the sharding of certification's images across them (``shard``; ``runner.run_sharded`` does the files).
+and the sharding of certification's images across them (``shard``; ``sharding.run_sharded`` does the files).
 
 Each process takes its share of every batch, and the gradients are averaged with ``all_reduce`` before each
 optimiser step: the algorithm of ``DistributedDataParallel``. It runs after the loss rather than inside a

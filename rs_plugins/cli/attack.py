@@ -53,7 +53,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from ..attacks import engine as ev
     from ..certify.distributed import init_world, leave_world
     from ..certify.execution import execution_record, prepare_model
-    from ..certify.runner import resolve_device, run_sharded
+    from ..certify.runner import resolve_device
+    from ..certify.sharding import run_sharded
 
     options = shared.parse_options(args.attack_option, "--attack-option")
     adversary = ev.make_adversary(args.attack, args.norm, options, smoothed=args.sigma is not None)

@@ -55,7 +55,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
     from ..certify.distributed import init_world, leave_world
     from ..certify.execution import auto_batch_size, execution_record, prepare_model
-    from ..certify.runner import certify_dataset, predict_dataset, resolve_device, run_sharded
+    from ..certify.runner import certify_dataset, predict_dataset, resolve_device
+    from ..certify.sharding import run_sharded
 
     certify = args.command == "certify"
     if certify and args.n0 > args.n:

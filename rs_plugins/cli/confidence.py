@@ -36,7 +36,8 @@ def cmd_confidence(args: argparse.Namespace) -> int:
     import torch
 
     from ..certify.distributed import init_world, leave_world
-    from ..certify.runner import check_dataset, confidence_dataset, resolve_device, run_sharded
+    from ..certify.runner import check_dataset, confidence_dataset, resolve_device
+    from ..certify.sharding import run_sharded
     from ..sources.data import data_identity
 
     validation.check_output_file(args.out, "--out")

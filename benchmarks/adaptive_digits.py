@@ -31,7 +31,8 @@ import torchattacks
 import rs_plugins
 from rs_plugins.builtin.adaptive import AdaptiveMixer, MixedClassifier
 from rs_plugins.nets import SmallCNN
-from rs_plugins.train.loop import FINAL_MODEL, TrainConfig, train
+from rs_plugins.train.config import FINAL_MODEL, TrainConfig
+from rs_plugins.train.loop import train
 from rs_plugins.train.mixer import MixerTrainConfig, train_mixer
 from rs_plugins.types import LossOutput
 

@@ -50,7 +50,8 @@ from rs_plugins.certify.runner import image_generator, resolve_device
 from rs_plugins.certify.smoothing import cohen_certify
 from rs_plugins.nets import CifarResNet
 from rs_plugins.sources.data import load_digits
-from rs_plugins.train.loop import TrainConfig, train
+from rs_plugins.train.config import TrainConfig
+from rs_plugins.train.loop import train
 
 EXECUTIONS = {
     "fp32": Execution("fp32"),

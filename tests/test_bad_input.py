@@ -29,7 +29,7 @@ from rs_plugins.certify.runner import certify_dataset
 from rs_plugins.errors import RsPluginError
 from rs_plugins.nets import SmallCNN
 from rs_plugins.results.files import CERTIFY_COLUMNS, CONFIDENCE_COLUMNS, ConfidenceRow, ResultsFile
-from rs_plugins.train.loop import TrainConfig
+from rs_plugins.train.config import TrainConfig
 from rs_plugins.types import Certificate, CertifierSpec, MixerSpec, ModelRequest
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "guarantees.md"

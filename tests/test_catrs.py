@@ -27,7 +27,9 @@ from rs_plugins.errors import PluginBuildError, ResultsFileError
 from rs_plugins.host import Host
 from rs_plugins.nets import SmallCNN
 from rs_plugins.results.files import CONFIDENCE_COLUMNS, RECORD_KEYS, ResultsFile, read_confidence
-from rs_plugins.train.loop import TrainConfig, hold_out, train
+from rs_plugins.train.config import TrainConfig
+from rs_plugins.train.held_out import hold_out
+from rs_plugins.train.loop import train
 from rs_plugins.types import DataRequest, LossOutput
 
 M, B, K = 4, 12, 3

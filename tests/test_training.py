@@ -16,7 +16,8 @@ from rs_plugins.builtin.gaussian import GaussianAugmentation, GaussianNoise
 from rs_plugins.errors import PluginBuildError, TrainingDivergedError
 from rs_plugins.nets import SmallCNN
 from rs_plugins.sources.data import load_digits
-from rs_plugins.train.loop import CHECKPOINT, FINAL_MODEL, LOG, TrainConfig, crop_flip, train
+from rs_plugins.train.config import FINAL_MODEL, TrainConfig, crop_flip
+from rs_plugins.train.loop import CHECKPOINT, LOG, train
 from rs_plugins.types import LossOutput
 
 # The rate halves after epoch 2: a resume after epoch 1 ends with the wrong rate unless the scheduler state is restored.

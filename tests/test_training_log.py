@@ -12,7 +12,9 @@ from rs_plugins.builtin.gaussian import GaussianAugmentation, GaussianNoise
 from rs_plugins.cli import main
 from rs_plugins.nets import SmallCNN
 from rs_plugins.sources.data import load_digits
-from rs_plugins.train.loop import LOG, TrainConfig, held_out_accuracy, hold_out, spread_indices, train
+from rs_plugins.train.config import TrainConfig
+from rs_plugins.train.held_out import held_out_accuracy, hold_out, spread_indices
+from rs_plugins.train.loop import LOG, train
 
 SMALL_MODEL = ["--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 8}']
 

@@ -78,7 +78,8 @@ def test_checkpoint_with_a_payload_is_refused(tmp_path):
 def test_training_resume_never_unpickles(tmp_path):
     from rs_plugins.builtin.gaussian import GaussianAugmentation, GaussianNoise
     from rs_plugins.nets import SmallCNN
-    from rs_plugins.train.loop import TrainConfig, train
+    from rs_plugins.train.config import TrainConfig
+    from rs_plugins.train.loop import train
 
     marker = tmp_path / "marker"
     torch.save({"epoch": 1, "config": {}, "model": Payload(marker)}, tmp_path / "checkpoint.pt")

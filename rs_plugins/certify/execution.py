@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..results.provenance import describe, remember
-from ..train.loop import PRECISIONS
+from ..train.config import PRECISIONS
 
 CPU_AUTO_BATCH = 400
 """``--batch-size auto`` on a CPU: the reference repositories' batch (Cohen et al.'s ``--batch 400``). A CPU's

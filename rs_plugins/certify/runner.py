@@ -234,7 +234,7 @@ def confidence_dataset(
     their pass over the augmented training split); the crop and the noise are seeded from (seed, index), so a
     resumed or sharded run writes the same rows.
     """
-    from ..train.loop import crop_flip
+    from ..train.config import crop_flip
 
     check_integer("seed", seed, minimum=0, maximum=MAX_SEED)
     check_sampling(n=n, alpha=0.5, batch_size=batch_size)

@@ -7,7 +7,7 @@ import argparse
 from .. import validation
 from ..results import provenance
 from ..results.files import CONFIDENCE_COLUMNS
-from ..train.loop import AUGMENTATIONS
+from ..train.config import AUGMENTATIONS
 from ..types import DataRequest
 from . import shared
 from .shared import positive_int

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from .. import validation
-from ..train.loop import AUGMENTATIONS, PRECISIONS, RECIPES, VAL_IMAGES, TrainConfig
+from ..train.config import AUGMENTATIONS, PRECISIONS, RECIPES, TrainConfig
+from ..train.held_out import VAL_IMAGES
 from ..types import DataRequest
 from . import shared
 from .shared import epoch_list, positive_float, positive_int
@@ -56,7 +57,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def _held_out(host: shared.Host, args: argparse.Namespace, dataset):
     """(training data, held-out data or None) for cmd_train: --val-split, --val-data, or --data's test split."""
-    from ..train.loop import hold_out
+    from ..train.held_out import hold_out
 
     if args.val_split is not None and args.val_data is not None:
         raise ValueError("give --val-split or --val-data, not both")

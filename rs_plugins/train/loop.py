@@ -14,7 +14,6 @@ import math
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,13 +34,10 @@ from ..certify.smoothing import check_images
 from ..errors import PluginBuildError, TrainingDivergedError
 from ..results.provenance import describe
 from ..validation import (
-    MAX_SEED,
     CheckedNoise,
     check_input_shape,
-    check_integer,
     check_labels,
     check_logits,
-    check_number,
 )
 from .checkpoints import (
     CHECKPOINT,
@@ -52,147 +48,14 @@ from .checkpoints import (
     save_checkpoint,
     write_log,
 )
+from .config import FINAL_MODEL, PRECISIONS, TrainConfig, crop_flip
+from .held_out import VAL_IMAGES, held_out_accuracy, spread_indices
 
 if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import Dataset
 
     from ..types import NoiseSampler, TrainingLoss
-
-FINAL_MODEL = "model.pt"  # the trained model's state dict alone, for --checkpoint
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-AUGMENTATIONS = ("none", "crop-flip")
-
-
-def crop_flip(x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The papers' CIFAR-10 augmentation on a batch: a random crop of the zero-padded image and a random
-    horizontal flip, per image (RandomCrop(32, padding=4) + RandomHorizontalFlip), drawn from torch's RNG
-    (or from ``generator``, on ``x``'s device)."""
-    b, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding,) * 4)
-    top = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=generator)
-    left = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=generator)
-    rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    flip = torch.rand(b, device=x.device, generator=generator) < 0.5
-    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    return padded[batch, channel, rows, cols]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings; the defaults are the CIFAR-10 schedule of the papers' shared harness.
-
-    ``lr_milestones`` (epochs) replaces the every-``lr_step`` decay when given, e.g. MACER's (200, 400).
-    ``augment="crop-flip"`` applies the papers' CIFAR-10 augmentation to every batch (see ``crop_flip``).
-    ``precision`` bf16/fp16 runs the loss under autocast (fp16 with a gradient scaler); ``channels_last``
-    stores the model and inputs in NHWC; ``deterministic`` makes torch refuse non-deterministic kernels.
-    """
-
-    epochs: int = 150
-    batch_size: int = 256
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_step: int = 50
-    lr_gamma: float = 0.1
-    seed: int = 0
-    lr_milestones: tuple[int, ...] = ()
-    augment: str = "none"
-    precision: str = "fp32"
-    channels_last: bool = False
-    deterministic: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "lr_step"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
-        for name in ("lr", "lr_gamma"):
-            check_number(f"--{name.replace('_', '-')}", getattr(self, name), above=0)
-        for name in ("momentum", "weight_decay"):
-            check_number(f"--{name.replace('_', '-')}", getattr(self, name), at_least=0)
-        check_integer("--seed", self.seed, minimum=0, maximum=MAX_SEED)
-        milestones = tuple(self.lr_milestones)
-        if any(not isinstance(e, int) or e < 1 for e in milestones) or list(milestones) != sorted(set(milestones)):
-            raise ValueError(f"--lr-milestones must be increasing positive epochs; got {self.lr_milestones!r}")
-        object.__setattr__(self, "lr_milestones", milestones)
-        if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"--augment must be one of {', '.join(AUGMENTATIONS)}; got {self.augment!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
-
-
-RECIPES: dict[str, dict] = {
-    "cifar10": {},  # the TrainConfig defaults
-    "mnist": dict(epochs=90, lr=0.01, lr_step=30),
-    "imagenet": dict(epochs=90, lr_step=30),
-    "macer": dict(epochs=440, batch_size=64, lr=0.01, weight_decay=5e-4, lr_milestones=(200, 400)),
-}
-"""The papers' schedules by name: the shared harness for CIFAR-10, MNIST and ImageNet (Jeong & Shin 2020 and
-the repos that reuse it), and MACER's own CIFAR-10 recipe (Zhai et al. 2020). Explicit settings override them."""
-
-VAL_IMAGES = 500
-"""Held-out images evaluated after every epoch by default: enough to see a useless run, cheap next to an epoch."""
-
-
-def hold_out(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """Split ``dataset`` into (train, held-out) with ``fraction`` of the images held out (``--val-split``).
-
-    The split is a permutation seeded by ``seed`` alone, so a resumed run holds out the same images.
-    """
-    from torch.utils.data import Subset
-
-    check_number("--val-split", fraction, above=0)
-    if not fraction < 1:
-        raise ValueError(f"--val-split is the fraction of the training data held out, in (0, 1); got {fraction}")
-    held = max(1, round(fraction * len(dataset)))
-    if held >= len(dataset):
-        raise ValueError(f"--val-split {fraction} holds out all {len(dataset)} images; nothing is left to train on")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(derived_seed(seed, 2**31))).tolist()
-    return Subset(dataset, order[held:]), Subset(dataset, order[:held])
-
-
-def spread_indices(length: int, count: int) -> list[int]:
-    """``count`` indices spread evenly over ``range(length)`` (all of them if ``count >= length``)."""
-    if count >= length:
-        return list(range(length))
-    return [i * length // count for i in range(count)]
-
-
-@torch.no_grad()
-def held_out_accuracy(
-    model: nn.Module,
-    dataset: Dataset,
-    noise: NoiseSampler,
-    indices: list[int],
-    *,
-    batch_size: int,
-    device: torch.device,
-    seed: int,
-    autocast_dtype: torch.dtype | None = None,
-    memory_format: torch.memory_format = torch.contiguous_format,
-) -> dict[str, float]:
-    """Correct predictions on ``indices`` of ``dataset``, clean and under one noise draw per image, in eval mode.
-
-    Returns counts (``clean``, ``noisy``, ``images``) so processes can sum them; the noise is drawn from a
-    generator seeded by ``seed``, so the global RNG (and hence training) is untouched.
-    """
-    generator = torch.Generator(device).manual_seed(seed)
-    counts = {"clean": 0.0, "noisy": 0.0, "images": 0.0}
-    with eval_mode(model), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        for start in range(0, len(indices), batch_size):
-            items = [dataset[i] for i in indices[start : start + batch_size]]
-            x = torch.stack([torch.as_tensor(item[0]) for item in items]).to(device)
-            y = torch.as_tensor([int(item[1]) for item in items], device=device)
-            x = x.contiguous(memory_format=memory_format)
-            counts["clean"] += float((model(x).argmax(1) == y).sum())
-            noisy = noise.sample(x, generator=generator).contiguous(memory_format=memory_format)
-            counts["noisy"] += float((model(noisy).argmax(1) == y).sum())
-            counts["images"] += len(items)
-    return counts
 
 
 class _Indexed(torch.utils.data.Dataset):

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..validation import MAX_SEED, check_integer, check_number
 from .checkpoints import CHECKPOINT, derived_seed, read_log, resume, save_checkpoint, write_log
-from .loop import PRECISIONS
+from .config import PRECISIONS
 from .smoothed_pgd import import_torchattacks
 
 if TYPE_CHECKING:

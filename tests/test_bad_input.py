@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import rs_plugins
-from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict, validation
+from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict, file_checks
 from rs_plugins.builtin import adaptive, catrs, consistency, denoisers, gaussian, sources
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.certify import execution
@@ -579,11 +579,11 @@ CASES: list[Case] = [
     # issue 17 "clear errors": each names the option, what was found and what is accepted
     api_case("out-unwritable", "`check_output_file` (every `--out`)", "`--out` in a folder without write permission",
              "is not writable (permission denied); give a path in a folder you can write to",
-             lambda f: _denied(lambda: validation.check_output_file(f.root / "new.tsv", "--out"))),
+             lambda f: _denied(lambda: file_checks.check_output_file(f.root / "new.tsv", "--out"))),
     api_case("out-file-unwritable", "`check_output_file` (every `--out`)",
              "`--out` an existing file without write permission",
              "is not writable (permission denied); give a writable file path",
-             lambda f: _denied(lambda: validation.check_output_file(f.file, "--out"))),
+             lambda f: _denied(lambda: file_checks.check_output_file(f.file, "--out"))),
     cli_case("plot-under-file", "certify", "`--plot` under a regular file",
              "is a regular file, not a folder; give a path in a writable folder", *CERTIFY,
              "--out", lambda f: f.root / "o.tsv", "--plot", lambda f: f.file / "p.png"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import validation
+from .. import file_checks, validation
 from ..sources.data import select_indices
 from ..train.mixer import MIXING_WEIGHTS, NORMS, MixerTrainConfig
 from ..types import DataRequest
@@ -111,7 +111,7 @@ def cmd_train_mixer(args: argparse.Namespace) -> int:
     schedule += ("attack_steps", "attack_weight", "targets", "extra_clean", "bce_weight", "ce_weight", "prod_weight")
     config = MixerTrainConfig(**{k: getattr(args, k) for k in schedule}, eps_low=low, eps_high=high,
                               precision=args.precision, seed=args.seed)  # fmt: skip
-    validation.check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
+    file_checks.check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
     device = resolve_device(args.device)
     host = Host()
     options = shared.parse_options(args.mixer_option, "--mixer-option")
@@ -142,8 +142,8 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
     for alpha in args.alphas:
         if not 0 <= alpha <= 1:
             raise ValueError(f"--alphas must lie in [0, 1]; got {alpha}")
-    validation.check_output_file(args.out, "--out")
-    validation.check_plot_path(args.plot)
+    file_checks.check_output_file(args.out, "--out")
+    file_checks.check_plot_path(args.plot)
     host = Host()
     device = resolve_device(args.device)
     options = shared.parse_options(args.mixer_option, "--mixer-option")

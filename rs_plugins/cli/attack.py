@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import validation
+from .. import file_checks, validation
 from ..certify.execution import add_execution_arguments, execution_from_args
 from ..results import provenance
 from ..results.files import ATTACK_COLUMNS, read_sidecar
@@ -62,8 +62,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if args.certified and args.sigma is None:
         raise ValueError("--certified cross-checks a smoothed classifier: give the --sigma it was certified with")
     for option in ("out", "summary"):  # before any work: a bad path must not cost a finished run
-        validation.check_output_file(getattr(args, option), f"--{option}")
-    validation.check_plot_path(args.plot)
+        file_checks.check_output_file(getattr(args, option), f"--{option}")
+    file_checks.check_plot_path(args.plot)
     # Everything that changes a row is stored with --out; more --eps values on a rerun only add rows.
     settings = {k: getattr(args, k) for k in ("model", "mixer", "checkpoint", "data", "split", "seed", "batch_size")}
     settings["checkpoint"] = shared.checkpoint_setting(args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import validation
+from .. import file_checks
 from ..certify.execution import add_execution_arguments, execution_from_args
 from ..results import provenance
 from ..results.files import CERTIFY_COLUMNS, PREDICT_COLUMNS, read_sidecar
@@ -62,8 +62,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if certify and args.n0 > args.n:
         raise ValueError(f"--n0 ({args.n0}) must not exceed --n ({args.n})")
     for option in ("out", "summary"):  # before any work: a bad path must not cost a finished run
-        validation.check_output_file(getattr(args, option), f"--{option}")
-    validation.check_plot_path(args.plot)
+        file_checks.check_output_file(getattr(args, option), f"--{option}")
+    file_checks.check_plot_path(args.plot)
     # Everything that changes the rows is stored with --out, so a resumed file never mixes configurations.
     settings = {
         k: getattr(args, k)

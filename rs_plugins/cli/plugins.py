@@ -7,7 +7,7 @@ import json
 import shlex
 from pathlib import Path
 
-from .. import validation
+from .. import file_checks, validation
 from ..errors import RsPluginError
 from . import shared
 from .shared import positive_float, positive_int
@@ -71,7 +71,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the two real commands a user would type, and show them."""
-    validation.check_output_dir(args.out_dir, "--out-dir")
+    file_checks.check_output_dir(args.out_dir, "--out-dir")
     out = Path(args.out_dir)
     common = [
         "--model",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import validation
+from .. import file_checks
 from ..results.report import format_provenance, format_table, write_summary
 from .shared import positive_float, radius_arg
 
@@ -32,8 +32,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..results import compare
 
     for option in ("summary", "table"):
-        validation.check_output_file(getattr(args, option), f"--{option}")
-    validation.check_plot_path(args.plot)
+        file_checks.check_output_file(getattr(args, option), f"--{option}")
+    file_checks.check_plot_path(args.plot)
     fmt = compare.table_format(args.table, args.format)
     runs = compare.load_runs(args.results, args.label, sigma=args.sigma, noise=args.noise)  # one norm only
     percent = not args.fractions

@@ -6,7 +6,7 @@ import argparse
 import json
 import math
 
-from .. import validation
+from .. import file_checks, validation
 from ..certify.execution import batch_size_arg
 from ..host import Host  # the commands call shared.Host(): one place a test swaps in its own host
 from ..results import provenance
@@ -78,7 +78,7 @@ def add_model(p: argparse.ArgumentParser, *, several: bool) -> None:
     g.add_argument("--threat-model", default="L2", help="RobustBench threat model (default L2)")
     g.add_argument("--model-dir", default="./models", help="RobustBench checkpoint folder (default ./models)")
     g.add_argument(
-        validation.TRUST_FLAG,
+        file_checks.TRUST_FLAG,
         action="store_true",
         help="allow model files whose loading can run code they carry: .pt2, torchscript:, and checkpoints "
         "that need full unpickling; only for files you made or whose author you trust",

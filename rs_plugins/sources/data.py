@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 
 from rs_plugins.certify.smoothing import check_images
 from rs_plugins.errors import MissingDependencyError, SourceError
-from rs_plugins.validation import load_weights_only
+from rs_plugins.file_checks import load_weights_only
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset

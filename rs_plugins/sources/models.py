@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from rs_plugins.errors import MissingDependencyError, SourceError
-from rs_plugins.validation import STATE_DICT_HINT, check_option_keys, load_weights_only, untrusted
+from rs_plugins.file_checks import STATE_DICT_HINT, load_weights_only, untrusted
+from rs_plugins.validation import check_option_keys
 
 if TYPE_CHECKING:
     from torch import Tensor

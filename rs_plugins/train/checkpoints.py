@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..validation import load_weights_only
+from ..file_checks import load_weights_only
 
 CHECKPOINT = "checkpoint.pt"  # everything needed to resume: model, optimizer, scheduler, epoch, config
 LOG = "train_log.csv"

@@ -21,8 +21,9 @@ from torch import Tensor, nn
 
 import rs_plugins
 from rs_plugins.builtin.adaptive.certificate import MixedCertifier
+from rs_plugins.file_checks import load_weights_only
 from rs_plugins.types import CertifierSpec, MixerSpec
-from rs_plugins.validation import check_number, load_weights_only
+from rs_plugins.validation import check_number
 
 ADAPTIVE = "Bai et al., SIMODS 2024, arXiv:2301.12554"
 MIXING = "Bai et al., L4DC 2024, arXiv:2311.15165"

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_techniques import run_dir_of, run_one  # noqa: E402
 
-from rs_plugins.attacks.engine import summarize_attack  # noqa: E402
+from rs_plugins.attacks.summary import summarize_attack  # noqa: E402
 from rs_plugins.cli import main as rs_plugins  # noqa: E402
 from rs_plugins.results.files import read_attack_results, read_results
 from rs_plugins.results.report import certified_accuracy  # noqa: E402

@@ -24,7 +24,7 @@ from torch import nn
 
 import rs_plugins
 from rs_plugins import cli
-from rs_plugins.attacks.engine import EOT_ATTACKS, make_adversary
+from rs_plugins.attacks.adversaries import EOT_ATTACKS, make_adversary
 from rs_plugins.builtin import gaussian as gaussian_module
 from rs_plugins.builtin import sources as sources_module
 from rs_plugins.builtin.gaussian import GaussianNoise

@@ -16,7 +16,8 @@ import pytest
 from torchrun_model import torchrun as launch
 from torchrun_model import write_model
 
-from rs_plugins.attacks.engine import attack_dataset, make_adversary
+from rs_plugins.attacks.adversaries import make_adversary
+from rs_plugins.attacks.engine import attack_dataset
 from rs_plugins.certify.distributed import World
 from rs_plugins.certify.sharding import partial_path
 from rs_plugins.cli import main

@@ -50,6 +50,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ..attacks import adversaries, summary
     from ..attacks import engine as ev
     from ..certify.distributed import init_world, leave_world
     from ..certify.execution import execution_record, prepare_model
@@ -57,8 +58,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from ..certify.sharding import run_sharded
 
     options = shared.parse_options(args.attack_option, "--attack-option")
-    adversary = ev.make_adversary(args.attack, args.norm, options, smoothed=args.sigma is not None)
-    eps = ev.check_eps(args.eps)
+    adversary = adversaries.make_adversary(args.attack, args.norm, options, smoothed=args.sigma is not None)
+    eps = adversaries.check_eps(args.eps)
     if args.certified and args.sigma is None:
         raise ValueError("--certified cross-checks a smoothed classifier: give the --sigma it was certified with")
     for option in ("out", "summary"):  # before any work: a bad path must not cost a finished run
@@ -98,10 +99,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
     targets = below = certified = certify_alpha = None
     if args.certified:
         chosen = set(indices)
-        certified, certify_alpha = ev.read_certified(args.certified, args.sigma, args.noise)
+        certified, certify_alpha = summary.read_certified(args.certified, args.sigma, args.noise)
         certified = [row for row in certified if row.idx in chosen]
-        ev.check_certified(dataset, certified, adversary, noise)
-        targets, below = ev.certified_targets(certified)
+        summary.check_certified(dataset, certified, adversary, noise)
+        targets, below = summary.certified_targets(certified)
         indices = [i for i in indices if i in targets]
     smoothing = None if noise is None else ev.Smoothing(noise, m=args.m, n=args.n, alpha=args.alpha)
 
@@ -122,7 +123,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     target = "base classifier" if noise is None else f"smoothed classifier, sigma={args.sigma}, n={args.n}"
     title = f"attack {args.out} ({adversary.name}, {adversary.norm}; {target})"
     alphas = (0.001 if certify_alpha is None else certify_alpha, args.alpha)  # 0.001: certify's default
-    print(ev.report_attack(rows, adversary, title=title, certified=certified, certified_path=args.certified,
+    print(summary.report_attack(rows, adversary, title=title, certified=certified, certified_path=args.certified,
                            alphas=alphas, plot=args.plot, summary=args.summary,
                            record=read_sidecar(args.out)))  # fmt: skip
     return 0

@@ -1,6 +1,7 @@
 """``rs-plugins train-mixer`` and ``rs-plugins tradeoff``: the adaptive-smoothing commands (parsers and thin calls).
 
-The work lives in ``rs_plugins.train.mixer``; this module only turns flags into its arguments.
+The work lives in ``rs_plugins.train.mixer`` and ``rs_plugins.attacks.tradeoff``; this module turns flags into
+their arguments and builds the components through the Host.
 """
 
 from __future__ import annotations
@@ -135,9 +136,9 @@ def cmd_train_mixer(args: argparse.Namespace) -> int:
 def cmd_tradeoff(args: argparse.Namespace) -> int:
     import torch
 
+    from ..attacks.tradeoff import tradeoff, write_tradeoff
     from ..certify.runner import resolve_device
     from ..host import Host
-    from ..train.mixer import tradeoff, write_tradeoff
 
     for alpha in args.alphas:
         if not 0 <= alpha <= 1:
@@ -161,7 +162,7 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
     rows = tradeoff(mixers, images, labels, attack=args.attack, norm=args.norm, eps=args.eps, options=attack_options,
                     sigma=args.sigma, radii=args.radii, n0=args.n0, n=args.n, alpha=args.alpha,
                     batch_size=args.batch_size, seed=args.seed, device=device,
-                    progress=not args.no_progress)  # fmt: skip
+                    progress=not args.no_progress, host=host)  # fmt: skip
     title = f"{args.attack} eps={args.eps:g} on {len(indices)} images" + (f", sigma={args.sigma}" if args.sigma else "")
     write_tradeoff(rows, args.out, args.plot, title=title)
     columns = list(rows[0])

@@ -393,7 +393,7 @@ def _authors_names(name: str) -> str:
 
 @pytest.mark.parametrize("version", [3, 4])
 def test_paper_mixing_networks_equal_the_authors_for_a_preact_resnet18_pair(version):
-    from rs_plugins.builtin.adaptive import PaperMixingNetwork
+    from rs_plugins.builtin.adaptive.networks import PaperMixingNetwork
 
     # PreAct-ResNet-18 taps: layer1 (64 channels) and layer2 (128), for each base.
     ours = PaperMixingNetwork((64, 128, 64, 128), version=version)
@@ -414,7 +414,7 @@ def test_paper_mixing_networks_equal_the_authors_for_a_preact_resnet18_pair(vers
 
 
 def test_net_option_selects_the_mixing_network():
-    from rs_plugins.builtin.adaptive import MixingNetwork, PaperMixingNetwork
+    from rs_plugins.builtin.adaptive.networks import MixingNetwork, PaperMixingNetwork
 
     assert isinstance(AdaptiveMixer(bases(), width=4).mixing, MixingNetwork)
     assert isinstance(AdaptiveMixer(bases(), net="small").mixing, MixingNetwork)

@@ -22,12 +22,12 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> list[tuple[str, list[str], int]]:
-    """(absolute module, imported names, line) for every import in ``path``, at any depth."""
+def _imports(path: Path, source: str | None = None) -> list[tuple[str, list[str], int]]:
+    """(absolute module, imported names, line) for every import in ``path`` (or ``source`` read as that file)."""
     module = _module(path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text() if source is None else source)):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
@@ -74,24 +74,36 @@ def test_no_private_imports(path):
     assert not bad, f"{path.name} imports another module's private names: {bad}"
 
 
+def _is_module(name: str) -> bool:
+    path = PACKAGE.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=_ids(SOURCES))
+def test_no_private_attributes_of_other_modules(path):
+    """``module._name`` on an imported rs_plugins module is the same reach into another module's privates."""
+    tree = ast.parse(path.read_text())
+    aliases = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            for target, _, _ in _imports(path, ast.unparse(node)):
+                aliases |= {a.asname or a.name for a in node.names if _is_module(f"{target}.{a.name}")}
+        elif isinstance(node, ast.Import):
+            aliases |= {a.asname for a in node.names if a.asname and a.name.startswith("rs_plugins")}
+    bad = [f"line {n.lineno}: {n.value.id}.{n.attr}" for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+           and isinstance(n.value, ast.Name) and n.value.id in aliases and n.attr.startswith("_")
+           and not n.attr.startswith("__")]  # fmt: skip
+    assert not bad, f"{path.name} uses another module's private names: {bad}"
+
+
 @pytest.mark.parametrize("path", SOURCES, ids=_ids(SOURCES))
 def test_file_size(path):
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_LINES, f"{path.name} has {lines} lines (at most {MAX_LINES}): split it along its jobs"
 
 
-def test_rules_catch_a_violation(tmp_path):
-    """The checks flag what they should: a relative import of a built-in and a private name."""
-    fake = PACKAGE / "certify" / "smoothing.py"
+def test_rules_catch_a_violation():
+    """The walk resolves relative imports, so a built-in or a private name imported as ``..`` is seen."""
     source = "from ..builtin.gaussian import GaussianNoise\nfrom .sampling import _plan\n"
-    imports = {t: n for t, n, _ in _imports_of(source, fake)}
-    assert "rs_plugins.builtin.gaussian" in imports and imports["rs_plugins.certify.sampling"] == ["_plan"]
-
-
-def _imports_of(source: str, as_path: Path) -> list[tuple[str, list[str], int]]:
-    """``_imports`` on ``source`` as if it were the file ``as_path``."""
-    class _Fake(type(as_path)):
-        def read_text(self, *args, **kwargs):
-            return source
-
-    return _imports(_Fake(as_path))
+    imports = {target: names for target, names, _ in _imports(PACKAGE / "certify" / "smoothing.py", source)}
+    assert imports == {"rs_plugins.builtin.gaussian": ["GaussianNoise"], "rs_plugins.certify.sampling": ["_plan"]}

@@ -1,0 +1,102 @@
+"""The public API is pinned: ``import rs_plugins as rs`` and every function and class docs/api.md documents.
+
+A move that drops or renames one of these fails here; a deliberate change edits the lists (and the CHANGELOG).
+The lists were taken from the modules docs/api.md documented before the issue-20 layout, at their new homes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+import rs_plugins as rs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TOP_LEVEL = [
+    "ABSTAIN", "AttackResult", "Certificate", "Certifier", "CertifierSpec", "ComponentConflictError", "DataRequest",
+    "DenoisedClassifier", "Denoiser", "DenoiserSpec", "Host", "IncompatibleComponentsError", "LossOutput", "LossSpec",
+    "MissingDependencyError", "MixerSpec", "ModelRequest", "NoiseSampler", "NoiseSpec", "PluginBuildError",
+    "RsPluginError", "SmoothedClassifier", "SourceError", "TrainingLoss", "UnknownComponentError", "__version__",
+    "attack", "cohen_certify", "cohen_predict", "hookimpl",
+]  # fmt: skip
+
+DOCUMENTED = {
+    "rs_plugins.attacks.adversaries": ["Adversary", "attack_classes", "check_eps", "make_adversary"],
+    "rs_plugins.attacks.engine": ["AttackResult", "Smoothing", "attack", "attack_dataset", "attack_group_size",
+                                  "attack_keys"],
+    "rs_plugins.attacks.summary": ["allowed_breaks", "certified_breaks", "certified_targets", "check_certified",
+                                   "format_attack_table", "plot_robust_accuracy", "read_certified", "report_attack",
+                                   "summarize_attack"],
+    "rs_plugins.certify.runner": ["certify_dataset", "check_dataset", "confidence_dataset", "image_generator",
+                                  "predict_dataset", "read_confidence_targets", "resolve_device"],
+    "rs_plugins.certify.sampling": ["call_model", "chunked", "count_pass", "eval_mode", "noise_input",
+                                    "reporting_passes", "sample_counts", "sample_requests"],
+    "rs_plugins.certify.sharding": ["merge_results", "partial_path", "run_sharded"],
+    "rs_plugins.certify.smoothing": ["SmoothedClassifier", "check_class_selection", "check_compatible", "check_images",
+                                     "check_sampling", "check_smoothing", "cohen_certify", "cohen_predict",
+                                     "select_classes"],
+    "rs_plugins.errors": ["ComponentConflictError", "IncompatibleComponentsError", "MissingDependencyError",
+                          "PluginBuildError", "ResultsFileError", "RsPluginError", "SourceError",
+                          "TrainingDivergedError", "UnknownComponentError"],
+    "rs_plugins.hookspecs": ["rs_certifiers", "rs_denoisers", "rs_load_data", "rs_load_model", "rs_mixers",
+                             "rs_noise_samplers", "rs_training_losses"],
+    "rs_plugins.host": ["Component", "Host", "build_options"],
+    "rs_plugins.nets": ["CifarResNet", "LeNet", "Normalize", "SmallCNN", "cifar_resnet110", "lenet", "resnet50"],
+    "rs_plugins.results.compare": ["Run", "caption", "comparison_notes", "comparison_rows", "default_label",
+                                   "format_comparison", "largest_radii", "load_runs", "path_labels", "plot_comparison",
+                                   "radius_norm", "shared_setup", "shortfall", "table_format",
+                                   "write_comparison_summary"],
+    "rs_plugins.results.files": ["AttackRow", "ConfidenceRow", "ResultsFile", "Row", "check_rows", "planned_images",
+                                 "read_attack_results", "read_confidence", "read_results", "read_sidecar", "recorded",
+                                 "sidecar_path"],
+    "rs_plugins.results.report": ["average_certified_radius", "certified_accuracy", "default_radii", "format_accuracy",
+                                  "format_provenance", "format_table", "largest_radius", "mean_samples",
+                                  "plot_certified_accuracy", "radius_formula", "summarize", "write_summary"],
+    "rs_plugins.sources.data": ["data_identity", "labels_of", "load_cifar10", "load_cifar100", "load_data",
+                                "load_digits", "load_imagenet", "load_mnist", "load_tensor_file", "select_indices"],
+    "rs_plugins.testing": ["CoordinateClassifier", "IdentityDenoiser", "LinearClassifier", "check_certifier",
+                           "check_denoiser", "check_loss", "check_mixer", "check_noise", "tiny_classifier"],
+    "rs_plugins.train.config": ["TrainConfig", "crop_flip"],
+    "rs_plugins.train.held_out": ["held_out_accuracy", "hold_out", "spread_indices"],
+    "rs_plugins.train.loop": ["base_indices", "example_targets", "train"],
+    "rs_plugins.train.losses": ["EpochAware", "check_bool", "check_choice", "check_float", "check_int", "draw_deltas",
+                                "noisy_logits", "soft_smoothed", "warmup_factor"],
+    "rs_plugins.types": ["Certificate", "Certifier", "CertifierSpec", "ComponentSpec", "DataRequest", "Denoiser",
+                         "DenoiserSpec", "LossOutput", "LossSpec", "MixerSpec", "ModelRequest", "NoiseSampler",
+                         "NoiseSpec", "TrainingLoss"],
+}  # fmt: skip
+
+PLUGIN_AUTHORS = ["rs_plugins.types", "rs_plugins.errors", "rs_plugins.testing", "rs_plugins.hookspecs"]
+"""The modules third-party plugins import: they keep their paths whatever else moves."""
+
+
+def test_top_level_names_are_pinned():
+    assert sorted(rs.__all__) == sorted(TOP_LEVEL)
+    missing = [name for name in TOP_LEVEL if not hasattr(rs, name)]
+    assert not missing, f"rs_plugins.__all__ lists names it does not define: {missing}"
+
+
+@pytest.mark.parametrize("module", sorted(DOCUMENTED))
+def test_documented_names_import(module):
+    loaded = importlib.import_module(module)
+    missing = [name for name in DOCUMENTED[module] if not hasattr(loaded, name)]
+    assert not missing, f"{module} lost documented names: {missing}"
+
+
+def test_plugin_author_modules_keep_their_paths():
+    assert set(PLUGIN_AUTHORS) <= set(DOCUMENTED)
+    for module in PLUGIN_AUTHORS:
+        assert importlib.import_module(module).__name__ == module
+
+
+def test_api_page_documents_every_pinned_module():
+    """docs/api.md's ``:::`` blocks name importable modules and cover every module pinned here."""
+    page = (ROOT / "docs" / "api.md").read_text()
+    documented = re.findall(r"^::: ([\w.]+)", page, flags=re.M)
+    for module in documented:
+        importlib.import_module(module)
+    assert set(DOCUMENTED) <= set(documented), f"not on docs/api.md: {sorted(set(DOCUMENTED) - set(documented))}"

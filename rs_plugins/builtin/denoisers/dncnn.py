@@ -136,7 +136,9 @@ class DnCNNDenoiser(nn.Module):
 
     def settings(self) -> dict[str, Any]:
         """The architecture and how the weights were trained, for the results' sidecar."""
-        return {"architecture": "dncnn", **self.net.architecture(), "trained": self.meta or None}
+        shape = self.net.architecture()
+        trained = {k: v for k, v in self.meta.items() if k not in shape}
+        return {"architecture": "dncnn", **shape, "trained": trained or None}
 
 
 def build(sigma: float, path: str | None = None) -> DnCNNDenoiser:

@@ -217,10 +217,10 @@ def test_mixed_certifier_refuses_a_denoiser_before_sampling(capsys, tmp_path, tr
         ),
         (
             ["certify", *CLASSIFIER, "--random-weights", "--denoiser", "dncnn:{clf}"],
-            "holds another architecture's weights",
+            "--denoiser dncnn:PATH: another architecture's weights in",
         ),
         (["certify", *CLASSIFIER, "--random-weights", "--denoiser", "dncnn"], "--denoiser dncnn:PATH: give the"),
-        (["train-denoiser", *TINY, "--init", "{clf}"], "--init: "),
+        (["train-denoiser", *TINY, "--init", "{clf}"], "--init: another architecture's weights in"),
     ],
     ids=["objective", "stability-no-model", "missing", "other-architecture", "no-path", "init-other-architecture"],
 )

@@ -82,7 +82,7 @@ def load_dncnn(path: str | Path, option: str = OPTION) -> tuple[DnCNN, dict[str,
         net.load_state_dict(state)
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as err:
         keys = ", ".join(list(state)[:3]) if isinstance(state, dict) else type(state).__name__
-        msg = f"{option}: {file} holds another architecture's weights ({keys}, ...), not a DnCNN's; expected "
+        msg = f"{option}: another architecture's weights in {file} ({keys}, ...), not a DnCNN's; expected "
         raise ValueError(msg + EXPECTED + f" ({type(err).__name__})") from None
     return net, meta
 

@@ -38,7 +38,7 @@ from .checkpoints import CHECKPOINT, derived_seed, read_log, resume, save_checkp
 from .errors import TrainingDivergedError
 from .smoothing import check_images, eval_mode
 from .training import PRECISIONS, VAL_IMAGES, spread_indices
-from .validation import MAX_SEED, check_integer, check_number
+from .validation import MAX_SEED, CheckedNoise, check_integer, check_number
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -168,6 +168,7 @@ def train_denoiser(
     if config.objective == "stability" and classifier is None:
         raise ValueError("--objective stability needs --model: the frozen classifier whose predictions D must keep")
     device = torch.device(device)
+    noise = CheckedNoise(noise)  # a broken noise plugin is named, not crashed on
     directory = Path(checkpoint_dir)
     directory.mkdir(parents=True, exist_ok=True)
     denoiser.to(device)

@@ -237,3 +237,18 @@ def test_bad_inputs_get_one_line_naming_the_option(argv, expect, capsys, tmp_pat
     assert code == 2 and expect in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.startswith("rs-plugins")]) == 1
     assert not list(tmp_path.glob("*.tsv")) and not (tmp_path / "denoiser" / "denoiser.pt").exists()
+
+
+def test_compared_runs_with_different_denoisers_are_labelled_and_noted(tmp_path):
+    from rs_plugins import compare
+    from rs_plugins.report import CERTIFY_COLUMNS
+
+    settings = {"noise": "gaussian", "sigma": 0.25, "n": 100, "alpha": 0.001, "data": "digits", "split": "test"}
+    for name, denoiser in (("plain", None), ("denoised", {"name": "dncnn", "path": "d.pt", "sha256": "ab" * 32})):
+        (tmp_path / f"{name}.tsv").write_text("\t".join(CERTIFY_COLUMNS) + "\n0\t3\t3\t0.5\t1\t0:00:01\t100\n")
+        sidecar = settings | ({"denoiser": denoiser} if denoiser else {})
+        (tmp_path / f"{name}.tsv.json").write_text(json.dumps(sidecar))
+    runs = compare.load_runs([str(tmp_path / "plain.tsv"), str(tmp_path / "denoised.tsv")])
+    assert [run.label for run in runs] == ["gaussian σ=0.25", "gaussian σ=0.25 + dncnn"]
+    notes = compare.comparison_notes(runs)
+    assert "different denoiser: gaussian σ=0.25 none, gaussian σ=0.25 + dncnn dncnn:d.pt (sha256 abababab)" in notes

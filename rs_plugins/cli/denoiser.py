@@ -57,6 +57,8 @@ def add_train_denoiser(sub) -> None:
 
 
 def cmd_train_denoiser(args: argparse.Namespace) -> int:
+    import os
+
     import torch
 
     from ..builtin.denoisers.dncnn import FILE, DnCNN, load_dncnn
@@ -68,6 +70,8 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
     config = DenoiserTrainConfig(**{k: getattr(args, k) for k in (*schedule, "lr_gamma", "seed", "precision")})
     if config.objective == "stability" and not args.model:
         raise ValueError("--objective stability needs --model: the frozen classifier whose predictions D must keep")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("train-denoiser runs in one process; start it without torchrun (it uses one device)")
     validation.check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
     device = resolve_device(args.device)
     host = shared.Host()

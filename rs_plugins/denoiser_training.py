@@ -187,8 +187,9 @@ def train_denoiser(
     if start_epoch > config.epochs:
         msg = f"--epochs {config.epochs}: {directory / CHECKPOINT} already holds {start_epoch} epochs; give "
         raise ValueError(msg + f"--epochs {start_epoch} or more, or another --checkpoint-dir")
-    if start_epoch:
-        tqdm.write(f"{directory / CHECKPOINT}: resuming after epoch {start_epoch} of {config.epochs}")
+    if start_epoch:  # said even without progress bars: a rerun must not look like a fresh run
+        done = "finished, nothing to do" if start_epoch == config.epochs else f"resuming after epoch {start_epoch}"
+        tqdm.write(f"{directory / CHECKPOINT}: {done} ({config.epochs} epochs)")
     log = read_log(directory)[:start_epoch]
     val = None if val_data is None or val_images < 1 else spread_indices(len(val_data), val_images)
 
@@ -232,7 +233,7 @@ def train_denoiser(
         save_checkpoint(directory, epoch + 1, recorded, denoiser, optimizer, scheduler, scaler)
         write_log(directory, log)
         tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
-    save_denoiser(denoiser, directory / FILE, recorded)
+    save_denoiser(denoiser, directory / FILE, {"sigma": getattr(noise, "sigma", None)} | recorded)
     return log
 
 

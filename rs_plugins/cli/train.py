@@ -55,7 +55,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**(RECIPES[args.recipe] | chosen | execution))
 
 
-def _held_out(host: shared.Host, args: argparse.Namespace, dataset):
+def held_out_data(host: shared.Host, args: argparse.Namespace, dataset):
     """(training data, held-out data or None) for cmd_train: --val-split, --val-data, or --data's test split."""
     from ..train.held_out import hold_out
 
@@ -103,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = {"loss": args.loss, "loss_option": loss_options, "noise": args.noise, "noise_option": noise_options}
     settings |= {"sigma": args.sigma, "model": args.model, "data": args.data, "split": args.split}
     settings["processes"] = world.size  # noise is seeded per process: another count would not resume exactly
-    dataset, val_data = _held_out(host, args, dataset)
+    dataset, val_data = held_out_data(host, args, dataset)
     settings |= {"val_split": args.val_split, "val_data": args.val_data, "val_images": args.val_images}
     train(
         model,

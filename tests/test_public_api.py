@@ -100,3 +100,17 @@ def test_api_page_documents_every_pinned_module():
     for module in documented:
         importlib.import_module(module)
     assert set(DOCUMENTED) <= set(documented), f"not on docs/api.md: {sorted(set(DOCUMENTED) - set(documented))}"
+
+
+ENTRY_POINTS = ["adaptive", "catrs", "consistency", "denoisers", "feng", "gaussian", "laplace", "macer", "sequential",
+                "smoothadv", "smoothmix", "sources", "uniform"]  # fmt: skip
+
+
+def test_entry_point_names_are_pinned():
+    """Plugins are blocked and reported by entry-point name (RS_PLUGINS_DISABLE), so the names do not change."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    table = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["rs_plugins"]
+    assert sorted(table) == ENTRY_POINTS
+    for module in table.values():
+        importlib.import_module(module)

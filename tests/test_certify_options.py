@@ -128,3 +128,15 @@ def test_the_cost_of_a_row_is_said_before_sampling(capsys, tmp_path, command, ex
     torch.manual_seed(0)
     assert main(argv) == 0
     assert not COST.search(capsys.readouterr().out)  # nothing left to do: no plan
+
+
+@pytest.mark.parametrize("source", ["torchscript:m.ts", "robustbench:Standard"])
+def test_forms_that_carry_their_weights_need_no_checkpoint(source):
+    """Only a package.module:factory is refused without --checkpoint; README's TorchScript command used to be."""
+    import argparse
+
+    from rs_plugins.cli import shared
+
+    shared._check_trained(argparse.Namespace(random_weights=False), source, None)
+    with pytest.raises(ValueError, match="--random-weights"):
+        shared._check_trained(argparse.Namespace(random_weights=False), "rs_plugins.nets:SmallCNN", None)

@@ -345,10 +345,10 @@ def _prepare(page: Path, folder: Path, monkeypatch) -> None:
     for name in ("mine.ts", "a.pt", "b.pt"):
         if f"torchscript:{name}" in text:
             torch.jit.script(small).save(str(folder / name))
-    for name in ("std", "rob"):
-        if f"{name}/model.pt" in text:
-            (folder / name).mkdir()
-            torch.save(SmallCNN().state_dict(), folder / name / "model.pt")
+    made = set(re.findall(r"--checkpoint-dir (\S+)", text))
+    for checkpoint in sorted(set(re.findall(r"--checkpoint (\S+)/model\.pt", text)) - made):  # digits SmallCNNs
+        (folder / checkpoint).mkdir(parents=True, exist_ok=True)
+        torch.save(SmallCNN().state_dict(), folder / checkpoint / "model.pt")
     for run in ("cohen025", "con025"):  # docs/cli.md's report compares two runs the page does not make
         if f"runs/{run}/certify.tsv" in text and f"--checkpoint-dir runs/{run}" not in text:
             out = folder / "runs" / run / "certify.tsv"
@@ -393,7 +393,9 @@ def test_shell_commands_run_as_written(page, tmp_path, monkeypatch, capsys):
             args = _rs_plugins_args(words)
             if args is None or "..." in args or _parse_only(words):
                 continue
+            import time as _t; _s = _t.perf_counter()  # TIMING
             code = cli_main(_expand(args))
+            open("/tmp/i21b_times.txt", "a").write(f"{_t.perf_counter() - _s:6.1f} {snippet} {shlex.join(words)[:90]}\n")  # TIMING
             assert code == 0, f"{snippet}: {shlex.join(words)} exited {code}: {capsys.readouterr().err[-2000:]}"
             ran += 1
     assert ran, f"{page}: no command of the page runs; give a CPU-sized variant"

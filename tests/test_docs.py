@@ -13,6 +13,10 @@ The rules, so that a new snippet is checked without a new test:
   own parser, name built-in ``rs_plugins.*`` models that exist and ``--data`` forms that are known. Other programs
   must be on a short list (pip, venv, pytest, ...). A command with a bare ``...`` argument is elided on purpose
   and is not parsed.
+* Every rs-plugins command then also runs as written (``test_shell_commands_run_as_written``: a page's commands in
+  order, in one folder per page, with the files they read made by the test), except the few that ``PARSE_ONLY``
+  names with a reason (GPU-sized, installs, several processes); a page with such a command gives a CPU-sized one
+  beside it, and that one runs.
 * A block preceded by ``<!-- illustrative -->`` is a sketch and is not run; there are at most
   ``MAX_ILLUSTRATIVE`` of them, each with its reason next to the marker (none is needed today).
 """
@@ -312,6 +316,7 @@ def _prepare(page: Path, folder: Path, monkeypatch) -> None:
     from rs_plugins import data
 
     full = data.load_digits
+
     def digits(split):
         return torch.utils.data.TensorDataset(*(t[: DIGITS[split]] for t in full(split).tensors))
 
@@ -393,9 +398,7 @@ def test_shell_commands_run_as_written(page, tmp_path, monkeypatch, capsys):
             args = _rs_plugins_args(words)
             if args is None or "..." in args or _parse_only(words):
                 continue
-            import time as _t; _s = _t.perf_counter()  # TIMING
             code = cli_main(_expand(args))
-            open("/tmp/i21b_times.txt", "a").write(f"{_t.perf_counter() - _s:6.1f} {snippet} {shlex.join(words)[:90]}\n")  # TIMING
             assert code == 0, f"{snippet}: {shlex.join(words)} exited {code}: {capsys.readouterr().err[-2000:]}"
             ran += 1
     assert ran, f"{page}: no command of the page runs; give a CPU-sized variant"

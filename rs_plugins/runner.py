@@ -136,7 +136,8 @@ def _spaced(num: int) -> str:
     return f"{num:,}".replace(",", " ")  # 100 100, as the papers write N
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """Seconds as people read a run's length: 0.8 s, 12 min, 3.1 h."""
     if seconds < 100:
         return f"{seconds:.2g} s"
     return f"{seconds / 60:.0f} min" if seconds < 6000 else f"{seconds / 3600:.1f} h"
@@ -168,7 +169,7 @@ def cost_plan(model, x, noise, *, parts, batch_size, images, device, upto=False)
     plural = "image" if images == 1 else "images"
     return (
         f"{most}{_spaced(samples)} samples per image{split} in {passes_per_image(parts, batch_size):.3g} passes of "
-        f"{batch_size}; {most}about {_duration(per_image)} per image, {_duration(per_image * images)} for {images} "
+        f"{batch_size}; {most}about {duration(per_image)} per image, {duration(per_image * images)} for {images} "
         f"{plural} on {torch.device(device).type}"
     )
 

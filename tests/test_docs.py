@@ -226,7 +226,7 @@ def test_plugin_tutorial_installs_as_written_and_certifies_l1(tmp_path):
 
 # -- every command runs as written ------------------------------------------------------------------------------
 # Each page's rs-plugins commands run in order, in-process, in one fresh folder per page (a later command reads an
-# earlier one's files), with what they need made here: a small digits set (24 training, 12 test images, so that the
+# earlier one's files), with what they need made here: a small digits set (24 training, 8 test images, so that the
 # pages' digits recipes take seconds as written), torchvision's CIFAR-10 and MNIST layouts with a few images, a
 # RobustBench checkpoint at models/<dataset>/<threat>/<name>.pt, a tiny diffusers folder, TorchScript files and
 # SmallCNN checkpoints for the names the pages use, results files a page compares without making them, and the
@@ -245,7 +245,7 @@ PARSE_ONLY = {  # pattern (re.search on the command line) -> why it is only pars
     r"snapshot_download": "downloads google/ddpm-cifar10-32 from the Hugging Face hub",
     r"mypkg\.bit:": "a user's own BiT-152 with a WRN-70-16: the page's full-size recipe",
 }
-DIGITS = {"train": 24, "test": 12}
+DIGITS = {"train": 24, "test": 8}
 
 
 def _parse_only(words: list[str]) -> str | None:

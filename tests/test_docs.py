@@ -15,8 +15,8 @@ The rules, so that a new snippet is checked without a new test:
   and is not parsed.
 * Every rs-plugins command then also runs as written (``test_shell_commands_run_as_written``: a page's commands in
   order, in one folder per page, with the files they read made by the test), except the few that ``PARSE_ONLY``
-  names with a reason (GPU-sized, installs, several processes); a page with such a command gives a CPU-sized one
-  beside it, and that one runs.
+  names with a reason (GPU-sized, installs, several processes; an elided ``...`` command must be one of them); a
+  page with such a command gives a CPU-sized one beside it, and that one runs.
 * A block preceded by ``<!-- illustrative -->`` is a sketch and is not run; there are at most
   ``MAX_ILLUSTRATIVE`` of them, each with its reason next to the marker (none is needed today).
 """
@@ -396,7 +396,7 @@ def test_shell_commands_run_as_written(page, tmp_path, monkeypatch, capsys):
             continue
         for words in _commands(snippet):
             args = _rs_plugins_args(words)
-            if args is None or "..." in args or _parse_only(words):
+            if _parse_only(words):
                 continue
             code = cli_main(_expand(args))
             assert code == 0, f"{snippet}: {shlex.join(words)} exited {code}: {capsys.readouterr().err[-2000:]}"
@@ -405,7 +405,13 @@ def test_shell_commands_run_as_written(page, tmp_path, monkeypatch, capsys):
 
 
 def test_parse_only_commands_are_few_named_and_exist():
-    lines = [shlex.join(w) for s in SHELL for w in _commands(s)]
+    """Every command of the pages is a whole rs-plugins command (which then runs) or a PARSE_ONLY one, and each
+    PARSE_ONLY pattern names a command that exists."""
+    commands = [(s, w) for s in SHELL for w in _commands(s)]
     assert len(PARSE_ONLY) <= 10
     for pattern, why in PARSE_ONLY.items():
-        assert why and any(re.search(pattern, line) for line in lines), f"PARSE_ONLY names no command: {pattern}"
+        assert why and any(re.search(pattern, shlex.join(w)) for _, w in commands), f"no command matches {pattern}"
+    for snippet, words in commands:
+        args = _rs_plugins_args(words)
+        runs = args is not None and "..." not in args
+        assert runs or _parse_only(words), f"{snippet}: {shlex.join(words)} neither runs nor is in PARSE_ONLY"

@@ -7,6 +7,8 @@
 #              folded, frozen weights) in bf16 and fp16, and with CUDA graphs; TFLOP/s and the bandwidth floor
 #   r50        ResNet-50 (ImageNet), N = 100 000: fp32, bf16+cl, the fast path in bf16 and fp16
 #   agreement  a ResNet-110 trained on digits, fp32 against each fast path, identical noise
+#   denoised   benchmarks/denoised_cifar.py: a ddpm-cifar10-32-shaped UNet + ResNet-110 at N = 100 000, bf16 engine
+#              against the authors'-style fp32 loop (issue 16's goal: <= 20 s per image)
 #   reference  benchmarks/certify_vs_reference.py on the device: Cohen's loop against sequential + auto precision
 #   autotune   max-autotune (CUDA graphs + kernel search: minutes of compilation) for ResNet-110 and ResNet-50
 #   torchrun   with more than one GPU: rs-plugins certify on one GPU and torchrun on all, the same images
@@ -18,16 +20,16 @@ device=${2:-cuda}
 shift $(($# < 2 ? $# : 2))
 quick=0
 if [ "${1:-}" = quick ]; then quick=1; shift; fi
-sections=${*:-r110 r50 agreement reference autotune torchrun}
+sections=${*:-r110 r50 agreement denoised reference autotune torchrun}
 mkdir -p "$out"
 exec > >(tee -a "$out/log.txt") 2>&1
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 if [ $quick = 1 ]; then
     N=300; B=100; B50=100; R110=resnet8; R50=resnet8; RAW=0.2; AG=4; AGN=200; AGD=8; AGE=1; IMG=3; RN=2000
-    TRN=300; TRI=4
+    TRN=300; TRI=4; DN=64; DB=32; DI=1
 else
     N=100000; B=4000; B50=1000; R110=resnet110; R50=resnet50; RAW=2; AG=50; AGN=10000; AGD=110; AGE=4; IMG=30
-    RN=100000; TRN=100000; TRI=16
+    RN=100000; TRN=100000; TRI=16; DN=100000; DB=1000; DI=2
 fi
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA', torch.cuda.device_count(), 'GPU(s)')"
 bench="python3 benchmarks/certify_speed.py --device $device --out-dir $out"
@@ -47,6 +49,9 @@ for section in $sections; do
     agreement)
         $bench --sections agreement --agreement $AG --agreement-n $AGN --agreement-depth $AGD \
             --agreement-epochs $AGE --batch-size $B --agreement-executions bf16+cl $fast ;;
+    denoised)
+        python3 benchmarks/denoised_cifar.py --device "$device" --n0 100 --n $DN --batch-size $DB --images $DI \
+            --precision bf16 --out "$out/denoised_cifar.csv" ;;
     reference)
         python3 benchmarks/certify_vs_reference.py --device "$device" --images $IMG --n $RN \
             --work-dir "$out/reference_work" --out-dir "$out/reference" ;;

@@ -81,9 +81,12 @@ def radius_norm(settings: dict[str, Any], noise: str | None = None, sigma: float
 
 
 def default_label(path: str, settings: dict[str, Any]) -> str:
-    """``<noise> σ=<sigma>`` from the sidecar, else the file name without its extension."""
+    """``<noise> σ=<sigma>`` from the sidecar (``+ <denoiser>`` for denoised smoothing), else the file name
+    without its extension."""
     if "noise" in settings and "sigma" in settings:
-        return f"{settings['noise']} σ={settings['sigma']:g}"
+        denoiser = settings.get("denoiser")
+        name = f" + {denoiser.get('name')}" if isinstance(denoiser, dict) else ""
+        return f"{settings['noise']} σ={settings['sigma']:g}{name}"
     return Path(path).stem
 
 
@@ -192,6 +195,12 @@ def comparison_notes(runs: Sequence[Run]) -> list[str]:
         values = {run.label: run.settings.get(key) for run in known}
         if len({json.dumps(v) for v in values.values()}) > 1:
             notes.append(f"different {name}: " + ", ".join(f"{label} {v}" for label, v in values.items()))
+    denoisers = {run.label: (run.settings.get("denoiser") or {}) for run in known}
+    if len({json.dumps(v, sort_keys=True) for v in denoisers.values()}) > 1:
+        described = [f"{label} {d.get('name', 'none')}" + (f":{d['path']}" if d.get("path") else "")
+                     + (f" (sha256 {d['sha256'][:8]})" if d.get("sha256") else "")
+                     for label, d in denoisers.items()]  # fmt: skip
+        notes.append("different denoiser: " + ", ".join(described))
     images = {run.label: sorted(row.idx for row in run.rows) for run in runs}
     if len({tuple(v) for v in images.values()}) > 1:
         counts = ", ".join(f"{label} {len(v)}" for label, v in images.items())

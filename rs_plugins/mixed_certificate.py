@@ -202,9 +202,14 @@ def _unwrap(model: nn.Module) -> tuple[nn.Module, Any]:
 
 def _robust_member(model: nn.Module) -> tuple[nn.Module, float, float]:
     """The robust member h (run with the mixture's precision and memory format), the certified α and h's scale."""
+    from .denoising import DenoisedClassifier
     from .execution import RunAs
 
     mixture, execution = _unwrap(model)
+    if isinstance(mixture, DenoisedClassifier):
+        msg = "--certifier mixed with --denoiser: the mixed certificate smooths the mixture's robust member on x + "
+        msg += "delta and its accurate member sees x, so a denoiser in front of the whole mixture is not part of it; "
+        raise ValueError(msg + "certify the denoised model with --certifier cohen (or sequential), or drop --denoiser")
     robust, alpha_mix = getattr(mixture, "robust", None), getattr(mixture, "certified_alpha", None)
     if not isinstance(robust, nn.Module) or alpha_mix is None:
         msg = "certifier 'mixed' certifies a mixture with a smoothed robust member: use --mixer mix or adaptive "

@@ -273,10 +273,26 @@ def format_provenance(sidecar: dict[str, Any]) -> str:
         + f"; {n0}n={settings.get('n')} alpha={settings.get('alpha')} seed={settings.get('seed')}"
         + f"; precision {prov.get('precision', '?')}",
     ]
+    if isinstance(settings.get("denoiser"), dict):
+        lines.append(f"denoiser: {describe_denoiser(settings['denoiser'])}" + plugin(prov.get("denoiser")))
     if prov:
         lines.append("run: " + run(prov))
     lines += ["resumed: " + run(p) for p in sidecar.get("resumed", [])]
     return "\n".join(lines) + "\n"
+
+
+def describe_denoiser(denoiser: dict[str, Any]) -> str:
+    """One line for a sidecar's ``denoiser`` record: name, path, options, weights' hash and its own settings."""
+    own = {k: v for k, v in denoiser.items() if k not in ("name", "path", "options", "sha256") and v is not None}
+    text = f"{denoiser.get('name')}" + (f":{denoiser['path']}" if denoiser.get("path") else "")
+    text += f" sha256={str(denoiser.get('sha256', '?'))[:16]}..."
+    if denoiser.get("options"):
+        text += f" options={json.dumps(denoiser['options'])}"
+    for key, value in own.items():
+        if isinstance(value, dict):
+            value = "(" + ", ".join(f"{k}={v}" for k, v in value.items()) + ")"
+        text += f" {key}={value}"
+    return text
 
 
 def _records(sidecar: dict[str, Any]) -> list[dict[str, Any]]:

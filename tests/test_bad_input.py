@@ -289,6 +289,16 @@ def diffusion(f: Files, channels: int = 1) -> str:
     return f"diffusion:{ddpm(f, channels)}"
 
 
+def dncnn_file(f: Files) -> Path:
+    """An untrained (identity) 1-channel DnCNN in the format train-denoiser writes."""
+    from rs_plugins.builtin.denoisers.dncnn import FORMAT, DnCNN
+
+    path = f.root / "dncnn.pt"
+    if not path.exists():
+        torch.save({"format": FORMAT, "state_dict": DnCNN(1, depth=3, width=4).state_dict()}, path)
+    return path
+
+
 # fmt: off
 CASES: list[Case] = [
     # numbers: every float finite, every range check names its option
@@ -656,6 +666,28 @@ CASES: list[Case] = [
     cli_case("denoiser-nan", "certify", "a plugin denoiser that returns NaN",
              "denoiser 'bad_nan' from plugin broken_denoisers returned NaN or infinite values",
              *certify_args_lazy(), "--denoiser", "bad_nan"),
+    # the trained DnCNN (--denoiser dncnn:PATH, train-denoiser)
+    cli_case("dncnn-missing-file", "certify", "`--denoiser dncnn:no_such.pt`",
+             "--denoiser dncnn:PATH: no file 'no_such.pt'", *certify_args_lazy(), "--denoiser", "dncnn:no_such.pt"),
+    cli_case("dncnn-other-architecture", "certify", "`--denoiser dncnn:model.pt`, a classifier's state dict",
+             "--denoiser dncnn:PATH: another architecture's weights in", *certify_args_lazy(), "--denoiser",
+             lambda f: f"dncnn:{f.ckpt}"),
+    cli_case("dncnn-no-path", "certify", "`--denoiser dncnn` without weights",
+             "--denoiser dncnn:PATH: give the trained weights", *certify_args_lazy(), "--denoiser", "dncnn"),
+    cli_case("train-denoiser-objective", "train-denoiser", "`--objective l1`",
+             "argument --objective: invalid choice: 'l1'", "--data", "digits",
+             "--sigma", "0.25", "--objective", "l1", *FAST),
+    cli_case("train-denoiser-stability-no-model", "train-denoiser", "`--objective stability` without `--model`",
+             "--objective stability needs --model: the frozen classifier", "--data", "digits", "--sigma", "0.25",
+             "--objective", "stability", "--checkpoint-dir", lambda f: f.root / "d", *FAST),
+    cli_case("train-denoiser-init-other", "train-denoiser", "`--init model.pt`, a classifier's state dict",
+             "--init: another architecture's weights in", "--data", "digits", "--sigma", "0.25", "--init",
+             lambda f: f.ckpt, "--checkpoint-dir", lambda f: f.root / "d", *FAST),
+    cli_case("mixed-with-denoiser", "certify", "`--certifier mixed` with `--denoiser`",
+             "--certifier mixed with --denoiser: the mixed certificate smooths the mixture's robust member",
+             *TWO_MODELS, "--mixer", "mix", "--mixer-option", "alpha=0.8", "--certifier", "mixed", "--data",
+             "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "1", "--out",
+             lambda f: f.root / "u.tsv", "--denoiser", lambda f: f"dncnn:{dncnn_file(f)}"),
 ]
 # fmt: on
 

@@ -1,4 +1,4 @@
-"""``rs-plugins``: list plugins, train, certify, predict, attack, report, and a demo of it all on built-in data."""
+"""``rs-plugins``: list plugins, train (classifiers, denoisers), certify, predict, attack, report, and a demo."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import traceback
 
 from .. import __version__
 from ..errors import RsPluginError
-from . import adaptive, attack, certify, confidence, plugins, report, train
+from . import adaptive, attack, certify, confidence, denoiser, plugins, report, train
 from .attack import cmd_attack
 from .certify import cmd_certify
 from .plugins import cmd_demo, cmd_plugins
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_train(sub)
     confidence.add_confidence(sub)  # predict-confidence (CAT-RS's p_b)
     adaptive.add_commands(sub)  # train-mixer and tradeoff (adaptive smoothing)
+    denoiser.add_train_denoiser(sub)  # train-denoiser (denoised smoothing's DnCNN)
     report.add_report(sub)
     plugins.add_demo(sub)
     return parser

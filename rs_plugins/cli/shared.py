@@ -47,15 +47,15 @@ def _options(pairs: list[str], flag: str) -> dict:
     return options
 
 
-def _add_model(p: argparse.ArgumentParser, *, several: bool) -> None:
+def _add_model(p: argparse.ArgumentParser, *, several: bool, required: bool = True, role: str = "") -> None:
     g = p.add_argument_group("model")
-    help_ = "robustbench:<name> | package.module:factory | torchscript:<file> | <file>.pt2"
+    help_ = role + "robustbench:<name> | package.module:factory | torchscript:<file> | <file>.pt2"
     if several:
         g.add_argument("--model", action="append", required=True, help=help_ + " (repeat to combine with --mixer)")
         g.add_argument("--mixer", help="mixer that combines several --model classifiers")
         g.add_argument("--mixer-option", action="append", default=[], metavar="KEY=VALUE")
     else:
-        g.add_argument("--model", required=True, help=help_)
+        g.add_argument("--model", required=required, help=help_)
     if several:  # one per --model, paired in order (a single one still serves a single --model)
         g.add_argument("--checkpoint", action="append", help="state dict for a package.module:factory model; repeat "
                        "once per --model, in order (none for a model without one)")  # fmt: skip

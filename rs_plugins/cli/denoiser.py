@@ -1,0 +1,104 @@
+"""``rs-plugins train-denoiser``: train Salman et al.'s DnCNN for ``--denoiser dncnn:`` (parser and a thin call).
+
+The work lives in ``rs_plugins.denoiser_training``; this module only turns flags into its arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import validation
+from ..denoiser_training import OBJECTIVES, OPTIMIZERS, DenoiserTrainConfig
+from ..training import PRECISIONS, VAL_IMAGES
+from ..types import DataRequest
+from . import shared, train
+
+
+def add_train_denoiser(sub) -> None:
+    """Add ``train-denoiser`` to the ``rs-plugins`` sub-parsers."""
+    d = DenoiserTrainConfig()
+    p = sub.add_parser("train-denoiser", help="train a DnCNN denoiser (mse or stability) for --denoiser dncnn:")
+    shared._add_model(p, several=False, required=False, role="frozen classifier (needed by --objective stability; "
+                      "adds its accuracy to the log): ")  # fmt: skip
+    p.add_argument("--random-weights", action="store_true", help="allow a factory --model without --checkpoint")
+    shared._add_data(p, "train")
+    p.add_argument("--sigma", type=shared._positive_float, required=True, help="noise level in [0, 1] pixel units")
+    p.add_argument("--noise", default="gaussian", help="noise sampler (default gaussian)")
+    p.add_argument("--noise-option", action="append", default=[], metavar="KEY=VALUE")
+    g = p.add_argument_group("denoiser (the authors' DnCNN: depth 17, width 64)")
+    g.add_argument("--objective", default=d.objective, choices=OBJECTIVES,
+                   help="mse: ||D(x+delta) - x||^2; stability: CE(f(D(x+delta)), argmax f(x)) (mse)")  # fmt: skip
+    g.add_argument("--depth", type=shared._positive_int, default=17, help="convolutions (default 17)")
+    g.add_argument("--width", type=shared._positive_int, default=64, help="channels of the hidden layers (default 64)")
+    g.add_argument("--init", metavar="DENOISER_PT", help="start from these weights (e.g. an mse denoiser, to "
+                   "fine-tune with stability); their architecture replaces --depth/--width")  # fmt: skip
+    g = p.add_argument_group("schedule (the authors' train_denoiser.py defaults)")
+    g.add_argument("--epochs", type=shared._positive_int, default=d.epochs, help=f"default {d.epochs}")
+    g.add_argument("--batch-size", type=shared._positive_int, default=d.batch_size, help=f"default {d.batch_size}")
+    g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="default adam")
+    g.add_argument("--lr", type=shared._positive_float, default=d.lr, help=f"default {d.lr:g}")
+    g.add_argument("--momentum", type=validation.nonnegative_float, default=d.momentum, help="sgd only (0.9)")
+    g.add_argument("--weight-decay", type=validation.nonnegative_float, default=d.weight_decay, help="default 1e-4")
+    g.add_argument("--lr-step", type=shared._positive_int, default=d.lr_step, help="decay every this many epochs (30)")
+    g.add_argument("--lr-gamma", type=shared._positive_float, default=d.lr_gamma, help="decay factor (0.1)")
+    g = p.add_argument_group("execution")
+    g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast dtype (default fp32)")
+    g.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
+    g.add_argument("--seed", type=validation.seed, default=0, help="seed of the initial weights, shuffling, noise")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g.add_argument("--checkpoint-dir", default="denoiser", help="checkpoint every epoch; rerunning resumes")
+    g = p.add_argument_group("held-out metrics after each epoch (psnr; with --model its accuracies)")
+    g.add_argument("--val-split", type=shared._positive_float, help="hold out this fraction of the training data")
+    g.add_argument("--val-data", help="--data source to evaluate on (default: --data's test split)")
+    g.add_argument("--val-images", type=validation.nonnegative_int, default=VAL_IMAGES,
+                   help=f"held-out images per evaluation (default {VAL_IMAGES}; 0: none)")  # fmt: skip
+    p.set_defaults(func=cmd_train_denoiser)
+
+
+def cmd_train_denoiser(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from ..builtin.denoisers.dncnn import FILE, DnCNN, load_dncnn
+    from ..denoiser_training import train_denoiser
+    from ..provenance import weights_sha256
+    from ..runner import check_dataset, resolve_device
+
+    schedule = ("objective", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "lr_step")
+    config = DenoiserTrainConfig(**{k: getattr(args, k) for k in (*schedule, "lr_gamma", "seed", "precision")})
+    if config.objective == "stability" and not args.model:
+        raise ValueError("--objective stability needs --model: the frozen classifier whose predictions D must keep")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("train-denoiser runs in one process; start it without torchrun (it uses one device)")
+    validation.check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
+    device = resolve_device(args.device)
+    host = shared.Host()
+    noise_options = shared._noise_options(args)
+    noise = host.noise(args.noise, sigma=args.sigma, **noise_options)
+    classifier = shared._load_model(host, args, args.model) if args.model else None
+    dataset = host.load_data(DataRequest(args.data, args.split))
+    if classifier is not None:
+        check_dataset(classifier, dataset, [0], device)
+    channels = torch.as_tensor(dataset[0][0]).shape[0]
+    if args.init:
+        denoiser, _ = load_dncnn(args.init, "--init")
+        if denoiser.channels != channels:
+            raise ValueError(f"--init {args.init}: the DnCNN takes {denoiser.channels}-channel images; --data has "
+                             f"{channels}")  # fmt: skip
+    else:
+        torch.manual_seed(args.seed)  # the initial weights depend on --seed alone
+        denoiser = DnCNN(channels, args.depth, args.width)
+    settings = {k: getattr(args, k) for k in ("sigma", "noise", "model", "data", "split", "init")}
+    settings |= {"noise_option": noise_options, "architecture": denoiser.architecture()}
+    settings |= {"checkpoint": args.checkpoint, "model_kwargs": shared._model_kwargs(args)}
+    settings["model_sha256"] = weights_sha256(classifier) if classifier is not None else None
+    dataset, val_data = train._held_out(host, args, dataset)
+    settings |= {"val_split": args.val_split, "val_data": args.val_data, "val_images": args.val_images}
+    train_denoiser(denoiser, dataset, noise, config=config, checkpoint_dir=args.checkpoint_dir, classifier=classifier,
+                   device=device, progress=not args.no_progress, settings=settings, val_data=val_data,
+                   val_images=args.val_images)  # fmt: skip
+    path = Path(args.checkpoint_dir) / FILE
+    print(f"denoiser: {path}  (use: --denoiser dncnn:{path} --sigma {args.sigma:g})")
+    return 0

@@ -1,0 +1,246 @@
+"""Train a denoiser for denoised smoothing (Salman et al., "Denoised Smoothing", NeurIPS 2020, arXiv:2003.01908).
+
+Two objectives, as in the authors' ``code/train_denoiser.py``:
+
+- ``mse``: the mean over pixels of (D(x + delta) - x)^2, i.e. ||D(x + delta) - x||^2 / (C H W);
+- ``stability``: cross-entropy of a frozen classifier f on D(x + delta) against its own prediction on x,
+  CE(f(D(x + delta)), argmax f(x)), which needs no labels.
+
+The loss is taken on D(x + delta) clipped to [0, 1], the function ``--denoiser dncnn:`` certifies (the hook's
+contract); the authors train and certify the unclipped output. Clipping never increases the squared error, and
+under ``stability`` it keeps the classifier from being trained on inputs it never sees at certification.
+
+Defaults are the authors': Adam, learning rate 1e-3, weight decay 1e-4, batch 256, 90 epochs, the learning rate
+times 0.1 every 30 epochs; the DnCNN has depth 17 and width 64. Checkpoints, exact resume and ``train_log.csv``
+go through ``rs_plugins.checkpoints`` as for every trainer; each epoch ends with held-out metrics: the PSNR of
+D(x + delta) (and of x + delta, for comparison) and, with a classifier, its accuracy on x, x + delta and
+D(x + delta).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .builtin.denoisers.dncnn import FILE, FORMAT
+from .checkpoints import CHECKPOINT, derived_seed, read_log, resume, save_checkpoint, write_log
+from .errors import TrainingDivergedError
+from .smoothing import check_images, eval_mode
+from .training import PRECISIONS, VAL_IMAGES, spread_indices
+from .validation import MAX_SEED, CheckedNoise, check_integer, check_number
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from .builtin.denoisers.dncnn import DnCNN
+    from .types import NoiseSampler
+
+OBJECTIVES = ("mse", "stability")
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class DenoiserTrainConfig:
+    """Objective and optimisation settings; the defaults are those of the authors' ``train_denoiser.py``.
+
+    ``momentum`` applies to ``optimizer="sgd"`` only (Adam keeps its default betas, as the authors do).
+    """
+
+    objective: str = "mse"
+    epochs: int = 90
+    batch_size: int = 256
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_step: int = 30
+    lr_gamma: float = 0.1
+    seed: int = 0
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        for name in ("epochs", "batch_size", "lr_step"):
+            check_integer(f"--{name.replace('_', '-')}", getattr(self, name), minimum=1)
+        for name in ("lr", "lr_gamma"):
+            check_number(f"--{name.replace('_', '-')}", getattr(self, name), above=0)
+        for name in ("momentum", "weight_decay"):
+            check_number(f"--{name.replace('_', '-')}", getattr(self, name), at_least=0)
+        check_integer("--seed", self.seed, minimum=0, maximum=MAX_SEED)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+
+
+def mse_loss(denoised: Tensor, x: Tensor) -> Tensor:
+    """Mean over pixels and images of (D(x + delta) - x)^2 (the authors' ``MSELoss()``)."""
+    return F.mse_loss(denoised, x)
+
+
+def stability_loss(classifier: nn.Module, denoised: Tensor, x: Tensor) -> Tensor:
+    """Mean over images of CE(f(D(x + delta)), argmax f(x)); f is frozen, its gradient flows to D only.
+
+    Shape:
+        denoised, x: (B, C, H, W); returns a scalar.
+    """
+    with torch.no_grad():
+        target = classifier(x).argmax(1)  # (B,)
+    return F.cross_entropy(classifier(denoised), target)
+
+
+def psnr(estimate: Tensor, x: Tensor) -> Tensor:
+    """Per-image peak signal-to-noise ratio in dB for images in [0, 1]: 10 log10(1 / mean squared error).
+
+    Shape:
+        estimate, x: (B, C, H, W); returns (B,).
+    """
+    mse = (estimate.float() - x.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse.clamp_min(1e-12))
+
+
+@torch.no_grad()
+def held_out_metrics(
+    denoiser: nn.Module,
+    classifier: nn.Module | None,
+    dataset: Dataset,
+    noise: NoiseSampler,
+    indices: list[int],
+    *,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+) -> dict[str, float]:
+    """Mean PSNR of D(x + delta) clipped to [0, 1] (as certify runs it) and of x + delta; with a classifier, its
+    accuracy on x, x + delta and D(x + delta). One noise draw per image from ``seed``: the same draws each epoch.
+    """
+    generator = torch.Generator(device).manual_seed(seed)
+    sums = dict.fromkeys(("psnr", "psnr_noisy", "clean_acc", "noisy_acc", "denoised_acc"), 0.0)
+    with eval_mode(denoiser):
+        for start in range(0, len(indices), batch_size):
+            items = [dataset[i] for i in indices[start : start + batch_size]]
+            x = torch.stack([torch.as_tensor(item[0]) for item in items]).to(device)
+            noisy = noise.sample(x, generator=generator)
+            denoised = denoiser(noisy).clamp(0, 1)
+            sums["psnr"] += float(psnr(denoised, x).sum())
+            sums["psnr_noisy"] += float(psnr(noisy, x).sum())
+            if classifier is not None:
+                y = torch.as_tensor([int(item[1]) for item in items], device=device)
+                for key, images in (("clean_acc", x), ("noisy_acc", noisy), ("denoised_acc", denoised)):
+                    sums[key] += float((classifier(images).argmax(1) == y).sum())
+    keys = sums if classifier is not None else ("psnr", "psnr_noisy")
+    return {k: sums[k] / len(indices) for k in keys}
+
+
+def train_denoiser(
+    denoiser: DnCNN,
+    dataset: Dataset,
+    noise: NoiseSampler,
+    *,
+    config: DenoiserTrainConfig,
+    checkpoint_dir: str | os.PathLike,
+    classifier: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    settings: dict | None = None,
+    val_data: Dataset | None = None,
+    val_images: int = VAL_IMAGES,
+) -> list[dict[str, float]]:
+    """Train ``denoiser`` in place; resume from ``checkpoint_dir`` when it holds a checkpoint of the same settings.
+
+    Shuffling and noise are seeded from (seed, epoch), so a run resumed after epoch k ends with the same weights
+    as one that never stopped. ``classifier`` (needed by ``stability``) is frozen and kept in eval mode. Writes
+    ``checkpoint.pt`` and ``train_log.csv`` each epoch and finally ``denoiser.pt`` (for ``--denoiser dncnn:``).
+    Returns the per-epoch log.
+    """
+    if config.objective == "stability" and classifier is None:
+        raise ValueError("--objective stability needs --model: the frozen classifier whose predictions D must keep")
+    device = torch.device(device)
+    noise = CheckedNoise(noise)  # a broken noise plugin is named, not crashed on
+    directory = Path(checkpoint_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    denoiser.to(device)
+    if classifier is not None:
+        classifier.to(device).eval().requires_grad_(False)
+    params = denoiser.parameters()
+    if config.optimizer == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    autocast_dtype = PRECISIONS[config.precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    recorded = dataclasses.asdict(config) | (settings or {})
+    start_epoch = resume(directory, recorded, denoiser, optimizer, scheduler, scaler, device)
+    if start_epoch > config.epochs:
+        msg = f"--epochs {config.epochs}: {directory / CHECKPOINT} already holds {start_epoch} epochs; give "
+        raise ValueError(msg + f"--epochs {start_epoch} or more, or another --checkpoint-dir")
+    if start_epoch:  # said even without progress bars: a rerun must not look like a fresh run
+        done = "finished, nothing to do" if start_epoch == config.epochs else f"resuming after epoch {start_epoch}"
+        tqdm.write(f"{directory / CHECKPOINT}: {done} ({config.epochs} epochs)")
+    log = read_log(directory)[:start_epoch]
+    val = None if val_data is None or val_images < 1 else spread_indices(len(val_data), val_images)
+
+    for epoch in range(start_epoch, config.epochs):
+        shuffle = torch.Generator().manual_seed(derived_seed(config.seed, epoch))
+        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=shuffle)
+        draws = torch.Generator(device).manual_seed(derived_seed(config.seed, epoch, 1))
+        total, images, started = torch.zeros((), device=device), 0, time.perf_counter()
+        denoiser.train()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
+        for step, (x, _) in enumerate(bar):
+            x = x.to(device)
+            if epoch == start_epoch and step == 0:
+                check_images(x, "--data images")
+            noisy = noise.sample(x, generator=draws)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                denoised = denoiser(noisy).clamp(0, 1)  # trained as certify runs it: clipped to [0, 1]
+                if config.objective == "mse":
+                    loss = mse_loss(denoised, x)
+                else:
+                    loss = stability_loss(classifier, denoised, x)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total += loss.detach().float() * len(x)  # summed on the device: reading it every step would stall a GPU
+            images += len(x)
+            if progress and step % 10 == 0:
+                bar.set_postfix({config.objective: f"{float(total) / images:.4f}"}, refresh=False)
+        entry: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        entry[f"loss_{config.objective}"] = float(total) / max(images, 1)
+        entry["seconds"] = time.perf_counter() - started
+        if val is not None:
+            entry |= held_out_metrics(denoiser, classifier, val_data, noise, val, batch_size=config.batch_size,
+                                      device=device, seed=derived_seed(config.seed, 2**31 + 1))  # fmt: skip
+        if not math.isfinite(entry[f"loss_{config.objective}"]):
+            msg = f"the {config.objective} loss became {entry[f'loss_{config.objective}']} in epoch {epoch + 1}; "
+            raise TrainingDivergedError(msg + f"{directory / CHECKPOINT} still holds epoch {epoch} (try a lower --lr)")
+        scheduler.step()
+        log.append(entry)
+        save_checkpoint(directory, epoch + 1, recorded, denoiser, optimizer, scheduler, scaler)
+        write_log(directory, log)
+        tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
+    save_denoiser(denoiser, directory / FILE, {"sigma": getattr(noise, "sigma", None)} | recorded)
+    return log
+
+
+def save_denoiser(denoiser: DnCNN, path: Path, recorded: dict[str, Any]) -> None:
+    """The weights and how they were trained, in a file ``torch.load(weights_only=True)`` reads."""
+    about = {k: recorded.get(k) for k in ("objective", "sigma", "noise", "epochs", "data", "model")}
+    state = {"format": FORMAT, "state_dict": denoiser.state_dict(), **denoiser.architecture(), **about}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

@@ -236,6 +236,8 @@ PARSE_ONLY = {  # pattern (re.search on the command line) -> why it is only pars
     r"cifar_resnet110 .*--data cifar10:data": "ResNet-110 on CIFAR-10 at the papers' budget (hours on a GPU); each "
     "page gives the same recipe on digits, which runs",
     r"--n 100000": "N = 100 000 (GPU-sized); the CPU-sized command beside it runs",
+    r"train-denoiser --data cifar10:data": "Salman et al.'s DnCNN schedule on CIFAR-10 (GPU-sized); the page's digits "
+    "train-denoiser commands run",
     r"^torchrun ": "several processes or machines: tests/test_distributed.py runs torchrun on a small model",
     r"^(\.venv/bin/)?pip install |^python3 -m venv ": "installs packages: tests/test_packaging.py installs the built "
     "wheel with an extra offline, tests/test_example_plugin.py the example plugin",

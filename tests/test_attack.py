@@ -516,3 +516,36 @@ def test_cli_attack_runs_the_model_as_asked_and_records_it(scripted, tmp_path, c
     assert sidecar["provenance"]["norm"] == "Linf" and "noise_norm" not in sidecar["provenance"]  # of eps, no noise
     code, _, err = run_cli(capsys, *argv, "--out", out, *FAST)  # fp32 onto a bf16 file: other rows, refused
     assert code == 2 and "precision=bf16" in err
+
+
+ATTACK_COST = re.compile(
+    r"^attack PGDL2: (\d+) rows to do \((\d+) radi(?:us|i) per image\) in groups of up to (\d+) images"
+    r"(?:; smoothed: (\d+) noise draws per image in each attack step, PREDICT n = (\d+) on the clean image and on "
+    r"each attacked one \(([\d.]+) passes of (\d+) each\))?; the first group took ([\d.e+-]+) (s|min|h) per row: "
+    r"about ([\d.e+-]+) (s|min|h) for the (\d+) rows on cpu$",
+    re.M,
+)
+
+
+@pytest.mark.parametrize("smoothed", [False, True])
+def test_attack_says_what_a_row_costs(tmp_path, capsys, smoothed):
+    """One line after the first group: the rows to do follow from --limit and --eps, the groups from --batch-size
+    (divided by --m when smoothed), the PREDICT passes from --n and --batch-size."""
+    argv = ["attack", "--random-weights", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 8}',
+            "--data", "digits", "--attack", "pgdl2", "--eps", "0.25", "0.5", "--attack-option", "steps=2",
+            "--limit", "5", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "a.tsv")]  # fmt: skip
+    argv += ["--sigma", "0.25", "--m", "4", "--n", "250", "--batch-size", "100"] if smoothed else ["--batch-size", "2"]
+    torch.manual_seed(0)
+    assert cli.main(argv) == 0
+    found = ATTACK_COST.search(capsys.readouterr().out)
+    assert found
+    assert (int(found.group(1)), int(found.group(2)), int(found.group(12))) == (10, 2, 10)
+    assert int(found.group(3)) == (100 // 4 if smoothed else 2)
+    if smoothed:
+        assert (int(found.group(4)), int(found.group(5)), int(found.group(7))) == (4, 250, 100)
+        assert float(found.group(6)) == 3  # ceil(250 / 100)
+    else:
+        assert found.group(4) is None
+    scale = {"s": 1, "min": 60, "h": 3600}
+    per_row, total = float(found.group(8)) * scale[found.group(9)], float(found.group(10)) * scale[found.group(11)]
+    assert total == pytest.approx(10 * per_row, rel=0.1)

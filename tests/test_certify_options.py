@@ -7,8 +7,10 @@ labels, errors before any sampling), not the numbers.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+import torch
 
 from rs_plugins.cli import main
 
@@ -80,3 +82,61 @@ def test_unsupported_pair_and_unknown_option_fail_before_the_model_is_loaded(cap
     err = capsys.readouterr().err
     accepted = "accepted: mode, radii, tau, beta, first, growth, class_selection, best"
     assert code == 2 and "has no option 'tolerance' (--certifier-option); " + accepted in err
+
+
+COST = re.compile(
+    r"^(certify|predict): (at most )?([\d ]+) samples per image(?: \(([\d ]+) \+ ([\d ]+)\))? in ([\d.]+) passes of "
+    r"(\d+); (?:at most )?about ([\d.e+-]+) (s|min|h) per image, ([\d.e+-]+) (s|min|h) for (\d+) images? on cpu$",
+    re.M,
+)
+
+
+@pytest.mark.parametrize(
+    ("command", "extra", "samples", "passes", "most"),
+    [
+        ("certify", ["--n0", "20", "--n", "500", "--batch-size", "200"], (20, 500), 3 + 1 / 10, False),
+        ("certify", ["--n0", "10", "--n", "300", "--certifier", "sequential", "--batch-size", "100"], (10, 300), 3.1,
+         True),
+        ("predict", ["--n", "450", "--batch-size", "200"], (450,), 3, False),
+    ],
+)  # fmt: skip
+def test_the_cost_of_a_row_is_said_before_sampling(capsys, tmp_path, command, extra, samples, passes, most):
+    """One line before any sampling: samples and passes per image follow from --n0, --n and --batch-size, and the
+    run's time is the per-image time times the images still to do (a resumed run counts only those)."""
+    argv = [command, *MODEL, "--data", "digits", "--sigma", "0.25", "--limit", "3", "--device", "cpu"]
+    argv += ["--no-progress", "--out", str(tmp_path / "c.tsv"), *extra]
+    torch.manual_seed(0)  # the same random weights on each run, so the file resumes
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    found = COST.search(out)
+    assert found, out
+    assert out.index(found.group(0)) == 0  # before the results are reported
+    assert found.group(1) == command and bool(found.group(2)) == most
+    assert int(found.group(3).replace(" ", "")) == sum(samples)
+    if len(samples) > 1:
+        assert tuple(int(g.replace(" ", "")) for g in found.group(4, 5)) == samples
+    assert float(found.group(6)) == pytest.approx(passes, rel=1e-2)
+    assert int(found.group(7)) == int(extra[extra.index("--batch-size") + 1])
+    scale = {"s": 1, "min": 60, "h": 3600}
+    per_image, total = float(found.group(8)) * scale[found.group(9)], float(found.group(10)) * scale[found.group(11)]
+    assert int(found.group(12)) == 3 and total == pytest.approx(3 * per_image, rel=0.1)
+    (tmp_path / "c.tsv").write_text("\n".join((tmp_path / "c.tsv").read_text().splitlines()[:2]) + "\n")  # 1 row kept
+    torch.manual_seed(0)
+    assert main(argv) == 0
+    found = COST.search(capsys.readouterr().out)
+    assert found and int(found.group(12)) == 2
+    torch.manual_seed(0)
+    assert main(argv) == 0
+    assert not COST.search(capsys.readouterr().out)  # nothing left to do: no plan
+
+
+@pytest.mark.parametrize("source", ["torchscript:m.ts", "robustbench:Standard"])
+def test_forms_that_carry_their_weights_need_no_checkpoint(source):
+    """Only a package.module:factory is refused without --checkpoint; README's TorchScript command used to be."""
+    import argparse
+
+    from rs_plugins.cli import shared
+
+    shared._check_trained(argparse.Namespace(random_weights=False), source, None)
+    with pytest.raises(ValueError, match="--random-weights"):
+        shared._check_trained(argparse.Namespace(random_weights=False), "rs_plugins.nets:SmallCNN", None)

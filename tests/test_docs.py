@@ -13,6 +13,10 @@ The rules, so that a new snippet is checked without a new test:
   own parser, name built-in ``rs_plugins.*`` models that exist and ``--data`` forms that are known. Other programs
   must be on a short list (pip, venv, pytest, ...). A command with a bare ``...`` argument is elided on purpose
   and is not parsed.
+* Every rs-plugins command then also runs as written (``test_shell_commands_run_as_written``: a page's commands in
+  order, in one folder per page, with the files they read made by the test), except the few that ``PARSE_ONLY``
+  names with a reason (GPU-sized, installs, several processes; an elided ``...`` command must be one of them); a
+  page with such a command gives a CPU-sized one beside it, and that one runs.
 * A block preceded by ``<!-- illustrative -->`` is a sketch and is not run; there are at most
   ``MAX_ILLUSTRATIVE`` of them, each with its reason next to the marker (none is needed today).
 """
@@ -34,6 +38,7 @@ import pytest
 import torch
 
 from rs_plugins.cli import build_parser
+from rs_plugins.cli import main as cli_main
 from rs_plugins.nets import SmallCNN
 from rs_plugins.sources.data import DATA_FORMS
 
@@ -217,3 +222,198 @@ def test_plugin_tutorial_installs_as_written_and_certifies_l1(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "l1 radius" in done.stdout
     assert json.loads((tmp_path / "u.tsv.json").read_text())["provenance"]["noise"]["distribution"] == "rs-uniform"
+
+
+# -- every command runs as written ------------------------------------------------------------------------------
+# Each page's rs-plugins commands run in order, in-process, in one fresh folder per page (a later command reads an
+# earlier one's files), with what they need made here: a small digits set (24 training, 8 test images, so that the
+# pages' digits recipes take seconds as written), torchvision's CIFAR-10 and MNIST layouts with a few images, a
+# RobustBench checkpoint at models/<dataset>/<threat>/<name>.pt, a tiny diffusers folder, TorchScript files and
+# SmallCNN checkpoints for the names the pages use, results files a page compares without making them, and the
+# tutorial's plugins as installed distributions (their modules and entry points on sys.path).
+
+PARSE_ONLY = {  # pattern (re.search on the command line) -> why it is only parsed; each has a CPU-sized neighbour
+    r"cifar_resnet110 .*--data cifar10:data": "ResNet-110 on CIFAR-10 at the papers' budget (hours on a GPU); each "
+    "page gives the same recipe on digits, which runs",
+    r"--n 100000": "N = 100 000 (GPU-sized); the CPU-sized command beside it runs",
+    r"train-denoiser --data cifar10:data": "Salman et al.'s DnCNN schedule on CIFAR-10 (GPU-sized); the page's digits "
+    "train-denoiser commands run",
+    r"^torchrun ": "several processes or machines: tests/test_distributed.py runs torchrun on a small model",
+    r"^(\.venv/bin/)?pip install |^python3 -m venv ": "installs packages: tests/test_packaging.py installs the built "
+    "wheel with an extra offline, tests/test_example_plugin.py the example plugin",
+    r"^\.venv/bin/rs-plugins demo$": "the demo (about a minute); tests/test_cli.py runs it with small settings",
+    r"^\.venv/bin/python -m pytest$": "the test suite itself",
+    r"^(python|bash) benchmarks/": "benchmarks run for minutes (GPU rows on a GPU) and commit their results",
+    r"snapshot_download": "downloads google/ddpm-cifar10-32 from the Hugging Face hub",
+    r"mypkg\.bit:": "a user's own BiT-152 with a WRN-70-16: the page's full-size recipe",
+}
+DIGITS = {"train": 24, "test": 8}
+
+
+def _parse_only(words: list[str]) -> str | None:
+    line = shlex.join(words)
+    return next((why for pattern, why in PARSE_ONLY.items() if re.search(pattern, line)), None)
+
+
+RUN_PAGES = [p for p in PAGES if any(_rs_plugins_args(w) for s in SHELL if s.page == p for w in _commands(s))]
+
+
+def _cifar10(root: Path, per_split: dict[str, int], label=None) -> None:
+    """torchvision's cifar-10-batches-py with random images; ``label(x)`` gives the test labels (default k % 10)."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for name in [*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]:
+        count = per_split["test"] if name == "test_batch" else per_split["train"]
+        data = torch.randint(0, 256, (count, 3 * 32 * 32), generator=g, dtype=torch.uint8)
+        ys = [k % 10 for k in range(count)]
+        if label is not None and name == "test_batch":
+            ys = label(data.view(count, 3, 32, 32).float() / 255)
+        (folder / name).write_bytes(pickle.dumps({"data": data.numpy(), "labels": ys}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{k}" for k in range(10)]}))
+
+
+def _mnist(root: Path, count: int) -> None:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "t10k"):
+        images = torch.randint(0, 256, (count, 28, 28), generator=g, dtype=torch.uint8).numpy()
+        header = (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (count, 28, 28))
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+        labels = bytes(k % 10 for k in range(count))
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes((2049).to_bytes(4, "big") + count.to_bytes(4, "big") + labels)
+
+
+def _installed(site: Path, name: str, module: str, source: Path) -> None:
+    """A distribution as pip leaves it: the module and a dist-info with its rs_plugins entry point."""
+    shutil.copy(source, site / f"{module}.py")
+    info = site / f"{name.replace('-', '_')}-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(f"[rs_plugins]\n{name} = {module}\n")
+
+
+def _robustbench(models: Path, dataset: str, threat: str, name: str) -> torch.nn.Module:
+    """A checkpoint where robustbench looks for it (models/<dataset>/<threat>/<name>.pt), of random weights."""
+    from rs_plugins.sources.models import import_robustbench
+
+    import_robustbench()
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    torch.manual_seed(0)
+    model = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat)][name]["model"]().eval()
+    (models / dataset / threat).mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), models / dataset / threat / f"{name}.pt")
+    return model
+
+
+def _prepare(page: Path, folder: Path, monkeypatch) -> None:
+    """What the page's commands read and no earlier command of the page writes."""
+    import torchvision
+
+    from rs_plugins.sources import data
+
+    full = data.load_digits
+
+    def digits(split):
+        return torch.utils.data.TensorDataset(*(t[: DIGITS[split]] for t in full(split).tensors))
+
+    monkeypatch.setattr(data, "load_digits", digits)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)  # not the real files' md5
+    torch.manual_seed(0)
+    small = SmallCNN().eval()
+    text = page.read_text(encoding="utf-8")
+    if "cifar10:data" in text:
+        label = None
+        if "robustbench:Rice2020Overfitting" in text:  # labels it gets wrong: AutoAttack attacks correct points only
+            model = _robustbench(folder / "models", "cifar10", "L2", "Rice2020Overfitting")
+
+            def label(x):
+                with torch.no_grad():
+                    return [(int(p) + 1) % 10 for p in model(x).argmax(1)]
+
+        if "robustbench:Standard" in text:
+            _robustbench(folder / "models", "cifar10", "Linf", "Standard")
+        _cifar10(folder / "data", {"train": 4, "test": 2}, label)
+    if "mnist:data" in text:
+        _mnist(folder / "data", 8)
+    if "ddpm-cifar10-32" in text:
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        torch.manual_seed(0)
+        UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                    layers_per_block=1, norm_num_groups=4).save_pretrained(folder / "ddpm-cifar10-32")  # fmt: skip
+        DDPMScheduler(num_train_timesteps=1000).save_pretrained(folder / "ddpm-cifar10-32")
+    for name in ("mine.ts", "a.pt", "b.pt"):
+        if f"torchscript:{name}" in text:
+            torch.jit.script(small).save(str(folder / name))
+    made = set(re.findall(r"--checkpoint-dir (\S+)", text))
+    for checkpoint in sorted(set(re.findall(r"--checkpoint (\S+)/model\.pt", text)) - made):  # digits SmallCNNs
+        (folder / checkpoint).mkdir(parents=True, exist_ok=True)
+        torch.save(SmallCNN().state_dict(), folder / checkpoint / "model.pt")
+    for run in ("cohen025", "con025"):  # docs/cli.md's report compares two runs the page does not make
+        if f"runs/{run}/certify.tsv" in text and f"--checkpoint-dir runs/{run}" not in text:
+            out = folder / "runs" / run / "certify.tsv"
+            args = ["certify", "--random-weights", "--model", "rs_plugins.nets:SmallCNN", "--data", "digits", "--sigma",
+                    "0.25", "--n0", "10", "--n", "100", "--no-progress", "--out", str(out)]  # fmt: skip
+            out.parent.mkdir(parents=True)
+            assert cli_main(args) == 0
+    if "their_laplace_050.tsv" in text:  # another project's file: Cohen's columns, no sidecar
+        rows = [f"{i}\t{i % 10}\t{i % 10 if i % 3 else -1}\t{0.1 * i if i % 3 else 0.0}\t{int(i % 3 > 0)}\t0.5"
+                for i in range(6)]  # fmt: skip
+        (folder / "their_laplace_050.tsv").write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n" + "\n".join(rows))
+    site = folder / "site-packages"
+    site.mkdir()
+    if page.name == "writing-plugins.md":
+        for snippet in snippets(page):
+            if snippet.title == "rs_uniform.py":
+                (folder / "rs_uniform.src").write_text(snippet.code, encoding="utf-8")
+                _installed(site, "rs-uniform", "rs_uniform", folder / "rs_uniform.src")
+    if page.parent.name == "rs-example-plugin":
+        _installed(site, "rs-example-plugin", "rs_example", page.parent / "rs_example.py")
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+
+
+def _expand(words: list[str]) -> list[str]:
+    """Glob patterns expanded as the shell would (left as they are when nothing matches)."""
+    import glob
+
+    return [w for word in words for w in (sorted(glob.glob(word)) if any(c in word for c in "*?[") else []) or [word]]
+
+
+@pytest.mark.parametrize("page", RUN_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shell_commands_run_as_written(page, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RS_PLUGINS_DISABLE", raising=False)
+    _prepare(page, tmp_path, monkeypatch)
+    ran = 0
+    for snippet in SHELL:
+        if snippet.page != page:
+            continue
+        for words in _commands(snippet):
+            args = _rs_plugins_args(words)
+            if _parse_only(words):
+                continue
+            code = cli_main(_expand(args))
+            assert code == 0, f"{snippet}: {shlex.join(words)} exited {code}: {capsys.readouterr().err[-2000:]}"
+            ran += 1
+    assert ran, f"{page}: no command of the page runs; give a CPU-sized variant"
+
+
+def test_parse_only_commands_are_few_named_and_exist():
+    """Every command of the pages is a whole rs-plugins command (which then runs) or a PARSE_ONLY one, and each
+    PARSE_ONLY pattern names a command that exists."""
+    commands = [(s, w) for s in SHELL for w in _commands(s)]
+    assert len(PARSE_ONLY) <= 10
+    for pattern, why in PARSE_ONLY.items():
+        assert why and any(re.search(pattern, shlex.join(w)) for _, w in commands), f"no command matches {pattern}"
+    for snippet, words in commands:
+        args = _rs_plugins_args(words)
+        runs = args is not None and "..." not in args
+        assert runs or _parse_only(words), f"{snippet}: {shlex.join(words)} neither runs nor is in PARSE_ONLY"

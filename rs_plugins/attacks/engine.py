@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from ..certify.runner import image_generator
+from ..certify.runner import duration, image_generator, passes_per_image
 from ..certify.smoothing import check_images, check_sampling, cohen_predict
 from ..results.files import ATTACK_COLUMNS, AttackRow, ResultsFile, Row
 from ..train.smoothed_pgd import EOTSoftClassifier, attack_mode
@@ -127,6 +127,7 @@ def attack_dataset(
     progress: bool = True,
     targets: dict[int, int] | None = None,
     below: dict[int, float] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> list[AttackRow]:
     """Attack ``dataset[i]`` at every radius in ``eps`` for each i in ``indices``; returns all finished rows.
 
@@ -142,6 +143,8 @@ def attack_dataset(
     Args:
         targets: the class to attack per index instead of the label (the certified class in a cross-check).
         below: attack index i only at radii strictly below ``below[i]`` (its certified radius); others are skipped.
+        announce: gets one line once the first group is done (an attack's cost is known only by running it): the
+            rows to do, what each costs when smoothed, and the time per row and for the run from that group.
     """
     device = torch.device(device)
     model = model.to(device).eval()  # the CLI has already wrapped it for --precision etc. (execution.prepare_model)
@@ -152,13 +155,37 @@ def attack_dataset(
     group = attack_group_size(batch_size, smoothing)
     wanted = attack_keys(indices, eps, below)
     groups = [indices[start : start + group] for start in range(0, len(indices), group)]
+    pending = len(wanted - results.done)
     with tqdm(total=len(wanted), desc=f"attack {adversary.name}", unit="row", disable=not progress) as bar:
         bar.update(len(wanted & results.done))
         for chunk in groups:
             todo = [e for e in eps if any((i, e) in wanted and (i, e) not in results.done for i in chunk)]
             if todo:
+                start, before = time.perf_counter(), len(results.done)
                 _attack_group(judge, dataset, adversary, results, chunk, todo, wanted, targets, bar)
+                if announce is not None:
+                    per_row = (time.perf_counter() - start) / max(1, len(results.done) - before)
+                    announce(attack_plan(adversary, smoothing, pending, len(eps), group, batch_size, per_row, device))
+                    announce = None
     return [row for row in results.rows if row.key in wanted]
+
+
+def attack_plan(
+    adversary, smoothing, rows: int, radii: int, group: int, batch_size: int, per_row: float, device
+) -> str:
+    """The line ``attack_dataset`` announces: rows, what a smoothed row samples, and the time from the first group."""
+    per_image = f"{radii} radius" if radii == 1 else f"{radii} radii"
+    line = f"attack {adversary.name}: {rows} rows to do ({per_image} per image) in groups of up to {group} images"
+    if smoothing is not None:
+        passes = passes_per_image([smoothing.n], batch_size)
+        line += (
+            f"; smoothed: {smoothing.m} noise draws per image in each attack step, PREDICT n = {smoothing.n} on the "
+            f"clean image and on each attacked one ({passes:.3g} passes of {batch_size} each)"
+        )
+    return line + (
+        f"; the first group took {duration(per_row)} per row: about {duration(per_row * rows)} for the {rows} rows "
+        f"on {torch.device(device).type}"
+    )
 
 
 def _attack_group(judge, dataset, adversary, results, chunk, todo, wanted, targets, bar) -> None:

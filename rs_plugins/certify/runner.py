@@ -8,9 +8,10 @@ machinery with rows keyed by (index, eps) and images sharded in whole attack gro
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,7 @@ from ..results.files import (
     sidecar_path,
 )
 from ..validation import MAX_SEED, check_certificates, check_input_shape, check_integer, check_labels, check_logits
-from .sampling import call_model, eval_mode, reporting_passes, sample_counts
+from .sampling import call_model, count_pass, eval_mode, reporting_passes, sample_counts
 from .smoothing import check_images, check_sampling, cohen_predict
 
 if TYPE_CHECKING:
@@ -111,15 +112,68 @@ def _batches(indices: Sequence[int], size: int):
         yield indices[start : start + size]
 
 
-def _run(decide, model, dataset, results, indices, *, group, per_image, desc, seed, device, progress) -> list[Row]:
+def _spaced(num: int) -> str:
+    return f"{num:,}".replace(",", " ")  # 100 100, as the papers write N
+
+
+def duration(seconds: float) -> str:
+    """Seconds as people read a run's length: 0.8 s, 12 min, 3.1 h."""
+    if seconds < 100:
+        return f"{seconds:.2g} s"
+    return f"{seconds / 60:.0f} min" if seconds < 6000 else f"{seconds / 3600:.1f} h"
+
+
+def passes_per_image(parts: Sequence[int], batch_size: int) -> float:
+    """Forward passes an image costs: a part of ``num >= batch_size`` samples takes ceil(num / batch_size) passes
+    of its own, a smaller one shares a pass with the other images of its group (``sampling.sample_counts``' plan)."""
+    return sum(math.ceil(num / batch_size) if num >= batch_size else 1 / (batch_size // num) for num in parts)
+
+
+def cost_plan(model, x, noise, *, parts, batch_size, images, device, upto=False) -> str:
+    """What a run will cost, said before it starts: samples and passes per image at ``batch_size``, and seconds
+    per image and for ``images`` images from one timed pass of the model as run on ``x`` (1, C, H, W).
+
+    The probe is the second of two passes (the first warms up, e.g. compiles) and draws from its own generator, so
+    no row changes. ``upto``: the certifier may stop early (sequential), so the figures are the most it costs."""
+    samples = sum(parts)
+    probe = min(batch_size, samples)
+    generator = torch.Generator(device=x.device).manual_seed(0)
+    with eval_mode(model):
+        for _ in range(2):
+            start = time.perf_counter()
+            count_pass(model, x, noise, [(0, probe)], [generator], first=True)  # counts on the CPU: synchronised
+            seconds = time.perf_counter() - start
+    per_image = seconds / probe * samples
+    split = f" ({' + '.join(map(_spaced, parts))})" if len(parts) > 1 else ""
+    most = "at most " if upto else ""
+    plural = "image" if images == 1 else "images"
+    return (
+        f"{most}{_spaced(samples)} samples per image{split} in {passes_per_image(parts, batch_size):.3g} passes of "
+        f"{batch_size}; {most}about {duration(per_image)} per image, {duration(per_image * images)} for {images} "
+        f"{plural} on {torch.device(device).type}"
+    )
+
+
+def announced(announce, desc: str, model, noise, **plan):
+    """A ``_run`` plan hook that passes ``announce`` the line ``cost_plan`` makes, or None without ``announce``."""
+    if announce is None:
+        return None
+    return lambda x, images: announce(f"{desc}: " + cost_plan(model, x, noise, images=images, **plan))
+
+
+def _run(decide, model, dataset, results, indices, *, group, per_image, desc, seed, device, progress, plan=None):
     """Apply ``decide(x, generators, labels, num_classes) -> [(prediction, radius, samples)]`` to pending images
-    in groups, appending rows. The bar counts samples (``per_image`` planned per image) and moves per forward pass."""
+    in groups, appending rows. The bar counts samples (``per_image`` planned per image) and moves per forward pass.
+    ``plan(x, images)``, when given, is called once before any sampling with the first pending image and the
+    number of pending images (``announced``)."""
     check_integer("seed", seed, minimum=0, maximum=MAX_SEED)
     if not indices:
         return results.rows  # e.g. a process's empty share of a sharded run
     num_classes = check_dataset(model, dataset, indices, device)
     pending = [i for i in indices if i not in results.done]
     done = len(indices) - len(pending)
+    if plan is not None and pending:
+        plan(_images(dataset, pending[:1], device, num_classes)[0], len(pending))
     bar = tqdm(
         total=len(indices) * per_image,
         initial=done * per_image,
@@ -159,6 +213,7 @@ def certify_dataset(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    announce: Callable[[str], None] | None = None,
 ) -> list[Row]:
     """Certify ``dataset[i]`` for each i in ``indices`` not already in ``results``; returns all finished rows.
 
@@ -166,7 +221,9 @@ def certify_dataset(
     ``batch_size`` samples even for small n0; a certifier may ask for more with an ``images_per_call`` attribute.
     A row's ``time`` is its share of its group's wall time. A certifier whose ``certify`` takes ``labels`` gets
     the data set's labels (for evaluation-only class selection); one whose certificates leave ``samples`` unset
-    is recorded as drawing n0 + n per image, as CERTIFY does.
+    is recorded as drawing n0 + n per image, as CERTIFY does. ``announce`` (e.g. ``print``) gets one line before
+    sampling: the samples and passes per image and the time per image and for the run (``cost_plan``); a
+    certifier that stops early (a ``stopping`` attribute, e.g. sequential) is announced at its most.
     """
     device = torch.device(device)
     model = model.to(device)
@@ -184,7 +241,9 @@ def certify_dataset(
 
     group = getattr(certifier, "images_per_call", None) or max(1, min(MAX_IMAGES_PER_CALL, batch_size // n0))
     options = dict(group=group, per_image=n0 + n, desc="certify", seed=seed, device=device, progress=progress)
-    return _run(decide, model, dataset, results, indices, **options)
+    upto = hasattr(certifier, "stopping")
+    plan = announced(announce, "certify", model, noise, parts=(n0, n), batch_size=batch_size, device=device, upto=upto)
+    return _run(decide, model, dataset, results, indices, plan=plan, **options)
 
 
 def predict_dataset(
@@ -200,8 +259,10 @@ def predict_dataset(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    announce: Callable[[str], None] | None = None,
 ) -> list[Row]:
-    """Cohen's PREDICT for each pending index, with the same resumable bookkeeping as ``certify_dataset``."""
+    """Cohen's PREDICT for each pending index, with the same resumable bookkeeping (and ``announce``) as
+    ``certify_dataset``."""
     device = torch.device(device)
     model = model.to(device)
 
@@ -211,7 +272,8 @@ def predict_dataset(
 
     group = max(1, min(MAX_IMAGES_PER_CALL, batch_size // n))
     options = dict(group=group, per_image=n, desc="predict", seed=seed, device=device, progress=progress)
-    return _run(decide, model, dataset, results, indices, **options)
+    plan = announced(announce, "predict", model, noise, parts=(n,), batch_size=batch_size, device=device)
+    return _run(decide, model, dataset, results, indices, plan=plan, **options)
 
 
 def confidence_dataset(

@@ -110,7 +110,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         ev.attack_dataset(
             model, dataset, adversary, results, indices=share, eps=eps, smoothing=smoothing,
             batch_size=args.batch_size, seed=args.seed, device=device, progress=not args.no_progress and world.main,
-            targets=targets, below=below,
+            targets=targets, below=below, announce=(lambda line: print(line, flush=True)) if world.main else None,
         )  # fmt: skip
 
     group = ev.attack_group_size(args.batch_size, smoothing)

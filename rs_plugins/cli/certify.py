@@ -123,6 +123,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=device,
         progress=not args.no_progress and world.main,
+        announce=(lambda line: print(line, flush=True)) if world.main else None,  # cost of its share, before sampling
     )
     if certify:
         columns = CERTIFY_COLUMNS

@@ -193,10 +193,12 @@ def kwargs_per_model(args: argparse.Namespace) -> list[dict]:
 
 
 def _check_trained(args: argparse.Namespace, source: str, checkpoint: str | None) -> None:
-    """Refuse evaluating a factory model without weights: its results would look plausible and mean nothing."""
+    """Refuse evaluating a factory model without weights: its results would look plausible and mean nothing.
+    TorchScript files and RobustBench models carry their weights (their forms match the factory pattern too)."""
     from ..sources.models import FACTORY_PATTERN
 
-    if checkpoint is None and getattr(args, "random_weights", True) is False and FACTORY_PATTERN.match(source):
+    factory = FACTORY_PATTERN.match(source) and not source.startswith(("robustbench:", "torchscript:"))
+    if checkpoint is None and getattr(args, "random_weights", True) is False and factory:
         raise ValueError(
             f"--model {source} has no --checkpoint, so it would be evaluated with random initial weights; give "
             "--checkpoint FILE (e.g. model.pt from rs-plugins train), or --random-weights to evaluate it untrained"

@@ -14,9 +14,6 @@ from ..validation import (
     check_integer,
     check_number,
 )
-from .checkpoints import (
-    LOG,  # noqa: F401  (the log's file name, where the training runner's users look for it)
-    )
 
 if TYPE_CHECKING:
 

@@ -12,7 +12,6 @@ from ..validation import (
     check_number,
 )
 from .checkpoints import (
-    LOG,  # noqa: F401  (the log's file name, where the training runner's users look for it)
     derived_seed,
 )
 

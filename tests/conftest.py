@@ -1,7 +1,13 @@
 """Shared test settings."""
 
+import os
+
 import pytest
 import torch
+
+# No test reaches the network: downloads are off unless a test serves the files itself (the local_server fixture
+# below, which switches them back on for that test only).
+os.environ["RS_PLUGINS_OFFLINE"] = "1"
 
 
 @pytest.fixture(autouse=True, scope="session")

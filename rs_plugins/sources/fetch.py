@@ -91,10 +91,10 @@ def forget() -> None:
     _LOG.clear()
 
 
-def record_file(path: Path, what: str) -> dict[str, Any]:
-    """Log a file already in place, with what its download recorded (``<file>.json``); returns that record."""
+def record_file(path: Path, what: str, *, downloaded: bool = False) -> dict[str, Any]:
+    """Log a file (or folder) in place, with what its download recorded (``<file>.json``); returns that record."""
     record = read_record(path) or {"path": str(path)}
-    record = record | {"what": what, "path": str(path), "downloaded": False}
+    record = record | {"what": what, "path": str(path), "downloaded": downloaded}
     _LOG.append(record)
     return record
 

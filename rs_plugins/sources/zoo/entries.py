@@ -63,7 +63,8 @@ def smoothadv_imagenet(sigma: str, model: str, acr: float, *accuracy: float) -> 
     log = f"Hadisalman/smoothing-adversarial data/certify/best_models/imagenet/{model}/resnet50"
     return ZooEntry(
         f"smoothadv-imagenet-resnet50-{float(sigma)}", SALMAN, "imagenet", "resnet50", float(sigma), "cohen",
-        ("center", IMAGENET[0]), "salman2019", f"pretrained_models/imagenet/{model}/resnet50/noise_{sigma}/checkpoint.pth.tar",
+        ("center", IMAGENET[0]), "salman2019",
+        f"pretrained_models/imagenet/{model}/resnet50/noise_{sigma}/checkpoint.pth.tar",
         labels=IMAGENET_LABELS, protocol=IMAGENET_500,
         published=row(f"{log}/noise_{sigma}/test/sigma_{sigma} [log]", 500, acr, *accuracy, step=0.5),
         notes=f"{model.replace('/', ' ')}; InputCenterLayer and DataParallel ('1.module.*'); archive path "
@@ -103,7 +104,8 @@ def macer(sigma: float, acr: float, *accuracy: float) -> ZooEntry:
 def salman_dncnn(sigma: str) -> ZooEntry:
     return ZooEntry(
         f"salman2020-dncnn-cifar10-mse-{float(sigma)}", DENOISED, "cifar10", "dncnn", float(sigma), "dncnn", None,
-        "salman2020", f"pretrained_models/trained_denoisers/cifar10/mse_obj/dncnn/epochs_90/noise_{sigma}/checkpoint.pth.tar",
+        "salman2020",
+        f"pretrained_models/trained_denoisers/cifar10/mse_obj/dncnn/epochs_90/noise_{sigma}/checkpoint.pth.tar",
         kind="denoiser", classifier="salman2020-cifar10-resnet110-clean", protocol=Protocol(n=10_000, every=20),
         notes="DnCNN (17 layers, 64 channels) trained with the MSE objective; {'arch': 'cifar_dncnn', 'state_dict'}; "
         "the authors' per-model logs are in their data.tar.gz on Dropbox, not in the repository",
@@ -164,8 +166,9 @@ ENTRIES: tuple[ZooEntry, ...] = (
     ),  # fmt: skip
     *(salman_dncnn(s) for s in ("0.12", "0.25", "0.50", "1.00")),
     ZooEntry(
-        "carlini2023-diffusion-cifar10", "Carlini et al., ICLR 2023", "cifar10", "diffusion", None, "improved-diffusion",
-        None, "carlini2023-cifar10", "", kind="denoiser", protocol=Protocol(n=100_000, batch_size=200),
+        "carlini2023-diffusion-cifar10", "Carlini et al., ICLR 2023", "cifar10", "diffusion", None,
+        "improved-diffusion", None, "carlini2023-cifar10", "", kind="denoiser",
+        protocol=Protocol(n=100_000, batch_size=200),
         needs="a converter of improved-diffusion .pt checkpoints (--denoiser diffusion:PATH.pt, issue 27)",
         notes="any sigma (the timestep is chosen per sigma); the paper's classifier is a ViT-B/16 fine-tuned on "
         "CIFAR-10 at 224 x 224, not in the zoo",

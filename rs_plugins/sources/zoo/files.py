@@ -97,7 +97,8 @@ def checkpoint(entry: ZooEntry, *, what: str, progress: bool = True, siblings: t
                        progress=progress)  # fmt: skip
     if not entry.member:  # the download is the checkpoint itself
         return archive
-    wanted = {e.member: cache_path(e) for e in siblings if e.archive == entry.archive and e.member and not cache_path(e).is_file()}
+    wanted = {e.member: cache_path(e) for e in siblings
+              if e.archive == entry.archive and e.member and not cache_path(e).is_file()}  # fmt: skip
     left = extract(archive, {**wanted, entry.member: cached}, what=what)
     if entry.member in left:
         raise SourceError(

@@ -23,6 +23,9 @@ from torch import Tensor, nn
 from ...errors import MissingDependencyError, SourceError
 from ...nets import CifarResNet, Normalize
 
+STEM = {"conv1": "stem.0", "bn1": "stem.1", "fc": "head.2"}
+"""The bearpaw ResNet's layers outside the blocks, and their names in ``CifarResNet``."""
+
 LAYOUTS = {
     "cohen": "state_dict",
     "macer": "net",
@@ -53,7 +56,8 @@ def from_bearpaw(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], int, int]
             index = (int(m[1]) - 1) * blocks + int(m[2])
             renamed[f"blocks.{index}.{m[3].replace('downsample.', 'shortcut.')}"] = value
         else:
-            renamed[re.sub(r"^conv1\.", "stem.0.", re.sub(r"^bn1\.", "stem.1.", re.sub(r"^fc\.", "head.2.", key)))] = value
+            head, _, rest = key.partition(".")
+            renamed[f"{STEM.get(head, head)}.{rest}"] = value
     classes = int(state["fc.weight"].shape[0]) if "fc.weight" in state else 10
     return renamed, 6 * blocks + 2, classes
 
@@ -82,7 +86,8 @@ def build(entry: Any, found: Any, what: str, path: str) -> nn.Module:
         net.input_shape = (3, 224, 224)
     else:
         raise SourceError(f"{what} is a {entry.architecture} ({entry.kind}), not a classifier --model can load")
-    missing, unexpected = [k for k in net.state_dict() if k not in state], [k for k in state if k not in net.state_dict()]
+    own = net.state_dict()
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
     if missing or unexpected:
         raise SourceError(
             f"{what}: {path} does not hold the authors' {entry.architecture}: {len(missing)} weights missing "

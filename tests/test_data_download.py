@@ -2,9 +2,7 @@
 a web server on 127.0.0.1 that serves synthetic files in the real archives' layouts."""
 
 import gzip
-import hashlib
 import json
-import pickle
 import struct
 import sys
 from pathlib import Path
@@ -21,36 +19,12 @@ from rs_plugins.sources.data import load_data
 from rs_plugins.types import DataRequest
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from authors_layouts import tar_bytes  # noqa: E402
-
-md5 = lambda data: hashlib.md5(data).hexdigest()  # noqa: E731
-
-
-def cifar10_archive(images: int = 6) -> tuple[bytes, dict[str, bytes], np.ndarray, list[int]]:
-    """cifar-10-python.tar.gz as published: cifar-10-batches-py/ with five training batches, test_batch and
-    batches.meta, each a pickled dict (data: N x 3072 uint8, labels), here with a few random images."""
-    rng = np.random.default_rng(0)
-    data = rng.integers(0, 256, size=(images, 3072), dtype=np.uint8)
-    labels = [int(v) for v in rng.integers(0, 10, size=images)]
-    batch = lambda d, y: pickle.dumps({"batch_label": "b", "labels": y, "data": d, "filenames": []}, protocol=2)  # noqa: E731
-    files = {f"data_batch_{i}": batch(data, labels) for i in range(1, 6)} | {"test_batch": batch(data, labels)}
-    files["batches.meta"] = pickle.dumps({"label_names": [f"class{i}" for i in range(10)]}, protocol=2)
-    archive = tar_bytes({f"cifar-10-batches-py/{name}": b for name, b in files.items()}, mode="w:gz")
-    return archive, files, data, labels
+from served_data import md5, serve_cifar10  # noqa: E402
 
 
 @pytest.fixture
 def served_cifar10(local_server, monkeypatch):
-    archive, files, data, labels = cifar10_archive()
-    local_server.routes["/cifar-10-python.tar.gz"] = archive
-    monkeypatch.setitem(locations.DATASETS, "cifar10", local_server.url("/cifar-10-python.tar.gz"))
-    # The synthetic files' MD5s replace the published ones; the checks themselves stay torchvision's.
-    monkeypatch.setattr(datasets.CIFAR10, "tgz_md5", md5(archive))
-    monkeypatch.setattr(datasets.CIFAR10, "train_list", [[f"data_batch_{i}", md5(files[f"data_batch_{i}"])]
-                                                         for i in range(1, 6)])  # fmt: skip
-    monkeypatch.setattr(datasets.CIFAR10, "test_list", [["test_batch", md5(files["test_batch"])]])
-    monkeypatch.setattr(datasets.CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names",
-                                                   "md5": md5(files["batches.meta"])})  # fmt: skip
+    data, labels = serve_cifar10(local_server, monkeypatch)
     return local_server, data, labels
 
 

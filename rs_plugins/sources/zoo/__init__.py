@@ -18,7 +18,9 @@ entries the same way, from its own ``rs_load_model``::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...errors import SourceError
@@ -29,8 +31,6 @@ from .files import ZOO_DIR_ENV, cache_path, cached_entry, checkpoint, zoo_dir
 from .layouts import build
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from torch import nn
 
     from ...types import ModelRequest
@@ -44,8 +44,11 @@ __all__ = [
     "cache_path",
     "cached_entry",
     "checkpoint_file",
+    "denoiser_file",
+    "describe",
     "entry",
     "load_entry",
+    "provenance",
     "zoo_dir",
 ]
 
@@ -99,3 +102,42 @@ def load_entry(found: ZooEntry, request: ModelRequest | None = None) -> nn.Modul
 
         state = torch.load(path, map_location="cpu", weights_only=False)  # --trust-model-file
     return build(found, state, what, str(path)).cpu()
+
+
+def denoiser_file(name: str, architecture: str) -> Path:
+    """The checkpoint of denoiser entry ``name`` (``--denoiser <architecture>:zoo:NAME``), fetched if need be."""
+    what = f"--denoiser {architecture}:zoo:{name}"
+    found = entry(name, kind="denoiser", option=f"--denoiser {architecture}:")
+    if found.architecture != architecture:
+        raise SourceError(f"{what}: the entry is a {found.architecture} denoiser; use --denoiser "
+                          f"{found.architecture}:zoo:{name}")  # fmt: skip
+    return checkpoint_file(found, what=what)
+
+
+def describe(found: ZooEntry) -> dict:
+    """The entry as recorded with results: paper, training, the authors' protocol and published row."""
+    published = found.published
+    return {
+        "entry": found.name, "paper": found.paper, "dataset": found.dataset, "architecture": found.architecture,
+        "sigma": found.sigma, "labels": found.labels, "protocol": dataclasses.asdict(found.protocol),
+        "published": None if published is None else {"source": published.source, "images": published.images,
+                                                     "accuracy": {f"{r:g}": a for r, a in published.accuracy.items()},
+                                                     "acr": published.acr},
+    }  # fmt: skip
+
+
+def provenance(models: list[str] | str, denoiser: str | None = None) -> list[dict]:
+    """For each zoo entry among ``--model`` (and ``--denoiser``): ``describe`` plus the files it was loaded from,
+    with their SHA-256 and whether that was checked against a published one (``fetch.fetched``)."""
+    from .. import fetch
+
+    models = [models] if isinstance(models, str) else list(models or [])
+    wanted = [(m.removeprefix(PREFIX), f"--model {m}") for m in models if m.startswith(PREFIX)]
+    if denoiser and ":zoo:" in denoiser:
+        wanted.append((denoiser.partition(":zoo:")[2], f"--denoiser {denoiser}"))
+    found = []
+    for name, what in wanted:
+        known = next((e for e in ENTRIES if e.name == name), None)
+        files = [r for r in fetch.fetched() if r.get("what") == what]
+        found.append((describe(known) if known else {"entry": name}) | {"files": files})
+    return found

@@ -269,3 +269,14 @@ def test_the_authors_dncnn_certifies_through_dncnn_zoo(local_server, monkeypatch
     assert sidecar["denoiser"]["path"] == "zoo:salman2020-dncnn-cifar10-mse-0.25"
     assert [e["entry"] for e in sidecar["provenance"]["zoo"]] == ["salman2020-cifar10-resnet110-clean",
                                                                   "salman2020-dncnn-cifar10-mse-0.25"]
+
+
+def test_offline_on_the_command_line_holds_for_that_command_only(cohen_archive, tmp_path, capsys):
+    server = cohen_archive[0]
+    torch.save({"x": torch.rand(1, 3, 32, 32), "y": torch.tensor([1])}, tmp_path / "one.pt")
+    argv = ["certify", "--model", f"zoo:{NAME}", "--data", str(tmp_path / "one.pt"), "--sigma", "0.25", "--n0", "2",
+            "--n", "8", "--alpha", "0.5", "--batch-size", "8", "--device", "cpu", "--no-progress", "--out"]  # fmt: skip
+    assert main([*argv, str(tmp_path / "a.tsv"), "--offline"]) == 2
+    assert "downloads are off (--offline" in capsys.readouterr().err and server.requests == []
+    assert not fetch.offline()  # the switch was for that command
+    assert main([*argv, str(tmp_path / "b.tsv")]) == 0 and server.requests

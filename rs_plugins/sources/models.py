@@ -126,8 +126,8 @@ def load_robustbench(name: str, *, dataset: str, threat_model: str, model_dir: s
     files = [Path(f"{path}_m{i}.pt") for i in range(len(gdrive_id))] if isinstance(gdrive_id, list) else [path]
     # without a gdrive_id, robustbench takes the weights from timm's Hugging Face hub cache instead
     missing = [str(f) for f in files if not f.is_file()] if gdrive_id is not None else []
-    if missing and not fetch.offline():  # RobustBench's own Drive ids, each file put in place once complete
-        ids = gdrive_id if isinstance(gdrive_id, list) else [gdrive_id]
+    ids = gdrive_id if isinstance(gdrive_id, list) else [gdrive_id]
+    if missing and all(ids) and not fetch.offline():  # RobustBench's own Drive ids, each file complete or absent
         downloads.download_robustbench(name, ids, files, what=f"--model robustbench:{name}")
         missing = []
     if missing:

@@ -56,7 +56,8 @@ def test_cohens_sequential_layout_loads_behind_the_entrys_normalisation(data_par
     entry = zoo.entry(NAME)
     state = bearpaw_state(110, seed=2)
     model = layouts.build(entry, cohen_checkpoint(state, data_parallel=data_parallel), "--model zoo:x", "f")
-    assert isinstance(model[0], Normalize) and torch.allclose(model[0].std.flatten(), torch.tensor(entry.normalization[2]))
+    assert isinstance(model[0], Normalize)
+    assert torch.allclose(model[0].std.flatten(), torch.tensor(entry.normalization[2]))
     x = torch.rand(3, 3, 32, 32)
     reference = CifarResNet(110, 10)
     reference.load_state_dict(layouts.from_bearpaw(state)[0])
@@ -70,7 +71,8 @@ def test_salmans_input_center_layer_subtracts_the_mean_only_and_macer_normalises
     model = layouts.build(smoothadv, cohen_checkpoint(bearpaw_state(110)), "x", "f")
     assert torch.equal(model[0].std.flatten(), torch.ones(3))
     assert torch.allclose(model[0].mean.flatten(), torch.tensor(smoothadv.normalization[1]))
-    macer = layouts.build(zoo.entry("macer-cifar10-resnet110-0.25"), {"net": bearpaw_state(110), "epoch": 440}, "x", "f")
+    macer_checkpoint = {"net": bearpaw_state(110), "epoch": 440}
+    macer = layouts.build(zoo.entry("macer-cifar10-resnet110-0.25"), macer_checkpoint, "x", "f")
     assert isinstance(macer, CifarResNet)
 
 

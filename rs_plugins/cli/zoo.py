@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 from pathlib import Path
 
 from .. import file_checks
@@ -73,34 +75,38 @@ def files_cell(found: zoo.ZooEntry, *, cache: bool = True) -> str:
     return f"downloads, {verified}"
 
 
+YEAR = re.compile(r"(19|20)\d\d")
 TEXT_RADII = (0.0, 0.5, 1.0, 1.5, 2.0)  # on every published grid (CIFAR's steps of 0.25, ImageNet's of 0.5)
 
 
 def zoo_table(fmt: str = "text") -> str:
-    """Every entry. Markdown: name, paper, data set, architecture, sigma, the published row, files. Text (a terminal's
-    width): name, data set, sigma, the published ACR and accuracy at r = 0, 0.5, 1, 1.5, 2, images, files."""
+    """Every entry. Markdown: name, paper, data set, architecture, sigma, the published row, files. Text (about a
+    terminal's width): name, paper, data set, network, sigma, the published ACR and accuracy at r = 0, 0.5, 1, 1.5,
+    2 over its images, and the files (how they are had, in the cache with their size, verified or not)."""
     if fmt == "markdown":
         head = ["name", "paper", "data", "architecture", "σ", "published row", "files"]
         rows = [[e.name, e.paper, e.dataset, e.architecture, "-" if e.sigma is None else f"{e.sigma:g}",
                  published_cell(e), files_cell(e, cache=False)] for e in zoo.ENTRIES]  # fmt: skip
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
-    head = ["name", "data", "σ", "ACR", *(f"r={r:g}" for r in TEXT_RADII), "images", "files"]
+    head = ["name", "paper", "data", "network", "σ", "ACR", *(f"r={r:g}" for r in TEXT_RADII), "images", "files"]
     rows = []
     for e in zoo.ENTRIES:
         row = e.published
         cells = [f"{row.accuracy[r]:.1f}" if row and r in row.accuracy else "-" for r in TEXT_RADII]
         acr = f"{row.acr:.3f}" if row and row.acr is not None else "-"
-        rows.append([e.name, e.dataset, "-" if e.sigma is None else f"{e.sigma:g}", acr, *cells,
-                     str(row.images) if row else "-", files_cell(e)])  # fmt: skip
+        paper = f"{e.paper.split()[0]} {YEAR.search(e.paper)[0]}"  # "Cohen et al., ICML 2019": "Cohen 2019"
+        rows.append([e.name, paper, e.dataset, e.architecture.removeprefix("cifar_"),
+                     "-" if e.sigma is None else f"{e.sigma:g}", acr, *cells, str(row.images) if row else "-",
+                     files_cell(e)])  # fmt: skip
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(v.ljust(w) if i in (0, 1, len(head) - 1) else v.rjust(w)
+    left = (0, 1, 2, 3, len(head) - 1)
+    lines = ["  ".join(v.ljust(w) if i in left else v.rjust(w)
                        for i, (v, w) in enumerate(zip(r, widths))).rstrip() for r in [head, *rows]]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
-    shared.Host()  # installed plugins load first, as for every command
     print(zoo_table(args.format), end="")
     if args.format == "text":
         print(f"published rows: certified accuracy (%) at l2 radius r, from the authors' logs or READMEs; "
@@ -151,6 +157,8 @@ def cmd_zoo_certify(args: argparse.Namespace) -> int:
     print(f"zoo certify {found.name}: {found.paper}; the authors' protocol: {p.describe()}")
     print("rs-plugins " + " ".join(argv), flush=True)
     code = cmd_certify(build_parser().parse_args(argv))
+    if int(os.environ.get("RANK", "0")):  # under torchrun, the main process reports the merged rows
+        return code
     for record in fetch.fetched():
         if record.get("sha256"):
             how = "verified against the published hash" if record.get("verified") else (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import urllib.error
 from pathlib import Path
 
@@ -46,6 +47,9 @@ def download_dataset(name: str, root: str | os.PathLike) -> None:
         raise fetch.DownloadError(f"{what}: the data set is missing and downloads are off ({fetch.OFFLINE_HOW})")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".rs-plugins-download-*"):  # a killed run's staging folder, never read
+        if time.time() - stale.stat().st_mtime > fetch.STALE_PART:
+            shutil.rmtree(stale, ignore_errors=True)
     folder = TORCHVISION[name][1]
     staging = root / f".rs-plugins-download-{os.getpid()}"
     try:

@@ -39,8 +39,10 @@ LOGS = {
     "data/cifar10/noise_1.0/cat-rs/log.txt": (dict(RECIPES["catrs-cifar10"]), CIFAR_LR),
     "data/cifar100/noise_0.25/cohen/log.txt": (dict(RECIPES["catrs-cifar10"]), CIFAR_LR),
     "data/cifar100/noise_0.5/smoothmix/log.txt": (dict(RECIPES["catrs-cifar10"]), CIFAR_LR),
-    "data/mnist/noise_0.5/log.txt": (RECIPES["mnist"] | dict(epochs=150, lr_step=50, lr_schedule="step-epoch"),
-                                     MNIST_150_LR),  # fmt: skip
+    "data/mnist/noise_0.5/log.txt": (
+        RECIPES["mnist"] | dict(epochs=150, lr_step=50, lr_schedule="step-epoch"),
+        MNIST_150_LR,
+    ),
     "data/fmnist/noise_0.25/cohen/log.txt": (RECIPES["mnist"] | dict(lr_schedule="step-epoch"), MNIST_90_LR),
 }
 STEP_EPOCH = "epoch" in inspect.signature(torch.optim.lr_scheduler.StepLR.step).parameters

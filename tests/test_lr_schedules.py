@@ -185,3 +185,23 @@ def test_train_log_and_resume_follow_the_step_epoch_schedule(tmp_path):
     assert [row["lr"] for row in log] == loop_rates(config)
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_checkpoint_from_before_the_schedule_settings_resumes_at_their_defaults(tmp_path):
+    """A checkpoint.pt without lr_schedule / lr_drop_once resumes with them at their defaults, and only so."""
+    data, host = Subset(load_digits("train"), range(16)), Host()
+
+    def run(epochs, **settings):
+        torch.manual_seed(0)
+        config = TrainConfig(epochs=epochs, batch_size=16, lr_step=1, **settings)
+        return train(SmallCNN(width=2), data, host.loss("gaussian"), host.noise("gaussian", sigma=0.25),
+                     config=config, checkpoint_dir=tmp_path, progress=False, val_images=0)  # fmt: skip
+
+    run(1)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for key in ("lr_schedule", "lr_drop_once"):
+        del state["config"][key]  # as written before these settings existed
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"other settings \(lr_schedule: 'standard' -> 'step-epoch'\)"):
+        run(2, lr_schedule="step-epoch")
+    assert [row["epoch"] for row in run(2)] == [1, 2]

@@ -87,8 +87,9 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
     noise = host.noise(args.noise, sigma=args.sigma, **noise_options)
     classifier = shared.load_model(host, args, args.model) if args.model else None
     dataset = host.load_data(DataRequest(args.data, args.split))
-    if classifier is not None:
-        check_dataset(classifier, dataset, [0], device)
+    if classifier is not None:  # classification trains on the labels: all are checked where the data holds them
+        every = list(range(len(dataset))) if config.objective == "classification" else [0]
+        check_dataset(classifier, dataset, every, device)
     channels = torch.as_tensor(dataset[0][0]).shape[0]
     if args.init:
         denoiser, _ = load_dncnn(args.init, "--init")

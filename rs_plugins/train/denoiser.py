@@ -296,7 +296,8 @@ def train_denoiser(
     autocast_dtype = PRECISIONS[config.precision]
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     recorded = dataclasses.asdict(config) | (settings or {})
-    start_epoch = resume(directory, recorded, denoiser, optimizer, scheduler, scaler, device)
+    defaults = dataclasses.asdict(type(config)())  # for settings added since a checkpoint was written
+    start_epoch = resume(directory, recorded, denoiser, optimizer, scheduler, scaler, device, defaults)
     if start_epoch > config.epochs:
         msg = f"--epochs {config.epochs}: {directory / CHECKPOINT} already holds {start_epoch} epochs; give "
         raise ValueError(msg + f"--epochs {start_epoch} or more, or another --checkpoint-dir")

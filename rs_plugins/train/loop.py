@@ -171,7 +171,8 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
     num_classes = _check_data_fits_model(model, dataset, device, memory_format)
     targets = example_targets(loss, dataset, num_classes)
     positions = base_indices(dataset)[1]
-    start_epoch = resume(directory, recorded, model, optimizer, scheduler, scaler, device)
+    defaults = dataclasses.asdict(type(config)())  # for settings added since a checkpoint was written
+    start_epoch = resume(directory, recorded, model, optimizer, scheduler, scaler, device, defaults)
     if start_epoch > config.epochs:  # the checkpoint is past the requested epoch: its weights are not those
         msg = (
             f"--epochs {config.epochs}: {directory / CHECKPOINT} already holds {start_epoch} epochs, and the weights "

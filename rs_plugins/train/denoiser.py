@@ -11,13 +11,14 @@ The three objectives of the authors' ``code/train_denoiser.py`` (microsoft/denoi
 
 The loss is taken on D(x + delta) clipped to [0, 1], the function ``--denoiser dncnn:`` certifies (the hook's
 contract); the authors train and certify the unclipped output. Clipping never increases the squared error, and
-under ``stability`` it keeps the classifier from being trained on inputs it never sees at certification.
+under ``stability`` and ``classification`` it keeps the classifier from being trained on inputs it never sees at
+certification.
 
 Defaults are the authors': Adam, learning rate 1e-3, weight decay 1e-4, batch 256, 90 epochs, the learning rate
 times 0.1 every 30 epochs; the DnCNN has depth 17 and width 64. Their run's schedule, each decay one epoch later
 (``scheduler.step(epoch)``), is ``lr_schedule="step-epoch"``; their CIFAR-10 training images are randomly cropped
-and flipped, ``augment="crop-flip"``. Checkpoints, exact resume and ``train_log.csv``
-go through ``rs_plugins.train.checkpoints`` as for every trainer; each epoch ends with held-out metrics: the PSNR of
+and flipped, ``augment="crop-flip"``. Checkpoints, exact resume and ``train_log.csv`` go through
+``rs_plugins.train.checkpoints`` as for every trainer; each epoch ends with held-out metrics: the PSNR of
 D(x + delta) (and of x + delta, for comparison) and, with a classifier, its accuracy on x, x + delta and
 D(x + delta).
 """
@@ -274,9 +275,8 @@ def train_denoiser(
 
     Shuffling, crops and noise are seeded from (seed, epoch), so a run resumed after epoch k ends with the same
     weights as one that never stopped. ``classifier`` (needed by ``stability`` and ``classification``) is frozen
-    and kept in eval mode. Writes
-    ``checkpoint.pt`` and ``train_log.csv`` each epoch and finally ``denoiser.pt`` (for ``--denoiser dncnn:``).
-    Returns the per-epoch log.
+    and kept in eval mode. Writes ``checkpoint.pt`` and ``train_log.csv`` each epoch and finally ``denoiser.pt``
+    (for ``--denoiser dncnn:``). Returns the per-epoch log.
     """
     if config.objective in NEEDS_CLASSIFIER and classifier is None:
         raise ValueError(f"--objective {config.objective} needs --model: the frozen classifier D is trained for")

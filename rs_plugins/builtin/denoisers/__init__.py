@@ -34,6 +34,6 @@ def rs_denoisers():
     yield DenoiserSpec(
         "dncnn",
         _dncnn,
-        summary="Salman et al.'s DnCNN trained by rs-plugins train-denoiser (mse or stability objective)",
+        summary="Salman et al.'s DnCNN trained by rs-plugins train-denoiser (mse, stability or classification)",
         reference=SALMAN,
     )

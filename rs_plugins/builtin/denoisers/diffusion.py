@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.errors import MissingDependencyError
 from rs_plugins.validation import check_number
 
@@ -143,8 +144,35 @@ class DiffusionDenoiser(nn.Module):
         x0 = math.sqrt(1 / self.alpha_bar) * x_t - math.sqrt(1 / self.alpha_bar - 1) * eps
         return x0.clamp(-1, 1).add(1).div(2)
 
+    def smoothing_noise(self, noise: Any) -> Any:
+        """The noise the run draws: ``noise`` itself, or under ``noise=authors`` Gaussian draws at sigma_t*."""
+        if self.noise == "exact":
+            return noise
+        if not isinstance(noise, GaussianNoise):
+            msg = f"--denoiser-option noise=authors draws the diffusion's own Gaussian noise; got --noise {noise!r}"
+            raise ValueError(msg + ", use --noise gaussian")
+        return AuthorsNoise(noise.sigma, self.level)
+
     def settings(self) -> dict[str, Any]:
         """The timestep, its abar and noise level, the noise the run smooths with and the checkpoint's settings."""
         level = 2 * self.level
         return {"t": self.t, "alpha_bar": self.alpha_bar, "noise_level": level, "classifier_size": self.classifier_size,
                 "noise": self.noise, "smoothing_sigma": self.smoothing_sigma, **self.source}  # fmt: skip
+
+
+class AuthorsNoise(GaussianNoise):
+    """Gaussian draws at the diffusion's level sigma_t* (the authors' ``q_sample`` at t*) while the radii stay those
+    of sigma <= sigma_t*: smoothing at sigma_t* certifies sigma_t* Phi^-1(p), so sigma Phi^-1(p) is sound."""
+
+    def __init__(self, sigma: float, level: float) -> None:
+        super().__init__(sigma)
+        self.level = check_number("level", level, above=0)
+        if level < sigma:
+            raise ValueError(f"the diffusion's noise level {level:g} is below sigma {sigma:g}; the radii would be unsound")
+
+    def sample(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return noise.mul_(self.level).add_(x)
+
+    def __repr__(self) -> str:
+        return f"AuthorsNoise(sigma={self.sigma}, drawn at {self.level})"

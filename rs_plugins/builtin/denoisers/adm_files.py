@@ -75,12 +75,14 @@ def infer_config(state: dict[str, Tensor], path: str) -> AdmConfig:
         raise ValueError(msg)
     model_channels, in_channels = state["input_blocks.0.0.weight"].shape[:2]
     outputs = _indices(state, "output_blocks")
-    upsamplers = [i for i in outputs if any(re.match(rf"output_blocks\.{i}\.[12]\.(conv|in_layers)\.", k) for k in state)]
+    upsamplers = [i for i in outputs if any(re.match(rf"output_blocks\.{i}\.[12]\.(conv|in_layers)\.", k)
+                                            for k in state)]  # fmt: skip
     levels = len(upsamplers) + 1
     if not outputs or len(outputs) % levels:
         raise ValueError(f"{OPTION}: {path}: cannot read the UNet's levels from its output_blocks")
     per_level = len(outputs) // levels  # num_res_blocks + 1
-    mult = [state[f"output_blocks.{outputs[j * per_level]}.0.out_layers.3.weight"].shape[0] for j in range(levels)]
+    mult = [state[f"output_blocks.{outputs[j * per_level]}.0.out_layers.3.weight"].shape[0]
+            for j in range(levels)]  # fmt: skip
     channel_mult = tuple(int(m) // int(model_channels) for m in reversed(mult))
     attention, block = [], 1
     for level in range(levels):
@@ -91,8 +93,8 @@ def infer_config(state: dict[str, Tensor], path: str) -> AdmConfig:
         block += 1  # the downsampler
     emb_out = state["input_blocks.1.0.emb_layers.1.weight"].shape[0]
     first_out = state["input_blocks.1.0.out_layers.3.weight"].shape[0]
-    updown = bool(upsamplers) and any(k.startswith(f"output_blocks.{upsamplers[0]}.") and ".in_layers." in k
-                                      and not k.startswith(f"output_blocks.{upsamplers[0]}.0.") for k in state)  # fmt: skip
+    # residual up/downsampling: the upsampler after a level's last block is a ResBlock (in_layers), not a conv
+    updown = bool(upsamplers) and any(re.match(rf"output_blocks\.{upsamplers[0]}\.[12]\.in_layers\.", k) for k in state)
     return AdmConfig(
         in_channels=int(in_channels),
         model_channels=int(model_channels),
@@ -141,9 +143,11 @@ def settle(config: AdmConfig, options: dict[str, Any], path: str) -> tuple[AdmCo
                "(e.g. schedule=cosine steps=4000 rescale_timesteps=true heads=4)")  # fmt: skip
         raise ValueError(msg)
     if settings["schedule"] not in SCHEDULES:
-        raise ValueError(f"--denoiser-option schedule must be one of {', '.join(SCHEDULES)}; got {settings['schedule']!r}")
+        msg = f"--denoiser-option schedule must be one of {', '.join(SCHEDULES)}; got {settings['schedule']!r}"
+        raise ValueError(msg)
     if not isinstance(settings["rescale_timesteps"], bool):
-        raise ValueError(f"--denoiser-option rescale_timesteps must be true or false; got {settings['rescale_timesteps']!r}")
+        msg = f"--denoiser-option rescale_timesteps must be true or false; got {settings['rescale_timesteps']!r}"
+        raise ValueError(msg)
     for channels in {config.model_channels * m for m in config.channel_mult}:
         if channels % config.heads(channels):
             raise ValueError(f"--denoiser-option: {channels} channels do not split into {config.heads(channels)} heads")

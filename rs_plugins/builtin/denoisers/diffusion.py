@@ -168,7 +168,8 @@ class AuthorsNoise(GaussianNoise):
         super().__init__(sigma)
         self.level = check_number("level", level, above=0)
         if level < sigma:
-            raise ValueError(f"the diffusion's noise level {level:g} is below sigma {sigma:g}; the radii would be unsound")
+            msg = f"the diffusion's noise level {level:g} is below sigma {sigma:g}; the radii would be unsound"
+            raise ValueError(msg)
 
     def sample(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

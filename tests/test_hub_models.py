@@ -30,7 +30,8 @@ def images(tmp_path, size: int = 16, count: int = 3):
 
 def certify(capsys, tmp_path, *model_args: str) -> dict:
     argv = ["certify", *model_args, "--data", str(tmp_path / "data.pt"), "--sigma", "0.25", "--n0", "4", "--n", "8",
-            "--alpha", "0.1", "--batch-size", "12", "--limit", "2", "--out", str(tmp_path / "c.tsv"), *FAST]  # fmt: skip
+            "--alpha", "0.1", "--batch-size", "12", "--limit", "2", "--out", str(tmp_path / "c.tsv"),
+            *FAST]  # fmt: skip
     assert cli.main(argv) == 0
     capsys.readouterr()
     assert len((tmp_path / "c.tsv").read_text().splitlines()) == 3

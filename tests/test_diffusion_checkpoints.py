@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,38 @@ def test_certify_with_an_authors_checkpoint_records_it(capsys, tmp_path):
         DiffusionDenoiser(0.25, path, **g["options"])
     )
     assert len((tmp_path / "c.tsv").read_text().splitlines()) == 3
+
+
+def test_the_denoised_path_runs_with_certifys_execution_options(tmp_path):
+    """bf16 autocast and channels_last, as --precision/--channels-last run the composed model (the UNet included)."""
+    from rs_plugins.certify.execution import Execution, prepare_model
+
+    path, g = checkpoint("guided", tmp_path)
+    model = DenoisedClassifier(torch.nn.Flatten(), DiffusionDenoiser(0.25, path, **g["options"]))
+    noisy = (g["x"].double() + 0.25 * g["eps"].double()).float()
+    with torch.no_grad():
+        exact = model(noisy)
+        fast = prepare_model(model, "cpu", Execution(precision="bf16", channels_last=True))(noisy)
+    assert fast.shape == exact.shape and (fast.float() - exact).abs().max() < 0.1  # bf16: ~3 significant digits
+    assert not torch.equal(fast.float(), exact)  # it did run in bf16
+
+
+def test_report_puts_the_papers_row_beside_a_run(capsys, tmp_path, monkeypatch):
+    """A run whose diffusion checkpoint is the released CIFAR-10 one (here: the tiny fixture standing in for it)."""
+    path, g = checkpoint("improved", tmp_path)
+    name = next(n for n in adm_files.PRESETS if "CIFAR-10" in n)
+    tiny = adm_files.infer_config(torch.load(path, weights_only=True), path)
+    monkeypatch.setitem(adm_files.PRESETS, name, (replace(tiny, num_heads=2), adm_files.PRESETS[name][1]))
+    torch.save({"x": torch.rand(2, 3, 8, 8), "y": torch.tensor([0, 1])}, tmp_path / "data.pt")
+    argv = ["certify", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs",
+            '{"width": 4, "in_channels": 3, "num_classes": 10}', "--random-weights", "--data",
+            str(tmp_path / "data.pt"),
+            "--sigma", "0.25", "--n0", "2", "--n", "8", "--alpha", "0.1", "--denoiser", f"diffusion:{path}",
+            "--out", str(tmp_path / "c.tsv"), *FAST]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert json.loads((tmp_path / "c.tsv.json").read_text())["denoiser"]["preset"] == name
+    capsys.readouterr()
+    assert cli.main(["report", str(tmp_path / "c.tsv")]) == 0
+    out = capsys.readouterr().out
+    assert "published: Carlini et al., ICLR 2023" in out and "CIFAR-10: r=0.25: 79.3, r=1: 36.4" in out
+    assert "this run (2 images): r=0.25: " in out and "the paper's classifier is --model hf:aaraki/" in out

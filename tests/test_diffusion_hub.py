@@ -50,7 +50,7 @@ def test_offline_a_hub_id_not_in_the_cache_keeps_todays_message(tmp_path, monkey
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
     with pytest.raises(ValueError) as caught:
         DiffusionDenoiser(sigma=0.25, path=REPO)
-    assert str(caught.value) == f"--denoiser diffusion:DIR: no directory {REPO!r}; give {diffusion.LOADS}"
+    assert str(caught.value) == f"{diffusion.OPTION}: no file or directory {REPO!r}; give {diffusion.LOADS}"
 
 
 def test_online_a_hub_id_is_fetched_into_the_cache_diffusers_uses(hub_cache, monkeypatch):

@@ -102,7 +102,7 @@ def test_the_table_is_consistent_and_every_archive_is_data_in_locations():
     for e in zoo.ENTRIES:
         assert re.fullmatch(r"[a-z0-9.-]+", e.name), e.name
         assert e.archive is None or e.archive in locations.ARCHIVES, e.name
-        assert e.kind != "denoiser" or e.classifier is None or e.classifier in names
+        assert e.kind != "denoiser" or e.classifier is None or e.classifier in names or ":" in e.classifier
         if e.published:
             radii = list(e.published.accuracy)
             assert radii == sorted(radii) and radii[0] == 0
@@ -282,3 +282,32 @@ def test_offline_on_the_command_line_holds_for_that_command_only(cohen_archive, 
     assert "downloads are off (--offline" in capsys.readouterr().err and server.requests == []
     assert not fetch.offline()  # the switch was for that command
     assert main([*argv, str(tmp_path / "b.tsv")]) == 0 and server.requests
+
+
+def test_the_authors_diffusion_checkpoint_loads_through_diffusion_zoo(local_server, monkeypatch):
+    from rs_plugins.builtin.denoisers import adm_files
+    from rs_plugins.builtin.denoisers.adm import AdmConfig, AdmUNet
+
+    # the released CIFAR-10 checkpoint's preset, pointed at a tiny architecture of the same kind (as the docs test)
+    tiny = AdmConfig(3, 32, 6, 1, (2,), (1, 1), True, False, num_heads=4)
+    name = next(n for n in adm_files.PRESETS if "CIFAR-10" in n)
+    monkeypatch.setitem(adm_files.PRESETS, name, (tiny, adm_files.PRESETS[name][1]))
+    buffer = __import__("io").BytesIO()
+    torch.save(AdmUNet(tiny).state_dict(), buffer)
+    local_server.routes["/cifar10_uncond_50M_500K.pt"] = buffer.getvalue()
+    url = local_server.url("/cifar10_uncond_50M_500K.pt")
+    archive = locations.ARCHIVES["carlini2023-cifar10"] | {"url": url}
+    monkeypatch.setitem(locations.ARCHIVES, "carlini2023-cifar10", archive)
+    denoiser = Host().denoiser("diffusion", sigma=0.25, path="zoo:carlini2023-diffusion-cifar10")
+    assert denoiser.settings()["preset"] == name
+    cached = fetch.home() / "zoo" / "carlini2023-diffusion-cifar10" / "cifar10_uncond_50M_500K.pt"
+    assert cached.read_bytes() == buffer.getvalue()
+    entry = zoo.entry("carlini2023-diffusion-cifar10")
+    args = __import__("argparse").Namespace(sigma=0.5, data=None, n0=None, n=None, alpha=None, start=None, every=None,
+                                            batch_size=None, device="cpu", seed=0, out=None, limit=None, max=None,
+                                            checkpoint=None, trust_model_file=False, no_progress=True)  # fmt: skip
+    from rs_plugins.cli.zoo import certify_argv
+
+    argv = certify_argv(entry, args)
+    assert argv[argv.index("--model") + 1] == "hf:aaraki/vit-base-patch16-224-in21k-finetuned-cifar10"
+    assert "--denoiser-option" in argv and argv[argv.index("--denoiser-option") + 1] == "classifier_size=224"

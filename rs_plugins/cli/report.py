@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import file_checks
+from ..results.published import format_published, published_for
 from ..results.report import format_provenance, format_table, write_summary
 from ..sources import zoo
 from ..sources.zoo.compare import format_comparison
@@ -61,6 +62,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         for entry in published_rows(run.settings):  # a zoo entry's results: the authors' row as one more run
             print(format_comparison(run.rows, entry["published"], title=f"{run.label}: {entry['entry']} beside its "
                                     f"published row ({entry['paper']})"))  # fmt: skip
+        published = published_for(run.settings)  # e.g. Carlini et al.'s row beside a run with their diffusion model
+        if published is not None:
+            print(format_published(published, run.rows, run.settings))
     notes = compare.comparison_notes(runs)
     if len(runs) > 1 or args.table or args.format:
         table = compare.format_comparison(runs, fmt, args.radii, notes, percent=percent)

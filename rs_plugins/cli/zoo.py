@@ -119,13 +119,14 @@ def certify_argv(found: zoo.ZooEntry, args: argparse.Namespace) -> list[str]:
     if found.needs:
         raise SourceError(f"zoo certify {found.name}: the entry needs {found.needs}, which this rs-plugins lacks")
     if found.kind == "denoiser":
-        model, denoiser, sigma = f"zoo:{found.classifier}", f"{found.architecture}:zoo:{found.name}", found.sigma
+        model = found.classifier if ":" in (found.classifier or "") else f"zoo:{found.classifier}"
+        denoiser, sigma = f"{found.architecture}:zoo:{found.name}", found.sigma
     else:
         model, denoiser, sigma = f"zoo:{found.name}", None, found.sigma
     sigma = args.sigma or sigma
     if sigma is None:
-        raise ValueError(f"zoo certify {found.name}: it was trained without noise; give --sigma, or certify one of "
-                         "its denoisers (rs-plugins zoo lists them)")  # fmt: skip
+        raise ValueError(f"zoo certify {found.name}: it was not trained for one noise level; give --sigma (or, for a "
+                         "classifier trained without noise, certify one of its denoisers: rs-plugins zoo lists them)")
     data = args.data or found.dataset
     if data == "imagenet":
         raise SourceError(f"zoo certify {found.name}: give --data imagenet:ROOT (ImageNet's validation images in "
@@ -140,6 +141,7 @@ def certify_argv(found: zoo.ZooEntry, args: argparse.Namespace) -> list[str]:
     argv += ["--limit", str(limit)] if limit else []
     argv += ["--max", str(args.max)] if args.max else []
     argv += ["--denoiser", denoiser] if denoiser else []
+    argv += [v for option in found.denoiser_options for v in ("--denoiser-option", option)]
     argv += ["--checkpoint", args.checkpoint] if args.checkpoint else []
     argv += [file_checks.TRUST_FLAG] if args.trust_model_file else []
     argv += ["--no-progress"] if args.no_progress else []

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
     from rs_plugins.types import ModelRequest
 
-MODEL_FORMS = ("zoo:<name>", "robustbench:<name>", "package.module:factory", "torchscript:<file>", "<file>.pt2")
+MODEL_FORMS = ("zoo:<name>", "robustbench:<name>", "package.module:factory", "torchscript:<file>", "<file>.pt2",
+               "timm:<name>", "hf:<owner>/<name>")
 """The ``--model`` forms the built-in sources accept (``zoo:`` through ``rs_plugins.builtin.zoo``), for messages."""
 
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")

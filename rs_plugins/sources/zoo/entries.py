@@ -168,17 +168,16 @@ ENTRIES: tuple[ZooEntry, ...] = (
     ZooEntry(
         "carlini2023-diffusion-cifar10", "Carlini et al., ICLR 2023", "cifar10", "diffusion", None,
         "improved-diffusion", None, "carlini2023-cifar10", "", kind="denoiser",
+        classifier="hf:aaraki/vit-base-patch16-224-in21k-finetuned-cifar10", denoiser_options=("classifier_size=224",),
         protocol=Protocol(n=100_000, batch_size=200),
-        needs="a converter of improved-diffusion .pt checkpoints (--denoiser diffusion:PATH.pt, issue 27)",
-        notes="any sigma (the timestep is chosen per sigma); the paper's classifier is a ViT-B/16 fine-tuned on "
-        "CIFAR-10 at 224 x 224, not in the zoo",
+        notes="any sigma (give --sigma; the timestep is chosen for it); the classifier, a ViT-B/16 fine-tuned on "
+        "CIFAR-10 at 224 x 224 from the Hugging Face hub, stands in for the paper's own",
     ),  # fmt: skip
     ZooEntry(
         "carlini2023-diffusion-imagenet", "Carlini et al., ICLR 2023", "imagenet", "diffusion", None,
         "guided-diffusion", None, "carlini2023-imagenet", "", kind="denoiser", labels=IMAGENET_LABELS,
-        protocol=Protocol(n=10_000, every=50, batch_size=200),
-        needs="a converter of guided-diffusion .pt checkpoints (--denoiser diffusion:PATH.pt, issue 27)",
-        notes="256 x 256 unconditional; the paper's classifier is BEiT-L/16 at 512, not in the zoo",
+        classifier="timm:beit_large_patch16_512", protocol=Protocol(n=10_000, every=50, batch_size=200),
+        notes="256 x 256 unconditional, any sigma (give --sigma); the paper's classifier, BEiT-L/16 at 512 (timm)",
     ),  # fmt: skip
 )
 """Every entry, in the order ``rs-plugins zoo`` lists them."""

@@ -60,7 +60,9 @@ class ZooEntry:
         sha256: the checkpoint's SHA-256 where the authors publish one.
         labels: the label order the logits follow.
         kind: ``classifier`` or ``denoiser``.
-        classifier: for a denoiser, the zoo classifier its row was certified with.
+        classifier: for a denoiser, the classifier its row was certified with: a zoo entry's name, or a ``--model``
+            source (``hf:...``, ``timm:...``).
+        denoiser_options: ``--denoiser-option`` values the authors' protocol needs (e.g. ``classifier_size=224``).
         protocol: how the authors certified it.
         published: the authors' row, or None where none is published.
         needs: what this rs-plugins lacks to run it ("" if nothing), e.g. a checkpoint converter.
@@ -80,6 +82,7 @@ class ZooEntry:
     labels: str = CIFAR10_LABELS
     kind: str = "classifier"
     classifier: str | None = None
+    denoiser_options: tuple[str, ...] = ()
     protocol: Protocol = field(default_factory=Protocol)
     published: Published | None = None
     needs: str = ""

@@ -88,15 +88,17 @@ def checkpoint(entry: ZooEntry, *, what: str, progress: bool = True, siblings: t
     if fetch.offline():
         raise SourceError(f"{what}: {cached} is not in the cache and downloads are off ({fetch.OFFLINE_HOW}); "
                           "run once without --offline, or give --zoo-dir")  # fmt: skip
+    url = source.get("url") or fetch.drive_url(source["drive"])
+    if not entry.member:  # the download is the checkpoint itself, kept under its own name
+        fetch.download(url, cached, what=what, sha256=entry.sha256 or source.get("sha256"), size=source.get("size"),
+                       progress=progress)  # fmt: skip
+        return cached
     archive = archive_path(entry.archive)
     if archive.is_file():
         fetch.record_file(archive, what)
     else:
-        url = source.get("url") or fetch.drive_url(source["drive"])
         fetch.download(url, archive, what=what, sha256=source.get("sha256"), size=source.get("size"),
                        progress=progress)  # fmt: skip
-    if not entry.member:  # the download is the checkpoint itself
-        return archive
     wanted = {e.member: cache_path(e) for e in siblings
               if e.archive == entry.archive and e.member and not cache_path(e).is_file()}  # fmt: skip
     left = extract(archive, {**wanted, entry.member: cached}, what=what)

@@ -8,6 +8,8 @@ from pathlib import Path
 from .. import file_checks
 from ..results.published import format_published, published_for
 from ..results.report import format_provenance, format_table, write_summary
+from ..sources import zoo
+from ..sources.zoo.compare import format_comparison
 from .shared import positive_float, radius_arg
 
 
@@ -29,6 +31,18 @@ def add_report(sub) -> None:
     p.set_defaults(func=cmd_report)
 
 
+def published_rows(settings: dict) -> list[dict]:
+    """The zoo entries a results file was certified from, with their published rows: as its sidecar recorded them,
+    else from the zoo's table."""
+    recorded = (settings.get("provenance") or {}).get("zoo")
+    if recorded:
+        return [e for e in recorded if e.get("published")]
+    models = settings.get("model") or []
+    names = [m.removeprefix("zoo:") for m in ([models] if isinstance(models, str) else models) if m.startswith("zoo:")]
+    found = [zoo.describe(e) for e in zoo.ENTRIES if e.name in names]
+    return [e for e in found if e["published"]]
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from ..results import compare
 
@@ -45,6 +59,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         short = compare.shortfall(run)
         print(format_table(run.rows, args.radii, title, percent=percent) + (f"note: {short}\n" if short else ""))
         print(format_provenance(run.settings) if run.settings else f"provenance: none ({run.path}.json is missing)\n")
+        for entry in published_rows(run.settings):  # a zoo entry's results: the authors' row as one more run
+            print(format_comparison(run.rows, entry["published"], title=f"{run.label}: {entry['entry']} beside its "
+                                    f"published row ({entry['paper']})"))  # fmt: skip
         published = published_for(run.settings)  # e.g. Carlini et al.'s row beside a run with their diffusion model
         if published is not None:
             print(format_published(published, run.rows, run.settings))

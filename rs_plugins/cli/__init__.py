@@ -1,4 +1,5 @@
-"""``rs-plugins``: list plugins, train (classifiers, denoisers), certify, predict, attack, report, and a demo."""
+"""``rs-plugins``: list plugins, train (classifiers, denoisers), certify, predict, recertify, check a certifier, attack,
+report, and a demo."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import traceback
 
 from .. import __version__
 from ..errors import RsPluginError
-from . import adaptive, attack, certify, confidence, denoiser, plugins, report, train
+from . import adaptive, attack, certify, confidence, denoiser, plugins, recertify, report, train
 from .attack import cmd_attack
 from .certify import cmd_certify
 from .plugins import cmd_demo, cmd_plugins
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins.add_plugins(sub)
     certify.add_certify(sub)
+    recertify.add_commands(sub)  # recertify (from a counts log) and check-certifier (the soundness bench)
     attack.add_attack(sub)
     train.add_train(sub)
     confidence.add_confidence(sub)  # predict-confidence (CAT-RS's p_b)

@@ -101,8 +101,9 @@ def provenance_cells(settings: dict[str, Any]) -> list[str]:
     options = settings.get("certifier_option")
     if certifier and options:
         certifier += " " + ",".join(f"{k}={v}" for k, v in options.items())
-    subset = recorded(settings, "subset")
-    subset = ",".join(f"{k}={v}" for k, v in subset.items() if v not in (None, 0, 1) or k == "start") if subset else ""
+    subset = recorded(settings, "subset") or {}
+    defaults = {"start": 0, "max": None, "every": 1, "limit": None}
+    subset = ",".join(f"{k}={v}" for k, v in subset.items() if v != defaults.get(k)) or ("all" if subset else "")
     values = [certifier, settings.get("n0"), settings.get("n"), settings.get("alpha"), settings.get("seed"), subset,
               str(settings.get("model_sha256") or "")[:12], settings.get("recertified_from")]  # fmt: skip
     return ["" if v is None else (json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for v in values]

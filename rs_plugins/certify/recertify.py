@@ -83,8 +83,8 @@ def check_can_recertify(certifier: Any, rows: Sequence[CountsRow], name: str) ->
     if any(row.counts.extra.get("member") for row in rows) and not _accepts(method, "extra"):
         member = next(row.counts.extra["member"] for row in rows if row.counts.extra.get("member"))
         raise NeedsFreshSamplesError(
-            f"these counts are the votes of the mixture's {member} member (a --certifier mixed run), not of the "
-            f"classifier that was certified; {name} would certify another classifier: recertify them with mixed"
+            f"these counts are the votes of the mixture's {member} member alone (a --certifier mixed run); {name} "
+            f"would certify that member's smoothing, not the mixture: recertify them with mixed"
         )
 
 

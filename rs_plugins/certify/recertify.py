@@ -174,6 +174,7 @@ def recertify(
     num_classes = num_classes if isinstance(num_classes, int) else len(rows[0].counts.estimation)
     if out is None:
         return certify_rows(built, rows, noise, alpha, num_classes, label)
+    certify_rows(built, rows[:1], noise, alpha, num_classes, label)  # a refusal comes before --out is written
     settings |= {"certifier": name, "certifier_option": options, "alpha": alpha}
     settings.pop("certifies", None)
     if getattr(built, "class_selection", "n0") == "label":

@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TOP_LEVEL = [
     "ABSTAIN", "AttackResult", "Certificate", "Certifier", "CertifierSpec", "ComponentConflictError", "Counts",
-    "DataRequest", "DenoisedClassifier", "Denoiser", "DenoiserSpec", "Host", "IncompatibleComponentsError", "LossOutput",
-    "LossSpec", "MissingDependencyError", "MixerSpec", "ModelRequest", "NeedsFreshSamplesError", "NoiseSampler",
-    "NoiseSpec", "PluginBuildError", "RsPluginError", "SmoothedClassifier", "SourceError", "TrainingLoss",
-    "UnknownComponentError", "__version__", "attack", "cohen_certify", "cohen_predict", "hookimpl", "recertify",
+    "DataRequest", "DenoisedClassifier", "Denoiser", "DenoiserSpec", "Host", "IncompatibleComponentsError",
+    "LossOutput", "LossSpec", "MissingDependencyError", "MixerSpec", "ModelRequest", "NeedsFreshSamplesError",
+    "NoiseSampler", "NoiseSpec", "PluginBuildError", "RsPluginError", "SmoothedClassifier", "SourceError",
+    "TrainingLoss", "UnknownComponentError", "__version__", "attack", "cohen_certify", "cohen_predict", "hookimpl",
+    "recertify",
 ]  # fmt: skip
 
 DOCUMENTED = {
@@ -44,7 +45,8 @@ DOCUMENTED = {
                                      "check_sampling", "check_smoothing", "cohen_certify", "cohen_predict",
                                      "select_classes", "selection_counts"],
     "rs_plugins.errors": ["ComponentConflictError", "IncompatibleComponentsError", "MissingDependencyError",
-                          "NeedsFreshSamplesError", "PluginBuildError", "ResultsFileError", "RsPluginError", "SourceError",
+                          "NeedsFreshSamplesError", "PluginBuildError", "ResultsFileError", "RsPluginError",
+                          "SourceError",
                           "TrainingDivergedError", "UnknownComponentError"],
     "rs_plugins.hookspecs": ["rs_certifiers", "rs_denoisers", "rs_load_data", "rs_load_model", "rs_mixers",
                              "rs_noise_samplers", "rs_training_losses"],
@@ -66,13 +68,15 @@ DOCUMENTED = {
     "rs_plugins.sources.data": ["data_identity", "labels_of", "load_cifar10", "load_cifar100", "load_data",
                                 "load_digits", "load_imagenet", "load_mnist", "load_tensor_file", "select_indices"],
     "rs_plugins.testing": ["CoordinateClassifier", "IdentityDenoiser", "LinearClassifier", "check_certifier",
-                           "check_certifier_soundness", "check_denoiser", "check_loss", "check_mixer", "check_noise", "tiny_classifier"],
+                           "check_certifier_soundness", "check_denoiser", "check_loss", "check_mixer", "check_noise",
+                           "tiny_classifier"],
     "rs_plugins.train.config": ["TrainConfig", "crop_flip"],
     "rs_plugins.train.held_out": ["held_out_accuracy", "hold_out", "spread_indices"],
     "rs_plugins.train.loop": ["base_indices", "example_targets", "train"],
     "rs_plugins.train.losses": ["EpochAware", "check_bool", "check_choice", "check_float", "check_int", "draw_deltas",
                                 "noisy_logits", "soft_smoothed", "warmup_factor"],
-    "rs_plugins.types": ["Certificate", "Certifier", "CertifierSpec", "ComponentSpec", "Counts", "DataRequest", "Denoiser",
+    "rs_plugins.types": ["Certificate", "Certifier", "CertifierSpec", "ComponentSpec", "Counts", "DataRequest",
+                         "Denoiser",
                          "DenoiserSpec", "LossOutput", "LossSpec", "MixerSpec", "ModelRequest", "NoiseSampler",
                          "NoiseSpec", "TrainingLoss"],
 }  # fmt: skip
@@ -109,7 +113,8 @@ def test_api_page_documents_every_pinned_module():
     assert set(DOCUMENTED) <= set(documented), f"not on docs/api.md: {sorted(set(DOCUMENTED) - set(documented))}"
 
 
-ENTRY_POINTS = ["adaptive", "catrs", "consistency", "cpm", "denoisers", "feng", "gaussian", "laplace", "macer", "sequential",
+ENTRY_POINTS = ["adaptive", "catrs", "consistency", "cpm", "denoisers", "feng", "gaussian", "laplace", "macer",
+                "sequential",
                 "smoothadv", "smoothmix", "sources", "uniform"]  # fmt: skip
 
 

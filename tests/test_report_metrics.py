@@ -14,9 +14,9 @@ from statsmodels.stats.proportion import proportion_confint
 from rs_plugins import Counts
 from rs_plugins.cli import main
 from rs_plugins.results.counts import CountsLog, counts_path
+from rs_plugins.results.files import Row
 from rs_plugins.results.metrics import ACR_CAVEAT, p_lower_bounds, provenance_cells, quantiles
 from rs_plugins.results.report import summarize
-from rs_plugins.results.files import Row
 
 
 def test_p_lower_bounds_are_clopper_pearson_on_the_selected_class(tmp_path):

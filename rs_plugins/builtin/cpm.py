@@ -127,7 +127,7 @@ def rs_certifiers():
     yield CertifierSpec(
         "cpm",
         CpmCertifier,
-        "CPM: runner-up classes bucketed on the n0 votes, Bonferroni over the buckets, sigma/2 (Phi^-1 p_A - Phi^-1 p_B)",
+        "CPM: other classes bucketed on the n0 votes, Bonferroni over the buckets, sigma/2 (Phi^-1 p_A - Phi^-1 p_B)",
         DELATTRE,
         noises=("gaussian",),
     )

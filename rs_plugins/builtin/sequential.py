@@ -34,8 +34,8 @@ import rs_plugins
 from rs_plugins.certify.from_counts import choose_classes, records, selection_spent
 from rs_plugins.certify.sampling import chunked, count_pass, eval_mode, per_image_generators
 from rs_plugins.certify.smoothing import check_class_selection, check_images, check_sampling, selection_counts
-from rs_plugins.errors import NeedsFreshSamplesError
 from rs_plugins.certify.stats import clopper_pearson_lower, clopper_pearson_upper, min_samples_to_certify
+from rs_plugins.errors import NeedsFreshSamplesError
 from rs_plugins.types import ABSTAIN, Certificate, CertifierSpec, NoiseSampler
 from rs_plugins.validation import check_integer, check_number
 

@@ -189,8 +189,8 @@ def recertify(
         record["certifier"] = provenance.component(host, "certifier", name, options)
     with ResultsFile(out, CERTIFY_COLUMNS, settings, record) as target:
         pending = [row for row in rows if row.idx not in target.done]
-        bar = tqdm(total=len(rows), initial=len(rows) - len(pending), desc="recertify", unit="img", disable=not progress)
-        with bar:
+        done = len(rows) - len(pending)
+        with tqdm(total=len(rows), initial=done, desc="recertify", unit="img", disable=not progress) as bar:
             for start in range(0, len(pending), BATCH):
                 for row in certify_rows(built, pending[start : start + BATCH], noise, alpha, num_classes, label):
                     target.append(row)

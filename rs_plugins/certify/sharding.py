@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..results.counts import CountsLog, counts_path, merge_counts
 from ..results.files import (
     ATTACK_COLUMNS,
     CONFIDENCE_COLUMNS,
@@ -25,7 +26,6 @@ from ..results.files import (
     read_results,
     sidecar_path,
 )
-from ..results.counts import CountsLog, counts_path, merge_counts
 from .distributed import World, barrier, shard
 
 

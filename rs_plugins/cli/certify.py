@@ -18,7 +18,6 @@ from . import shared
 from .shared import positive_int, probability_arg
 
 
-
 def add_certify(sub) -> None:
     """Add ``certify`` and ``predict`` to the ``rs-plugins`` sub-parsers."""
     for name, help_ in (

@@ -15,10 +15,10 @@ from scipy.stats import binomtest, norm
 from statsmodels.stats.proportion import proportion_confint
 from torchrun_model import write_model
 
-from rs_plugins import ABSTAIN, Counts
+from rs_plugins import ABSTAIN, Certificate, Counts
 from rs_plugins.builtin.sequential import look_schedule
 from rs_plugins.cli import main
-from rs_plugins.errors import ResultsFileError
+from rs_plugins.errors import PluginBuildError, ResultsFileError
 from rs_plugins.results.counts import CountsLog, counts_path, format_counts, merge_counts, read_counts
 from rs_plugins.results.files import load_rows, read_results
 
@@ -160,3 +160,25 @@ def test_certify_killed_mid_run_resumes_its_counts_log_with_its_rows(tmp_path, m
     done = subprocess.run(certify_command(killed), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert counts_path(killed).read_text() == counts_path(reference).read_text()
+
+
+class WrongCounts:
+    """A plugin certifier whose certificates carry votes over 2 classes for a 10-class model."""
+
+    def certify(self, model, x, noise, *, n0, n, alpha, batch_size, generator=None):
+        return [Certificate(0, 0.1, 0.9, counts=Counts((n, 0))) for _ in x]
+
+
+def test_counts_that_do_not_fit_the_model_are_refused_naming_the_certifier(tmp_path):
+    from rs_plugins.builtin.gaussian import GaussianNoise
+    from rs_plugins.certify.runner import certify_dataset
+    from rs_plugins.nets import SmallCNN
+    from rs_plugins.results.files import ResultsFile
+    from rs_plugins.sources.data import load_digits
+
+    out = tmp_path / "w.tsv"
+    with ResultsFile(out) as results, CountsLog(counts_path(out), []) as log:
+        with pytest.raises(PluginBuildError, match="returned counts that are not a Counts of 10 votes per pass"):
+            certify_dataset(SmallCNN(), load_digits("test"), GaussianNoise(0.5), WrongCounts(), results, indices=[0],
+                            n0=2, n=4, alpha=0.1, batch_size=8, progress=False, counts_log=log)  # fmt: skip
+    assert read_counts(counts_path(out)) == [] and read_results(out) == []

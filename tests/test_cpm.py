@@ -15,6 +15,7 @@ from rs_plugins import ABSTAIN
 from rs_plugins.builtin.cpm import CpmCertifier, cpm_buckets, cpm_certificates
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.builtin.uniform import UniformNoise
+from rs_plugins.errors import IncompatibleComponentsError
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "cpm_golden.json").read_text())
 
@@ -65,5 +66,5 @@ def test_cpm_bounds_fail_together_at_most_alpha():
 
 
 def test_cpm_refuses_a_noise_it_has_no_radius_for():
-    with pytest.raises(ValueError, match="certifier 'cpm' supports noise \\['gaussian'\\]"):
+    with pytest.raises(IncompatibleComponentsError, match="certifier 'cpm' supports noise \\['gaussian'\\]"):
         CpmCertifier().certify_counts(torch.tensor([[3, 1]]), torch.tensor([[30, 10]]), UniformNoise(0.5), alpha=0.1)

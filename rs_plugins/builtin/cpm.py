@@ -17,9 +17,9 @@ probability lies in some other bucket, whose probability is at least that class'
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
+import numpy as np
 from scipy.stats import norm
 from torch import Tensor, nn
 
@@ -29,7 +29,8 @@ from rs_plugins.certify.from_counts import records
 from rs_plugins.certify.sampling import eval_mode, per_image_generators, sample_counts
 from rs_plugins.certify.smoothing import check_images, check_sampling
 from rs_plugins.certify.stats import clopper_pearson_lower, clopper_pearson_upper
-from rs_plugins.errors import NeedsFreshSamplesError
+from rs_plugins.errors import IncompatibleComponentsError, NeedsFreshSamplesError
+from rs_plugins.results.provenance import describe
 from rs_plugins.types import ABSTAIN, Certificate, CertifierSpec, NoiseSampler
 
 DELATTRE = "Delattre et al., AISTATS 2025 (OpenReview AZ6T7HdCRt)"
@@ -47,16 +48,26 @@ def cpm_buckets(selection: Sequence[int]) -> list[list[int]]:
     return buckets + ([rest] if rest else [])
 
 
-def cpm_bounds(selection: Sequence[int], estimation: Sequence[int], alpha: float) -> tuple[int, float, float]:
-    """The top class, the lower bound on its probability and the upper bound on the runner-up's, each at
-    alpha / (number of buckets)."""
-    buckets = cpm_buckets(selection)
-    n = sum(estimation)
-    level = alpha / len(buckets)
-    votes = [sum(estimation[c] for c in bucket) for bucket in buckets]
-    p_a = float(clopper_pearson_lower(votes[0], n, level))
-    p_b = max(float(clopper_pearson_upper(v, n, level)) for v in votes[1:])
-    return buckets[0][0], p_a, p_b
+def cpm_bounds(selection: Tensor, estimation: Tensor, alpha: float) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Per image of (B, K) votes: the top class, the lower bound on its probability and the upper bound on the
+    runner-up's, each at alpha / (that image's number of buckets). The bounds are computed in one call each."""
+    tops, hits, totals, levels, owners, others = [], [], [], [], [], []
+    for image, (chosen, votes) in enumerate(zip(selection.tolist(), estimation.tolist())):
+        buckets = cpm_buckets(chosen)
+        level, n = alpha / len(buckets), sum(votes)
+        tops.append(buckets[0][0])
+        hits.append(votes[buckets[0][0]])
+        totals.append(n)
+        levels.append(level)
+        for bucket in buckets[1:]:
+            owners.append(image)
+            others.append((sum(votes[c] for c in bucket), n, level))
+    p_a = clopper_pearson_lower(np.array(hits), np.array(totals), np.array(levels))
+    votes, n, level = (np.array(column) for column in zip(*others))
+    upper = clopper_pearson_upper(votes, n, level)
+    p_b = np.full(len(tops), -np.inf)
+    np.maximum.at(p_b, np.array(owners), upper)
+    return tops, p_a, p_b
 
 
 def cpm_certificates(
@@ -64,16 +75,14 @@ def cpm_certificates(
 ) -> list[Certificate]:
     """CPM's certificate per image from (B, K) selection and estimation votes."""
     counts = counts or [None] * len(selection)
-    certificates = []
-    for chosen, votes, record in zip(selection.tolist(), estimation.tolist(), counts):
-        top, p_a, p_b = cpm_bounds(chosen, votes, alpha)
-        radius = sigma / 2 * float(norm.ppf(p_a) - norm.ppf(p_b))
-        samples = sum(chosen) + sum(votes)
-        if math.isnan(radius) or radius < 0:
-            certificates.append(Certificate(ABSTAIN, 0.0, p_a, samples, record))
-        else:
-            certificates.append(Certificate(top, radius, p_a, samples, record))
-    return certificates
+    tops, p_a, p_b = cpm_bounds(selection, estimation, alpha)
+    with np.errstate(invalid="ignore"):
+        radii = sigma / 2 * (norm.ppf(p_a) - norm.ppf(p_b))
+    samples = (selection.sum(1) + estimation.sum(1)).tolist()
+    return [
+        Certificate(c, float(r), float(p), s, rec) if r >= 0 else Certificate(ABSTAIN, 0.0, float(p), s, rec)
+        for c, r, p, s, rec in zip(tops, radii, p_a, samples, counts)
+    ]
 
 
 class CpmCertifier:
@@ -119,7 +128,10 @@ class CpmCertifier:
 
 def _check_noise(noise: NoiseSampler) -> None:
     if not isinstance(noise, GaussianNoise):
-        raise ValueError(f"certifier 'cpm' supports noise ['gaussian'] (its radius is Gaussian); got {noise!r}")
+        what = describe(noise, type(noise).__name__)
+        raise IncompatibleComponentsError(
+            f"certifier 'cpm' supports noise ['gaussian'] (its radius is Gaussian); got {what}"
+        )
 
 
 @rs_plugins.hookimpl

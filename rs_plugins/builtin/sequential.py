@@ -189,7 +189,8 @@ class SequentialCertifier:
         """Replay the looks a sequential run recorded (``rs-plugins recertify``): each image stops at the first look
         this certifier's rule decides, or at the last recorded one. The bounds form a confidence sequence, valid at
         any look, so stopping where the recorded samples end keeps the certificate sound."""
-        if looks is None or not all(looks) or extra is None:
+        planned = ("looks_planned", "n_max")
+        if looks is None or not all(looks) or extra is None or not all(set(planned) <= e.keys() for e in extra):
             raise NeedsFreshSamplesError(
                 "sequential recertifies the counts log of a sequential run, replaying its looks; these counts have "
                 "one fixed-n estimation pass and no looks: recertify them with cohen (or feng, cpm)"

@@ -96,13 +96,17 @@ def parse_counts(line: str, num_classes: int) -> CountsRow:
 
 def _lines(path: Path) -> tuple[list[str], int]:
     """The finished lines after the header (a last line without its newline is a kill mid-write: left out), and
-    the byte length of the finished part."""
+    the byte length of the finished part. Each line starts with its image index."""
     data = path.read_bytes()
     cut = data.rfind(b"\n") + 1
     lines = data[:cut].decode("utf-8").splitlines()
     if lines and tuple(lines[0].split("\t")) != COUNTS_COLUMNS:
         raise ResultsFileError(f"{path} is not a counts log: header {lines[0]!r}; expected {COUNTS_COLUMNS!r}")
-    return [line for line in lines[1:] if line.strip()], cut
+    found = [line for line in lines[1:] if line.strip()]
+    for number, line in enumerate(found, start=2):
+        if not line.split("\t", 1)[0].isdigit():
+            raise ResultsFileError(f"{path}, line {number}: {line[:40]!r} does not start with an image index")
+    return found, cut
 
 
 def read_counts(path: StrPath, num_classes: int | None = None) -> list[CountsRow]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import file_checks
+from ..certify.denoising import smoothing_noise
 from ..certify.execution import add_execution_arguments, execution_from_args
 from ..certify.smoothing import LABEL_CLAIM
 from ..results import provenance
@@ -104,6 +105,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
     settings["model_sha256"] = provenance.weights_sha256(model)  # the weights as loaded; others change the rows
     model = shared.with_denoiser(host, args, model, settings)  # after the hash: the classifier's weights alone
+    noise = smoothing_noise(noise, model)  # noise=authors: drawn at the diffusion's own level
     model = prepare_model(model, device, execution)
     batch_size = args.batch_size
     if batch_size == "auto":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import file_checks
 from ..results.metrics import ACR_CAVEAT, format_quantiles, p_lower_bounds, quantiles
+from ..results.published import format_published, published_for
 from ..results.report import format_provenance, format_table, write_summary
 from .shared import positive_float, radius_arg
 
@@ -50,6 +51,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(format_table(run.rows, args.radii, title, percent=percent) + (f"note: {short}\n" if short else "")
               + (format_quantiles(spread) + "\n" if spread else ""))  # fmt: skip
         print(format_provenance(run.settings) if run.settings else f"provenance: none ({run.path}.json is missing)\n")
+        published = published_for(run.settings)  # e.g. Carlini et al.'s row beside a run with their diffusion model
+        if published is not None:
+            print(format_published(published, run.rows, run.settings))
     notes = [*compare.comparison_notes(runs), ACR_CAVEAT]
     if len(runs) == 1 and not (args.table or args.format):
         print(f"note: {ACR_CAVEAT}")

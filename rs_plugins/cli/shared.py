@@ -50,7 +50,8 @@ def parse_options(pairs: list[str], flag: str) -> dict:
 
 def add_model(p: argparse.ArgumentParser, *, several: bool, required: bool = True, role: str = "") -> None:
     g = p.add_argument_group("model")
-    help_ = role + "robustbench:<name> | package.module:factory | torchscript:<file> | <file>.pt2"
+    help_ = role + "robustbench:<name> | package.module:factory | torchscript:<file> | <file>.pt2 | timm:<name> | "
+    help_ += "hf:<owner>/<name>"
     if several:
         g.add_argument("--model", action="append", required=True, help=help_ + " (repeat to combine with --mixer)")
         g.add_argument("--mixer", help="mixer that combines several --model classifiers")
@@ -197,7 +198,7 @@ def _check_trained(args: argparse.Namespace, source: str, checkpoint: str | None
     TorchScript files and RobustBench models carry their weights (their forms match the factory pattern too)."""
     from ..sources.models import FACTORY_PATTERN
 
-    factory = FACTORY_PATTERN.match(source) and not source.startswith(("robustbench:", "torchscript:"))
+    factory = FACTORY_PATTERN.match(source) and not source.startswith(("robustbench:", "torchscript:", "timm:", "hf:"))
     if checkpoint is None and getattr(args, "random_weights", True) is False and factory:
         raise ValueError(
             f"--model {source} has no --checkpoint, so it would be evaluated with random initial weights; give "

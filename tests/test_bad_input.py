@@ -188,6 +188,19 @@ class Files:
         self.ckpt_dir_foreign.mkdir()
         torch.save({"weights": torch.zeros(1)}, self.ckpt_dir_foreign / "checkpoint.pt")
 
+        self.counts_seq = self._counts("seq.tsv", "0\t3\t3:10\t3:100\t50@3:50;100@3:100\t{\"looks_planned\":2}\n")
+        self.counts_predict = self._counts("pred.tsv", "0\t3\t-\t3:100\t\t\n")
+        self.counts_alone = root / "alone.tsv.counts"  # moved away from its results file and sidecar
+        self.counts_alone.write_text(self.counts_predict.read_text())
+        self.counts_twice = self._counts("twice.tsv", "0\t3\t3:10\t3:100\t\t\n" * 2)
+
+    def _counts(self, name, lines) -> Path:
+        """A counts log and its results file's sidecar (gaussian, sigma 0.25, ten classes)."""
+        sidecar = '{"noise": "gaussian", "sigma": 0.25, "alpha": 0.001, "n": 100, "provenance": {"num_classes": 10}}'
+        (self.root / f"{name}.json").write_text(sidecar)
+        (self.root / f"{name}.counts").write_text("idx\tlabel\tselection\testimation\tlooks\textra\n" + lines)
+        return self.root / f"{name}.counts"
+
     def _data(self, name, x, y) -> Path:
         torch.save({"x": x, "y": y}, self.root / name)
         return self.root / name
@@ -706,6 +719,35 @@ CASES: list[Case] = [
     cli_case("train-denoiser-init-other", "train-denoiser", "`--init model.pt`, a classifier's state dict",
              "--init: another architecture's weights in", "--data", "digits", "--sigma", "0.25", "--init",
              lambda f: f.ckpt, "--checkpoint-dir", lambda f: f.root / "d", *FAST),
+    # certifying from stored counts (recertify) and the soundness bench
+    cli_case("counts-log-choice", "certify", "`--counts-log off`", "argument --counts-log: invalid choice: 'off'",
+             *certify_args_lazy(), "--counts-log", "off"),
+    cli_case("recertify-no-counts", "recertify", "a results file without its counts log",
+             "no counts log", lambda f: f.root / "no_such.tsv", "--out", lambda f: f.root / "u.tsv"),
+    cli_case("recertify-no-sidecar", "recertify", "a counts log moved away from its results file's `.json`",
+             "is missing or records no noise, sigma and alpha, which recertify needs",
+             lambda f: f.counts_alone, "--out", lambda f: f.root / "u.tsv"),
+    cli_case("recertify-fresh-only", "recertify", "`--certifier NAME` whose certifier has no certify_counts()",
+             "has no certify_counts(): it needs fresh samples", lambda f: f.counts_predict, "--certifier",
+             "nan_radius", "--out", lambda f: f.root / "u.tsv"),
+    cli_case("recertify-sequential-counts", "recertify", "a sequential run's counts with `--certifier cohen`",
+             "would not be valid on them (optional stopping): recertify them with sequential",
+             lambda f: f.counts_seq, "--out", lambda f: f.root / "u.tsv"),
+    cli_case("recertify-no-selection", "recertify", "a predict run's counts with `--certifier cohen` (class from n0)",
+             "these counts have none (the run used class_selection=label, or was a predict run)",
+             lambda f: f.counts_predict, "--out", lambda f: f.root / "u.tsv"),
+    cli_case("recertify-mixed-soft", "recertify", "`--certifier mixed --certifier-option votes=soft`",
+             "votes=soft averages the robust member's softmax outputs, which no counts log holds",
+             lambda f: f.counts_predict, "--certifier", "mixed", "--certifier-option", "votes=soft", "--out",
+             lambda f: f.root / "u.tsv"),
+    cli_case("recertify-image-twice", "recertify", "a counts log with an image twice (edited)",
+             "image 0 appears twice; the file was edited", lambda f: f.counts_twice, "--out",
+             lambda f: f.root / "u.tsv"),
+    api_case("recertify-options-with-built", "`rs.recertify`", "`options=` with a built certifier",
+             "options are for a certifier given by name",
+             lambda f: rs_plugins.recertify(f.counts_predict, gaussian.CohenCertifier(), options={"x": 1})),
+    cli_case("check-certifier-unknown", "check-certifier", "`check-certifier cohn`",
+             "no certifier named 'cohn'. Did you mean 'cohen'?", "cohn"),
     cli_case("mixed-with-denoiser", "certify", "`--certifier mixed` with `--denoiser`",
              "--certifier mixed with --denoiser: the mixed certificate smooths the mixture's robust member",
              *TWO_MODELS, "--mixer", "mix", "--mixer-option", "alpha=0.8", "--certifier", "mixed", "--data",

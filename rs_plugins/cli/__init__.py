@@ -1,4 +1,5 @@
-"""``rs-plugins``: list plugins, train (classifiers, denoisers), certify, predict, attack, report, and a demo."""
+"""``rs-plugins``: list plugins, train (classifiers, denoisers), certify, predict, recertify, check a certifier, attack,
+report, and a demo."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from .. import __version__
 from ..errors import RsPluginError
 from ..sources import fetch
 from ..sources.zoo import ZOO_DIR_ENV
-from . import adaptive, attack, certify, confidence, denoiser, plugins, report, train, zoo
+from . import adaptive, attack, certify, confidence, denoiser, plugins, recertify, report, train, zoo
 from .attack import cmd_attack
 from .certify import cmd_certify
 from .plugins import cmd_demo, cmd_plugins
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins.add_plugins(sub)
     certify.add_certify(sub)
+    recertify.add_commands(sub)  # recertify (from a counts log) and check-certifier (the soundness bench)
     attack.add_attack(sub)
     train.add_train(sub)
     confidence.add_confidence(sub)  # predict-confidence (CAT-RS's p_b)

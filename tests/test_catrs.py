@@ -19,8 +19,9 @@ from torch.utils.data import TensorDataset
 
 from rs_plugins.builtin.catrs import CatrsLoss, budget, low_confidence_loss, noise_adversary, restandardise
 from rs_plugins.builtin.gaussian import GaussianNoise
+from rs_plugins.certify.confidence import read_confidence_targets
 from rs_plugins.certify.distributed import World, shard
-from rs_plugins.certify.runner import confidence_dataset, read_confidence_targets
+from rs_plugins.certify.runner import confidence_dataset
 from rs_plugins.certify.sharding import partial_path
 from rs_plugins.cli import main
 from rs_plugins.errors import PluginBuildError, ResultsFileError

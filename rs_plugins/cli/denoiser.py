@@ -57,6 +57,7 @@ def add_train_denoiser(sub) -> None:
     p.set_defaults(func=cmd_train_denoiser)
 
 
+@shared.writes("checkpoint_dir", folder=True)
 def cmd_train_denoiser(args: argparse.Namespace) -> int:
     import os
 

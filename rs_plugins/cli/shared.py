@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
+import os
 
 from .. import file_checks, validation
 from ..certify.execution import batch_size_arg
 from ..host import Host  # the commands call shared.Host(): one place a test swaps in its own host
 from ..results import provenance
+from ..results.writer_lock import one_writer
 from ..types import ModelRequest
 
 SEED_HELP = "seed; each image's noise is seeded from (seed, index), so reruns and resumed runs agree"
@@ -18,6 +22,25 @@ SEED_HELP = "seed; each image's noise is seeded from (seed, index), so reruns an
 positive_int = validation.positive_int
 positive_float = validation.positive_float
 probability_arg = validation.probability
+
+
+def writes(dest: str, *, folder: bool = False):
+    """Decorator for a command that appends to or resumes the file (or folder) of option ``dest``: before anything
+    else, check the path and take its writer lock in the main process (torchrun's rank 0), held until the command
+    returns, so a second process on the same output is refused before it loads a model."""
+
+    def decorate(command):
+        @functools.wraps(command)
+        def run(args: argparse.Namespace) -> int:
+            path, flag = getattr(args, dest), "--" + dest.replace("_", "-")
+            (file_checks.check_output_dir if folder else file_checks.check_output_file)(path, flag)
+            main = int(os.environ.get("RANK", "0")) == 0  # the other processes lock their part files only
+            with one_writer(path, flag, folder=folder) if main else contextlib.nullcontext():
+                return command(args)
+
+        return run
+
+    return decorate
 
 
 def radius_arg(text: str) -> float:

@@ -73,6 +73,7 @@ def held_out_data(host: shared.Host, args: argparse.Namespace, dataset):
     return dataset, None
 
 
+@shared.writes("checkpoint_dir", folder=True)
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 

@@ -41,7 +41,7 @@ from ..certify.smoothing import check_images
 from ..errors import TrainingDivergedError
 from ..file_checks import load_weights_only
 from ..validation import MAX_SEED, CheckedNoise, check_integer, check_number
-from .checkpoints import CHECKPOINT, derived_seed, read_log, resume, save_checkpoint, write_log
+from .checkpoints import CHECKPOINT, derived_seed, one_writer_per_folder, read_log, resume, save_checkpoint, write_log
 from .config import PRECISIONS
 from .held_out import VAL_IMAGES, spread_indices
 
@@ -235,6 +235,7 @@ def held_out_metrics(
     return {k: sums[k] / len(indices) for k in keys}
 
 
+@one_writer_per_folder
 def train_denoiser(
     denoiser: DnCNN,
     dataset: Dataset,

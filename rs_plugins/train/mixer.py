@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..validation import MAX_SEED, check_integer, check_number
-from .checkpoints import CHECKPOINT, derived_seed, read_log, resume, save_checkpoint, write_log
+from .checkpoints import CHECKPOINT, derived_seed, one_writer_per_folder, read_log, resume, save_checkpoint, write_log
 from .config import PRECISIONS
 from .smoothed_pgd import import_torchattacks
 
@@ -172,6 +172,7 @@ class _eval:
         self.model.train(self.was_training)
 
 
+@one_writer_per_folder
 def train_mixer(
     mixer: nn.Module,
     dataset: Dataset,

@@ -228,8 +228,9 @@ def api_case(id, where, given, expect, run):
     return Case(id, where, given, expect, run)
 
 
-CERTIFY = [*MODEL, "--random-weights", "--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "2"]
-PREDICT = [*MODEL, "--random-weights", "--data", "digits", "--sigma", "0.25", "--n", "20", "--limit", "2"]
+CERTIFY = [*MODEL, "--factory-weights", "--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10",
+           "--limit", "2"]
+PREDICT = [*MODEL, "--factory-weights", "--data", "digits", "--sigma", "0.25", "--n", "20", "--limit", "2"]
 TWO_MODELS = ["--model", "rs_plugins.nets:SmallCNN", "--checkpoint", lambda f: f.ckpt, "--model",
               "rs_plugins.nets:SmallCNN", "--checkpoint", lambda f: f.ckpt, "--model-kwargs", '{"width": 4}']
 TRAIN = [*MODEL, "--data", "digits", "--sigma", "0.25", "--epochs", "1", "--checkpoint-dir", lambda f: f.root / "t"]
@@ -352,7 +353,7 @@ CASES: list[Case] = [
     # labels: checked against the model's number of classes
     cli_case("data-label-minus-one", "certify", "`--data` file with a label -1",
              "has label -1 (image 2); labels must be integers in 0..K-1, the classes of the model",
-             *MODEL, "--random-weights", "--data", lambda f: f.minus_one, "--sigma", "0.25",
+             *MODEL, "--factory-weights", "--data", lambda f: f.minus_one, "--sigma", "0.25",
              "--out", lambda f: f.root / "u.tsv"),
     cli_case("data-label-42", "certify", "`--data` file with a label 42, 10-class model",
              "label 42 of image 1 is outside 0..9, the classes of a model with 10 logits",
@@ -373,7 +374,7 @@ CASES: list[Case] = [
              "label 3 / predict 42 is not one of the model's 10 classes", lambda f: f.bad_class),
     # models that misbehave
     cli_case("nan-logits", "certify", "a model whose logits are NaN",
-             "returned non-finite logits (NaN or inf) on noisy inputs", "--random-weights",
+             "returned non-finite logits (NaN or inf) on noisy inputs", "--factory-weights",
              "--model", "test_bad_input:NaNModel",
              "--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "1",
              "--out", lambda f: f.root / "nan.tsv"),
@@ -449,12 +450,12 @@ CASES: list[Case] = [
     cli_case("mixer-option-unknown", "certify", "`--mixer mean --mixer-option weight=2`",
              "mixer 'mean' from plugin broken_plugin has no option 'weight' (--mixer-option); accepted: weights",
              "--model", "rs_plugins.nets:SmallCNN", "--model", "rs_plugins.nets:SmallCNN", "--mixer", "mean",
-             "--random-weights", "--mixer-option", "weight=2", "--data", "digits", "--sigma", "0.25",
+             "--factory-weights", "--mixer-option", "weight=2", "--data", "digits", "--sigma", "0.25",
              "--out", lambda f: f.root / "o.tsv"),
     cli_case("model-kwargs-unknown", "certify", "`--model-kwargs '{\"depth\": 3}'`",
              "--model-kwargs depth: not an option of --model rs_plugins.nets:SmallCNN; accepted: in_channels, "
              "num_classes, width", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"depth": 3}',
-             "--random-weights", "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "o.tsv"),
+             "--factory-weights", "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "o.tsv"),
     api_case("api-noise-option-unknown", "`Host.noise`", "`host.noise('gaussian', sigma=0.25, scale=2)`",
              "has no option 'scale' (--noise-option); accepted: sigma",
              lambda f: host().noise("gaussian", sigma=0.25, scale=2)),
@@ -580,7 +581,7 @@ CASES: list[Case] = [
              "has no --checkpoint, so it would be evaluated with random initial weights; give --checkpoint FILE",
              *MODEL, "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
     cli_case("untrained-factory-predict", "predict", "a factory `--model` without `--checkpoint`",
-             "or --random-weights to evaluate it untrained", *MODEL, "--data", "digits", "--sigma", "0.25",
+             "or --factory-weights to evaluate it untrained", *MODEL, "--data", "digits", "--sigma", "0.25",
              "--out", lambda f: f.root / "u.tsv"),
     cli_case("data-shape-mismatch", "train", "`--model rs_plugins.nets:cifar_resnet110 --data digits`",
              "--data images have shape 1x8x8 (CxHxW), but model 'rs_plugins.nets:cifar_resnet110' takes 3x32x32",
@@ -613,7 +614,7 @@ CASES: list[Case] = [
              "--model", "rs_plugins.nets:lenet", "--checkpoint", lambda f: f.ckpt, "--data", "digits",
              "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
     cli_case("nan-logits-accepted", "predict", "a model whose logits are NaN",
-             "A model must return finite logits for images in [0, 1]", "--random-weights", "--model",
+             "A model must return finite logits for images in [0, 1]", "--factory-weights", "--model",
              "test_bad_input:NaNModel", "--data", "digits", "--sigma", "0.25", "--n", "20", "--limit", "1",
              "--out", lambda f: f.root / "nan_predict.tsv"),
     api_case("api-nan-logits-accepted", "`SmoothedClassifier.predict`", "a model whose logits are NaN",
@@ -645,7 +646,7 @@ CASES: list[Case] = [
              *certify_args_lazy(), "--denoiser", lambda f: f"diffusion:{f.ckpt}"),
     cli_case("denoiser-sigma-too-large", "certify", "`--sigma 100 --denoiser diffusion:DIR`",
              "2 sigma = 200 exceeds the largest noise level of the diffusion schedule",
-             *MODEL, "--random-weights", "--data", "digits", "--sigma", "100", "--n", "20", "--n0", "10",
+             *MODEL, "--factory-weights", "--data", "digits", "--sigma", "100", "--n", "20", "--n0", "10",
              "--limit", "1", "--out", lambda f: f.root / "u.tsv", "--denoiser", diffusion),
     cli_case("denoiser-wrong-channels", "certify", "an RGB diffusion model on 1-channel digits",
              "the UNet takes 3-channel images; the data has 1 channels",
@@ -658,7 +659,7 @@ CASES: list[Case] = [
              "--denoiser", "diffusion:"),
     cli_case("denoiser-no-sigma", "attack", "`--denoiser` without `--sigma`",
              "--denoiser denoises the smoothing noise: give --sigma",
-             *MODEL, "--random-weights", "--data", "digits", "--attack", "PGD", "--eps", "0.1", "--limit", "1",
+             *MODEL, "--factory-weights", "--data", "digits", "--attack", "PGD", "--eps", "0.1", "--limit", "1",
              "--denoiser",
              "bad_shape", "--device", "cpu", "--no-progress", "--out", lambda f: f.root / "u.tsv"),
     cli_case("denoiser-bad-shape", "certify", "a plugin denoiser whose output has another shape",

@@ -22,7 +22,6 @@ def add_train_denoiser(sub) -> None:
     p = sub.add_parser("train-denoiser", help="train a DnCNN denoiser (mse or stability) for --denoiser dncnn:")
     shared.add_model(p, several=False, required=False, role="frozen classifier (needed by --objective stability; "
                       "adds its accuracy to the log): ")  # fmt: skip
-    p.add_argument("--random-weights", action="store_true", help="allow a factory --model without --checkpoint")
     shared.add_data(p, "train")
     p.add_argument("--sigma", type=shared.positive_float, required=True, help="noise level in [0, 1] pixel units")
     p.add_argument("--noise", default="gaussian", help="noise sampler (default gaussian)")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import file_checks
+from ..errors import ResultsFileError
 from ..results.report import format_provenance, format_table, write_summary
 from .shared import positive_float, radius_arg
 
@@ -36,6 +37,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     file_checks.check_plot_path(args.plot)
     fmt = compare.table_format(args.table, args.format)
     runs = compare.load_runs(args.results, args.label, sigma=args.sigma, noise=args.noise)  # one norm only
+    for run in runs:
+        if not run.rows:
+            raise ResultsFileError(f"{run.path} has its header but no rows yet (a run that has not finished an "
+                                   "image, or an empty file): nothing to report")  # fmt: skip
     percent = not args.fractions
     for run in runs:
         claim = f"\n{run.settings['certifies']}" if "certifies" in run.settings else ""

@@ -71,7 +71,18 @@ def parse_options(pairs: list[str], flag: str) -> dict:
     return options
 
 
-def add_model(p: argparse.ArgumentParser, *, several: bool, required: bool = True, role: str = "") -> None:
+FACTORY_WEIGHTS_HELP = (
+    "use a package.module:factory --model without --checkpoint, with the weights its factory builds: its own (a "
+    "factory that loads or sets them) or random initial ones (an untrained model, e.g. for benchmarks); without it "
+    "such a model is refused. Also spelled --random-weights (its former name)"
+)
+
+
+def add_model(
+    p: argparse.ArgumentParser, *, several: bool, required: bool = True, role: str = "", evaluates: bool = True
+) -> None:
+    """The --model options; ``evaluates``: the command runs the model as given (not training it from scratch), so a
+    factory without --checkpoint needs --factory-weights."""
     g = p.add_argument_group("model")
     help_ = role + "robustbench:<name> | package.module:factory | torchscript:<file> | <file>.pt2"
     if several:
@@ -90,13 +101,11 @@ def add_model(p: argparse.ArgumentParser, *, several: bool, required: bool = Tru
             "--checkpoint", help="state dict (loaded with weights_only=True) for a package.module:factory model"
         )
         g.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for the factory")
-    if several:  # the evaluating commands: a factory without --checkpoint would evaluate random weights
-        g.add_argument(
-            "--random-weights",
-            action="store_true",
-            help="allow a package.module:factory --model without --checkpoint (randomly initialised weights, e.g. for "
-            "benchmarks); without it such a model is refused",
-        )
+    if evaluates:  # a factory without --checkpoint would be evaluated with the weights it builds
+        g.add_argument("--factory-weights", "--random-weights", dest="factory_weights", action="store_true",
+                       help=FACTORY_WEIGHTS_HELP)  # fmt: skip
+    else:  # train: the factory's initial weights are where training starts
+        p.set_defaults(factory_weights=True)
     g.add_argument("--dataset", default="cifar10", help="RobustBench data set (default cifar10)")
     g.add_argument("--threat-model", default="L2", help="RobustBench threat model (default L2)")
     g.add_argument("--model-dir", default="./models", help="RobustBench checkpoint folder (default ./models)")
@@ -215,21 +224,9 @@ def kwargs_per_model(args: argparse.Namespace) -> list[dict]:
     return kwargs
 
 
-def _check_trained(args: argparse.Namespace, source: str, checkpoint: str | None) -> None:
-    """Refuse evaluating a factory model without weights: its results would look plausible and mean nothing.
-    TorchScript files and RobustBench models carry their weights (their forms match the factory pattern too)."""
-    from ..sources.models import FACTORY_PATTERN
-
-    factory = FACTORY_PATTERN.match(source) and not source.startswith(("robustbench:", "torchscript:"))
-    if checkpoint is None and getattr(args, "random_weights", True) is False and factory:
-        raise ValueError(
-            f"--model {source} has no --checkpoint, so it would be evaluated with random initial weights; give "
-            "--checkpoint FILE (e.g. model.pt from rs-plugins train), or --random-weights to evaluate it untrained"
-        )
-
-
 def load_model(host: Host, args: argparse.Namespace, source: str, position: int = 0):
-    _check_trained(args, source, checkpoint_list(args)[position])
+    """The ``position``-th --model with its --checkpoint and --model-kwargs; a factory without --checkpoint is
+    refused unless --factory-weights (``sources.models.refuse_untrained``: the rule the Python API applies too)."""
     request = ModelRequest(
         source,
         checkpoint_list(args)[position],
@@ -238,6 +235,7 @@ def load_model(host: Host, args: argparse.Namespace, source: str, position: int 
         args.threat_model,
         args.model_dir,
         trust=args.trust_model_file,
+        factory_weights=args.factory_weights,
     )
     return host.load_model(request)
 
@@ -254,7 +252,14 @@ def build_classifier(host: Host, args: argparse.Namespace, mixer_options: dict):
     checkpoint_list(args), kwargs_per_model(args)  # counts checked before any model is loaded
     models = [load_model(host, args, source, i) for i, source in enumerate(args.model)]
     if args.mixer:
-        return host.mixer(args.mixer, models, **mixer_options)
+        mixer = host.mixer(args.mixer, models, **mixer_options)
+        if hasattr(mixer, "trainable") and mixer_options.get("checkpoint") is None and not args.factory_weights:
+            raise ValueError(
+                f"--mixer {args.mixer} has no --mixer-option checkpoint=MIXING_PT, so its mixing network would run "
+                "with random initial weights; train it with rs-plugins train-mixer and give the mixing.pt it writes, "
+                "or --factory-weights to evaluate it untrained"
+            )
+        return mixer
     if len(models) > 1:
         mixers = ", ".join(host.names("mixer")) or "none installed"
         raise ValueError(f"{len(models)} --model given; combine them with --mixer (available: {mixers})")

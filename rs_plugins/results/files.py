@@ -206,17 +206,21 @@ def unique_rows(path: StrPath, rows: list) -> list:
     if not extra:
         return rows
     keys = list(dict.fromkeys(row.key for row in extra))
+    pair, one = isinstance(keys[0], tuple), len(keys) == 1
+    what = ("(image, eps) pair" if one else "(image, eps) pairs") if pair else "image index" if one else "image indices"
+    what += " appears" if one else " appear"
     differ = [row.key for row in extra if replace(row, seconds=0.0) != replace(first[row.key], seconds=0.0)]
     if differ:
+        count = sum(row.key == differ[0] for row in rows)
         msg = (
-            f"{path} has {len(keys)} {'key' if len(keys) == 1 else 'keys'} on more than one row, with different "
-            f"results (first: {_describe_key(differ[0])}); each image must appear once, or it is counted twice. Two "
-            "processes wrote it at once, or it was edited: keep one row per image, or move it away and rerun"
+            f"{path}: {_describe_key(differ[0])} is on {count} rows with different results ({len(keys)} {what} "
+            "more than once); each must appear once, or it is counted twice. Two processes wrote the file at once, "
+            "or it was edited: keep one row each, or move the file away and rerun"
         )
         raise ResultsFileError(msg)
-    print(f"rs-plugins: note: {path}: {len(keys)} {'key appears' if len(keys) == 1 else 'keys appear'} on more "
-          f"than one row with identical results (first: {_describe_key(keys[0])}; two processes wrote the file at "
-          "once); each is counted once", file=sys.stderr)  # fmt: skip
+    print(f"rs-plugins: note: {path}: {len(keys)} {what} on more than one row with identical results (first: "
+          f"{_describe_key(keys[0])}): two processes wrote the file at once; each is counted once",
+          file=sys.stderr)  # fmt: skip
     return list(first.values())
 
 

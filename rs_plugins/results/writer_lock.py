@@ -35,7 +35,8 @@ class WriterLock:
     """The lock on ``target`` held by this process until ``release()`` (or the end of a ``with`` block).
 
     Args:
-        target: the results file, or the checkpoint folder (``folder=True``, created if missing).
+        target: the results file, or the checkpoint folder (``folder=True``). Folders missing for the lock file are
+            created, and removed again on release if nothing was written in them.
         option: the flag that named it (``--out``, ``--checkpoint-dir``), for the message.
 
     Raises:
@@ -45,11 +46,8 @@ class WriterLock:
     def __init__(self, target: str | os.PathLike, option: str = "--out", *, folder: bool = False) -> None:
         self._held = False
         self.target, self.option = Path(target), option
-        if folder:
-            self.target.mkdir(parents=True, exist_ok=True)
-        else:
-            self.target.absolute().parent.mkdir(parents=True, exist_ok=True)
         self.path = lock_path(self.target, folder=folder)
+        self._created: list[Path] = []  # folders made for the lock file, removed again if the run left them empty
         self._key = os.path.realpath(self.path)
         if self._key in _HELD:
             _HELD[self._key][1] += 1
@@ -59,12 +57,19 @@ class WriterLock:
 
     def _acquire(self) -> int | None:
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            missing = [p for p in self.path.absolute().parents if not p.exists()]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._created += reversed(missing)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # a finishing holder removed the emptied folder just now: make it again
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _holder(fd)
                 os.close(fd)
+                self._remove_created()
                 raise OutputInUseError(self._refusal(holder)) from None
             except OSError as err:  # ENOLCK, ENOSYS, EOPNOTSUPP: a file system without flock
                 os.close(fd)
@@ -72,6 +77,7 @@ class WriterLock:
                       f"support flock, so a second process writing {self.option} {self.target} would not be "
                       "refused; start one run per output (report refuses a file whose images appear twice)",
                       file=sys.stderr)  # fmt: skip
+                self.path.unlink(missing_ok=True)
                 return None
             try:  # a holder that released it may have removed the file between our open and flock: retry
                 current = os.path.samestat(os.fstat(fd), os.stat(self.path))
@@ -86,6 +92,17 @@ class WriterLock:
         os.ftruncate(fd, 0)
         os.write(fd, (json.dumps(record) + "\n").encode())
         return fd
+
+    def _remove_created(self) -> None:
+        """Remove the folders this lock created where nothing else was put in them (a refused or failed run)."""
+        for folder in reversed(self._created):
+            try:
+                folder.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:  # not empty: the run wrote its results there
+                break
+        self._created = []
 
     def _refusal(self, holder: dict) -> str:
         who = "another process"
@@ -111,6 +128,7 @@ class WriterLock:
         if entry[0] is not None:
             self.path.unlink(missing_ok=True)  # while still locked: a waiting opener retries on a fresh file
             os.close(entry[0])
+        self._remove_created()
 
     def __enter__(self) -> WriterLock:
         return self

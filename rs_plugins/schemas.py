@@ -46,8 +46,6 @@ IntList = Annotated[list, Rule("a list of integers > 0", lambda v: isinstance(v,
     _int(i) and i > 0 for i in v))]  # fmt: skip
 TextList = Annotated[list, Rule("a list of strings", lambda v: isinstance(v, list) and all(
     isinstance(i, str) for i in v))]  # fmt: skip
-SampleSize = Annotated[int, Rule("an integer > 0 or a list of two", lambda v: (_int(v) and v > 0) or (
-    isinstance(v, list) and len(v) == 2 and all(_int(i) and i > 0 for i in v)))]  # fmt: skip
 
 
 class Provenance(TypedDict, total=False):
@@ -126,7 +124,6 @@ class DiffusersUNetConfig(TypedDict, total=False):
 
     in_channels: PositiveInt
     out_channels: PositiveInt
-    sample_size: SampleSize | None
     block_out_channels: IntList
     layers_per_block: PositiveInt
     norm_num_groups: PositiveInt

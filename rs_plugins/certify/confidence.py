@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import ResultsFileError
-from ..results.files import read_confidence, read_sidecar, sidecar_path
-from ..schemas import ConfidenceSidecar, check_record
+from ..results.files import read_confidence
+from ..results.sidecars import load_sidecar, sidecar_path
+from ..schemas import ConfidenceSidecar
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -36,11 +37,10 @@ def read_confidence_targets(path: str | os.PathLike, dataset: Dataset, num_class
     if not path.is_file():
         what = "a folder" if path.is_dir() else "no such file"
         raise FileNotFoundError(f"{option}: {path} is {what}; give the votes file, {WRITE_IT}")
-    sidecar = read_sidecar(path)
+    sidecar = load_sidecar(path, ConfidenceSidecar, option)
     if sidecar is None:
         msg = f"{option}: {path} has no settings file {sidecar_path(path).name} recording its data and n; "
         raise ResultsFileError(msg + WRITE_IT)
-    sidecar = check_record(sidecar, ConfidenceSidecar, f"{option}: {sidecar_path(path)}")
     stored, wanted = sidecar["data_identity"], data_identity(dataset)
     if stored != wanted:
         msg = (

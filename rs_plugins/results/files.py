@@ -171,7 +171,7 @@ def load_rows(path: Path) -> tuple[tuple[str, ...], list[Row], int]:
     header = tuple(lines[0].split("\t"))
     if header not in (*RESULTS_COLUMNS, LEGACY_CERTIFY_COLUMNS):
         msg = f"{path} is not a results file: header {header!r}; expected {CERTIFY_COLUMNS!r} (or without samples), "
-        raise ResultsFileError(msg + f"{PREDICT_COLUMNS!r} or {ATTACK_COLUMNS!r}")
+        raise ResultsFileError(msg + f"{PREDICT_COLUMNS!r}, {ATTACK_COLUMNS!r} or {CONFIDENCE_COLUMNS!r}")
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():

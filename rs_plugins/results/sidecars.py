@@ -23,6 +23,21 @@ def sidecar_path(path: StrPath) -> Path:
     return Path(path).with_name(Path(path).name + ".json")
 
 
+def load_sidecar(path: StrPath, schema: type = ResultsSidecar, where: str = "") -> dict[str, Any] | None:
+    """The sidecar of ``path`` checked against ``schema``, or None if there is none; ``ResultsFileError`` naming the
+    file (after ``where``, e.g. the option) and the field if it is not JSON or a field is of the wrong kind."""
+    side = sidecar_path(path)
+    if not side.exists():
+        return None
+    prefix = f"{where}: {side}" if where else str(side)
+    try:
+        return check_record(json.loads(side.read_text(encoding="utf-8")), schema, prefix)
+    except json.JSONDecodeError as err:
+        raise ResultsFileError(f"{prefix} is not valid JSON ({err})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ResultsFileError(f"{prefix}: cannot read it ({err})") from None
+
+
 def read_sidecar(path: StrPath, *, unreadable_ok: bool = False) -> dict[str, Any] | None:
     """The settings and provenance stored next to a results file, or None if it has none (e.g. a paper repo's).
 
@@ -30,20 +45,10 @@ def read_sidecar(path: StrPath, *, unreadable_ok: bool = False) -> dict[str, Any
     refused naming the file and the field; with ``unreadable_ok`` (the caller was given the settings another way)
     a warning is printed and None returned instead.
     """
-    side = sidecar_path(path)
-    if not side.exists():
-        return None
     try:
-        text = side.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        problem: Exception = ResultsFileError(f"{side}: cannot read it ({err})")
-    else:
-        try:
-            return check_record(json.loads(text), ResultsSidecar, str(side))
-        except json.JSONDecodeError as err:
-            problem = ResultsFileError(f"{side} is not valid JSON ({err})")
-        except ResultsFileError as err:
-            problem = err
+        return load_sidecar(path)
+    except ResultsFileError as err:
+        problem = err
     if unreadable_ok:
         print(f"rs-plugins: warning: {problem}; the settings of {path} are taken from the options given instead",
               file=sys.stderr)  # fmt: skip

@@ -40,6 +40,7 @@ from ..certify.sampling import eval_mode
 from ..certify.smoothing import check_images
 from ..errors import TrainingDivergedError
 from ..file_checks import load_weights_only
+from ..schemas import DnCNNFile, check_record
 from ..validation import MAX_SEED, CheckedNoise, check_integer, check_number
 from .checkpoints import CHECKPOINT, derived_seed, one_writer_per_folder, read_log, resume, save_checkpoint, write_log
 from .config import PRECISIONS
@@ -122,7 +123,8 @@ def _state_dict(path: Path, option: str) -> tuple[dict[str, Tensor], dict[str, A
     if not isinstance(found, dict):
         raise ValueError(f"{option}: {path} holds a {type(found).__name__}; expected {EXPECTED}")
     meta: dict[str, Any] = {}
-    if found.get("format") == FORMAT:  # ours
+    if found.get("format") == FORMAT:  # ours: its fields checked, one line naming the file and the field
+        check_record(found, DnCNNFile, f"{option}: {path}", ValueError)
         meta = {k: v for k, v in found.items() if k not in ("format", "state_dict")}
         state = found["state_dict"]
     elif "state_dict" in found and "arch" in found:  # the authors' train_denoiser.py checkpoint

@@ -8,6 +8,7 @@ predicts epsilon, and x0 = (x_t - sqrt(1 - abar_t*) eps) / sqrt(abar_t*), clippe
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rs_plugins.schemas import DiffusersSchedulerConfig, DiffusersUNetConfig, check_record
 from rs_plugins.validation import check_number
 
 OPTION = "--denoiser diffusion:DIR"
@@ -35,10 +37,21 @@ def _folders(path: str) -> tuple[Path, Path]:
         raise ValueError(f"{OPTION}: no directory {path!r}; give {LOADS}")
     for unet, scheduler in ((root, root), (root / "unet", root / "scheduler")):
         if (unet / "config.json").is_file() and (scheduler / "scheduler_config.json").is_file():
+            _check_config(unet / "config.json", DiffusersUNetConfig)
+            _check_config(scheduler / "scheduler_config.json", DiffusersSchedulerConfig)
             return unet, scheduler
     raise ValueError(
         f"{OPTION}: {path!r} is not a diffusers folder (no config.json + scheduler_config.json); give {LOADS}"
     )
+
+
+def _check_config(path: Path, schema: type) -> None:
+    """The fields of a diffusers config the denoiser relies on, with one line naming the file and the field."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{OPTION}: cannot read {path} as JSON ({err}); give {LOADS}") from None
+    check_record(record, schema, f"{OPTION}: {path}", ValueError)
 
 
 def timestep_for(alphas_cumprod: Tensor, sigma: float) -> int:

@@ -180,7 +180,7 @@ def _check(value: Any, hint: Any, field: str, where: str, error: type[Exception]
                 _check(value, option, field, where, error)
                 return
             except error:
-                if len(fits) == 1:
+                if len(fits) == 1 and get_origin(option) is not Annotated:  # a nested record: its own message
                     raise
         _fail(value, field, _expected(hint), where, error)
     if origin is list:

@@ -10,6 +10,7 @@ raise a ValueError, an ``RsPluginError`` or an OSError whose message holds the e
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -184,6 +185,8 @@ class Files:
         self.ckpt_dir_corrupt = root / "corrupt_ckpt"
         self.ckpt_dir_corrupt.mkdir()
         (self.ckpt_dir_corrupt / "checkpoint.pt").write_bytes(b"PK\x03\x04 half a zip")
+        self.binary = root / "binary.tsv"
+        self.binary.write_bytes(bytes(range(255, -1, -1)))
         self.ckpt_dir_foreign = root / "foreign_ckpt"
         self.ckpt_dir_foreign.mkdir()
         torch.save({"weights": torch.zeros(1)}, self.ckpt_dir_foreign / "checkpoint.pt")
@@ -298,6 +301,54 @@ def dncnn_file(f: Files) -> Path:
     path = f.root / "dncnn.pt"
     if not path.exists():
         torch.save({"format": FORMAT, "state_dict": DnCNN(1, depth=3, width=4).state_dict()}, path)
+    return path
+
+
+def edited_sidecar(f: Files, name: str, text: str) -> Path:
+    """A certify TSV with one row whose sidecar holds ``text``."""
+    path = f._tsv(f"{name}.tsv", "0\t3\t3\t0.5\t1\t0:00:01\t100\n")
+    (f.root / f"{name}.tsv.json").write_text(text)
+    return path
+
+
+def p_b_file(f: Files, name: str, side: dict | None = None, row: str | None = None) -> Path:
+    """A p_b votes file of digits' training split (4 votes for each label), its sidecar's fields replaced by
+    ``side``, its first row by ``row`` (idx, label, counts)."""
+    from rs_plugins.sources.data import data_identity, load_digits
+
+    data = load_digits("train")
+    labels = [int(y) for y in data.tensors[1]]
+    path = f.root / f"p_b_{name}.tsv"
+    lines = [f"{i}\t{y}\t{y}:4\t0:00:00.1\n" for i, y in enumerate(labels)]
+    if row is not None:
+        lines[0] = row + "\t0:00:00.1\n"
+    path.write_text("\t".join(CONFIDENCE_COLUMNS) + "\n" + "".join(lines))
+    record = {"n": 4, "num_classes": 10, "data_identity": data_identity(data)} | (side or {})
+    (f.root / f"p_b_{name}.tsv.json").write_text(json.dumps(record))
+    return path
+
+
+def dncnn_edited(f: Files, name: str, state: bool = True, **fields) -> Path:
+    """A train-denoiser file with ``fields`` set, without its state dict unless ``state``."""
+    from rs_plugins.train.denoiser import FORMAT, DnCNN
+
+    path = f.root / f"dncnn_{name}.pt"
+    record = {"format": FORMAT, "sigma": 0.25} | fields
+    if state:
+        record["state_dict"] = DnCNN(1, depth=3, width=4).state_dict()
+    torch.save(record, path)
+    return path
+
+
+def ddpm_edited(f: Files, **fields) -> Path:
+    """A copy of ``ddpm(f)`` whose config.json has ``fields`` set."""
+    import shutil
+
+    path = f.root / "ddpm_edited"
+    if not path.exists():
+        shutil.copytree(ddpm(f), path)
+    config = json.loads((path / "config.json").read_text()) | fields
+    (path / "config.json").write_text(json.dumps(config))
     return path
 
 
@@ -578,11 +629,12 @@ CASES: list[Case] = [
              lambda f: execution.Execution(compile=True, compile_mode="fast")),
     # issue 21: untrained or mismatched models
     cli_case("untrained-factory", "certify", "a factory `--model` without `--checkpoint`",
-             "has no --checkpoint, so it would be evaluated with random initial weights; give --checkpoint FILE",
+             "has no --checkpoint, so it would run with the weights its factory builds: random initial weights, "
+             "unless the factory sets its own. Give --checkpoint FILE",
              *MODEL, "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
     cli_case("untrained-factory-predict", "predict", "a factory `--model` without `--checkpoint`",
-             "or --factory-weights to evaluate it untrained", *MODEL, "--data", "digits", "--sigma", "0.25",
-             "--out", lambda f: f.root / "u.tsv"),
+             "or --factory-weights to use the factory's weights as they are", *MODEL, "--data", "digits",
+             "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
     cli_case("data-shape-mismatch", "train", "`--model rs_plugins.nets:cifar_resnet110 --data digits`",
              "--data images have shape 1x8x8 (CxHxW), but model 'rs_plugins.nets:cifar_resnet110' takes 3x32x32",
              "--model", "rs_plugins.nets:cifar_resnet110", "--data", "digits", "--sigma", "0.25", "--epochs", "1",
@@ -690,6 +742,69 @@ CASES: list[Case] = [
              *TWO_MODELS, "--mixer", "mix", "--mixer-option", "alpha=0.8", "--certifier", "mixed", "--data",
              "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "1", "--out",
              lambda f: f.root / "u.tsv", "--denoiser", lambda f: f"dncnn:{dncnn_file(f)}"),
+    # issue 25: untrained models everywhere, files edited by hand or foreign (one schema per file kind)
+    cli_case("untrained-factory-confidence", "predict-confidence", "a factory `--model` without `--checkpoint`",
+             "has no --checkpoint, so it would run with the weights its factory builds", *MODEL, "--data", "digits",
+             "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv", *FAST),
+    api_case("api-untrained-factory", "`Host.load_model`", "`host.load_model('rs_plugins.nets:SmallCNN')`",
+             "Python: ModelRequest(source, checkpoint=FILE) or host.load_model(source, factory_weights=True)",
+             lambda f: host().load_model("rs_plugins.nets:SmallCNN")),
+    cli_case("untrained-mixing-network", "certify", "`--mixer adaptive --certifier mixed` without its checkpoint",
+             "--mixer adaptive has no --mixer-option checkpoint=MIXING_PT, so its mixing network would run with "
+             "random initial weights", *TWO_MODELS, "--mixer", "adaptive", "--mixer-option", "width=4",
+             "--certifier", "mixed", "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
+    cli_case("report-sidecar-not-json", "report", "a sidecar that is not JSON",
+             "bad_json.tsv.json is not valid JSON (Expecting", lambda f: edited_sidecar(f, "bad_json", "{")),
+    cli_case("report-sidecar-provenance", "report", 'a sidecar with `"provenance": "x"`',
+             "field 'provenance' is 'x'; expected a JSON object",
+             lambda f: edited_sidecar(f, "prov", '{"sigma": 0.25, "provenance": "x"}')),
+    cli_case("report-sidecar-resumed", "report", 'a sidecar with `"resumed": 5`',
+             "field 'resumed' is 5; expected a list, each a JSON object",
+             lambda f: edited_sidecar(f, "resumed", '{"sigma": 0.25, "resumed": 5}')),
+    cli_case("report-header-only", "report", "a TSV with its header and no rows",
+             "has its header but no rows yet", "--noise", "gaussian", lambda f: f._tsv("header_only.tsv", "")),
+    cli_case("report-binary", "report", "a binary file", "is not a results file: it is not text (byte 0xff",
+             "--noise", "gaussian", lambda f: f.binary),
+    cli_case("report-duplicate-index", "report", "a TSV with image 0 on two rows with different radii",
+             "image index 0 is on 2 rows with different results (1 image index appears more than once)",
+             "--noise", "gaussian", lambda f: f._tsv("twice.tsv", "0\t3\t3\t0.5\t1\t0:00:01\t100\n"
+                                                     "0\t3\t3\t0.7\t1\t0:00:01\t100\n")),
+    cli_case("catrs-votes-n-text", "train", 'a p_b sidecar with `"n": "16"`',
+             "p_b_n_text.tsv.json: field 'n' is '16'; expected an integer > 0", *TRAIN, "--loss", "catrs",
+             "--loss-option", lambda f: f"confidence={p_b_file(f, 'n_text', side={'n': '16'})}"),
+    cli_case("catrs-votes-identity-text", "train", 'a p_b sidecar with `"data_identity": "digits"`',
+             "field 'data_identity' is 'digits'; expected a JSON object with images, labels_sha256", *TRAIN,
+             "--loss", "catrs",
+             "--loss-option", lambda f: f"confidence={p_b_file(f, 'identity', side={'data_identity': 'digits'})}"),
+    cli_case("catrs-votes-class-99", "train", "a p_b row voting for class 99",
+             "image 0: votes 99:4; each must be class:count with a class in 0..9 and a count > 0", *TRAIN,
+             "--loss", "catrs",
+             "--loss-option", lambda f: "confidence=" + str(p_b_file(f, 'c99', row='0\t3\t99:4'))),
+    cli_case("catrs-votes-class-minus-one", "train", "a p_b row moving a vote to class -1",
+             "image 0: votes -1:1; each must be class:count with a class in 0..9", *TRAIN, "--loss", "catrs",
+             "--loss-option", lambda f: "confidence=" + str(p_b_file(f, 'cm1', row='0\t3\t3:3,-1:1'))),
+    cli_case("catrs-votes-index-out-of-range", "train", "a p_b row for image 99999",
+             "image 99999: the index is outside the data set's 0..1436", *TRAIN, "--loss", "catrs",
+             "--loss-option", lambda f: "confidence=" + str(p_b_file(f, 'i99999', row='99999\t0\t0:4'))),
+    cli_case("catrs-votes-index-twice", "train", "a p_b file with image 1 twice and image 0 missing",
+             "covers 1436 of 1437 images (first missing: 0)", *TRAIN, "--loss", "catrs",
+             "--loss-option", lambda f: "confidence=" + str(p_b_file(f, 'twice', row='1\t9\t9:4'))),
+    cli_case("catrs-votes-folder", "train", "`--loss-option confidence=` a folder",
+             "is a folder; give the votes file, write it with `rs-plugins predict-confidence`", *TRAIN,
+             "--loss", "catrs", "--loss-option",
+             lambda f: f"confidence={f.folder}"),
+    cli_case("dncnn-no-state-dict", "certify", "a `denoiser.pt` without `state_dict`",
+             "field 'state_dict' is missing; expected a state dict (parameter names to tensors)",
+             *certify_args_lazy(), "--denoiser", lambda f: f"dncnn:{dncnn_edited(f, 'no_state', state=False)}"),
+    cli_case("dncnn-sigma-text", "certify", 'a `denoiser.pt` with `"sigma": "abc"`',
+             "field 'sigma' is 'abc'; expected a finite number > 0 or null",
+             *certify_args_lazy(), "--denoiser", lambda f: f"dncnn:{dncnn_edited(f, 'sigma_text', sigma='abc')}"),
+    cli_case("diffusers-config-type", "certify", 'a diffusers `config.json` with `"in_channels": "1"`',
+             "config.json: field 'in_channels' is '1'; expected an integer > 0",
+             *certify_args_lazy(), "--denoiser", lambda f: f"diffusion:{ddpm_edited(f, in_channels='1')}"),
+    cli_case("train-mixer-eps-range", "train-mixer", "`--eps-range 1.1 0.4`",
+             "--eps-range LOW HIGH: LOW (1.1) must not exceed HIGH (0.4)", *TWO_MODELS, "--eps-range", "1.1", "0.4",
+             "--data", "digits", "--checkpoint-dir", lambda f: f.root / "tm"),
 ]
 # fmt: on
 

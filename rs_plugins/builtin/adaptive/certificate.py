@@ -24,7 +24,7 @@ import torch
 from scipy.stats import norm
 from torch import Tensor, nn
 
-from ...certify.sampling import noise_input, per_image_generators, sample_counts
+from ...certify.sampling import eval_mode, noise_input, per_image_generators, sample_counts
 from ...certify.stats import clopper_pearson_lower, clopper_pearson_upper
 from ...errors import IncompatibleComponentsError
 from ...results.provenance import describe
@@ -154,6 +154,20 @@ class MixedCertifier:
             )
         robust, alpha_mix, scale = _robust_member(model)
         generators = per_image_generators(generator, len(x))
+        with eval_mode(robust):  # its running statistics, whatever mode the caller left it in
+            top, p1, others = self._bounds(robust, x, noise, n0, n, alpha, batch_size, generators, scale)
+        p1 = np.clip(p1, 0, 1 - 1e-12)  # bounds of soft votes can reach 0 or 1; keep Phi^-1 finite
+        others[np.arange(len(x)), top] = -np.inf
+        p2 = np.clip(np.minimum(others.max(1), 1 - p1), 1e-12, 1)
+        radius = tight_mixed_radius if self.radius == "tight" else mixed_radius
+        radii = radius(p1, p2, alpha_mix, noise.sigma)
+        return [
+            Certificate(int(c), float(r), float(p)) if r > 0 else Certificate(ABSTAIN, 0.0, float(p))
+            for c, r, p in zip(top, radii, p1)
+        ]
+
+    def _bounds(self, robust, x, noise, n0, n, alpha, batch_size, generators, scale):
+        """The top class of the n0 selection draws, p1's lower bound and every class's upper bound from n draws."""
         if self.votes == "hard":
             top = sample_counts(robust, x, noise, n0, batch_size=batch_size, generator=generators).argmax(1)
             counts = sample_counts(robust, x, noise, n, batch_size=batch_size, generator=generators).numpy()
@@ -172,15 +186,7 @@ class MixedCertifier:
                 idx = (np.arange(len(x)), top)
                 p1 = mean[idx] - bernstein_margin(variance[idx], n, alpha / 2)
                 others = mean + bernstein_margin(variance, n, alpha / 2)
-        p1 = np.clip(p1, 0, 1 - 1e-12)  # bounds of soft votes can reach 0 or 1; keep Phi^-1 finite
-        others[np.arange(len(x)), top] = -np.inf
-        p2 = np.clip(np.minimum(others.max(1), 1 - p1), 1e-12, 1)
-        radius = tight_mixed_radius if self.radius == "tight" else mixed_radius
-        radii = radius(p1, p2, alpha_mix, noise.sigma)
-        return [
-            Certificate(int(c), float(r), float(p)) if r > 0 else Certificate(ABSTAIN, 0.0, float(p))
-            for c, r, p in zip(top, radii, p1)
-        ]
+        return top, p1, others
 
 
 def _unwrap(model: nn.Module) -> tuple[nn.Module, Any]:

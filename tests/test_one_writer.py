@@ -216,6 +216,23 @@ def test_every_command_refuses_an_output_another_process_writes(command, holder,
     assert not (path / "checkpoint.pt").exists() and not path.with_name("out.tsv.json").exists()  # nothing written
 
 
+def test_under_torchrun_a_refusal_is_one_line_and_stops_every_process(holder, tmp_path):
+    """Process 0 is refused before any work; torchrun stops the others, and its failure summary gives the refusal as
+    the root cause (our error file) instead of a pointer to its docs; no process prints a traceback of its own."""
+    from torchrun_model import torchrun
+
+    out = holder.hold(tmp_path / "c.tsv")
+    argv = ["certify", *MODEL, "--factory-weights", "--data", "digits", "--sigma", "0.25", "--n0", "10", "--n", "20",
+            "--limit", "4", "--out", str(out), *FAST]  # fmt: skip
+    done = torchrun(tmp_path, argv)
+    assert done.returncode != 0
+    refusal = f"rs-plugins: error: --out {out} is being written by process {holder.process.pid} on host "
+    assert done.stderr.count(refusal) == 2  # printed by process 0, and shown by torchrun's summary as the cause
+    assert done.stderr.count("Traceback (most recent call last)") == 1  # torchrun's own ChildFailedError only
+    assert "To enable traceback see" not in done.stderr.split("Root Cause")[1]
+    assert not out.exists()
+
+
 def tiny_digits(count: int = 20):
     return Subset(load_digits("train"), range(count))
 

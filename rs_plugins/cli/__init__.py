@@ -83,7 +83,7 @@ def tell_torchrun(message: str) -> None:
         return
     try:
         with open(path, "w", encoding="utf-8") as f:
-            json.dump({"message": message, "timestamp": int(time.time())}, f)
+            json.dump({"message": {"message": message, "extraInfo": {"timestamp": str(int(time.time()))}}}, f)
     except OSError:
         pass
 

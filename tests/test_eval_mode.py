@@ -1,4 +1,4 @@
-"""Every sampling entry point runs the base classifier in eval mode and hands it back as it found it (issue 25).
+"""Every sampling and attacking entry point runs the model in eval mode and hands it back as it found it (issue 25).
 
 ``confidence_dataset`` (CAT-RS's p_b) never switched to eval mode: the CLI's loaders return eval-mode models, but a
 Python caller passing a model in train mode got BatchNorm batch statistics (p_b off by up to 0.51 on a test model)
@@ -95,7 +95,18 @@ def run_cohen_predict(model, tmp_path):
     return rs.cohen_predict(model, data(4).tensors[0], NOISE, n=40, alpha=0.01, batch_size=20, generator=generators())
 
 
+def run_attack(sigma):
+    def run(model, tmp_path):
+        x, y = data(4).tensors
+        result = rs.attack(model, x, y, attack="PGDL2", eps=[0.5], sigma=sigma, m=2, n=40, alpha=0.01, batch_size=20)
+        return [(r.predict, r.adv_predict, round(r.perturbation, 5)) for r in result.rows]
+
+    return run
+
+
 ENTRY_POINTS = {
+    "attack": run_attack(None),
+    "attack, smoothed": run_attack(0.25),
     "confidence_dataset": run_confidence,
     "certify_dataset with a plugin certifier": run_certify(PlainCertifier()),
     "predict_dataset": run_predict,

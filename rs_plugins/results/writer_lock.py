@@ -86,7 +86,9 @@ class WriterLock:
             if current:
                 break
             os.close(fd)
-        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:5]]) if sys.argv and sys.argv[0] else ""
+        program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+        program = "rs-plugins" if program == "__main__.py" else program  # python -m rs_plugins
+        command = " ".join([program, *sys.argv[1:5]]) if program else ""
         record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command}
         record["started"] = datetime.datetime.now().isoformat(timespec="seconds")
         os.ftruncate(fd, 0)

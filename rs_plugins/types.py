@@ -195,7 +195,9 @@ class Denoiser(Protocol):
 
     The smoothed classifier becomes ``classifier(denoiser(x + delta))``: the composition is just another base
     classifier, so every certifier applies unchanged. ``settings()`` (optional) returns what the run depends on
-    beyond the options, e.g. the diffusion timestep, for the results' sidecar.
+    beyond the options, e.g. the diffusion timestep, for the results' sidecar. ``smoothing_noise(noise)`` (optional)
+    returns the noise the run draws instead of ``noise``, whose radii it must keep (e.g. the diffusion model's own
+    level under ``noise=authors``).
     """
 
     def __call__(self, x: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import file_checks
 from ..errors import ResultsFileError
+from ..results.published import format_published, published_for
 from ..results.report import format_provenance, format_table, write_summary
 from .shared import positive_float, radius_arg
 
@@ -49,6 +50,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         short = compare.shortfall(run)
         print(format_table(run.rows, args.radii, title, percent=percent) + (f"note: {short}\n" if short else ""))
         print(format_provenance(run.settings) if run.settings else f"provenance: none ({run.path}.json is missing)\n")
+        published = published_for(run.settings)  # e.g. Carlini et al.'s row beside a run with their diffusion model
+        if published is not None:
+            print(format_published(published, run.rows, run.settings))
     notes = compare.comparison_notes(runs)
     if len(runs) > 1 or args.table or args.format:
         table = compare.format_comparison(runs, fmt, args.radii, notes, percent=percent)

@@ -84,7 +84,8 @@ def add_model(
     """The --model options; ``evaluates``: the command runs the model as given (not training it from scratch), so a
     factory without --checkpoint needs --factory-weights."""
     g = p.add_argument_group("model")
-    help_ = role + "robustbench:<name> | package.module:factory | torchscript:<file> | <file>.pt2"
+    help_ = role + "robustbench:<name> | package.module:factory | torchscript:<file> | <file>.pt2 | timm:<name> | "
+    help_ += "hf:<owner>/<name>"
     if several:
         g.add_argument("--model", action="append", required=True, help=help_ + " (repeat to combine with --mixer)")
         g.add_argument("--mixer", help="mixer that combines several --model classifiers")

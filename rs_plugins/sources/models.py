@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
     from rs_plugins.types import ModelRequest
 
-MODEL_FORMS = ("robustbench:<name>", "package.module:factory", "torchscript:<file>", "<file>.pt2")
+MODEL_FORMS = ("robustbench:<name>", "package.module:factory", "torchscript:<file>", "<file>.pt2", "timm:<name>",
+               "hf:<owner>/<name>")
 """The ``--model`` forms the built-in sources accept, for error messages."""
 
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")

@@ -320,7 +320,8 @@ def test_runner_refuses_targets_of_the_wrong_length(tmp_path):
 
 
 def confidence_cli(tmp_path, data, out, *extra):
-    args = ["predict-confidence", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"num_classes": 3}']
+    args = ["predict-confidence", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"num_classes": 3}',
+            "--factory-weights"]  # an untrained SmallCNN, seeded by the caller
     args += ["--data", str(data), "--sigma", "0.25", "--n", "40", "--batch-size", "80", "--out", str(out)]
     return main([*args, "--device", "cpu", "--no-progress", *extra])
 

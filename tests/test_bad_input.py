@@ -23,7 +23,7 @@ from torch import nn
 
 import rs_plugins
 from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict, file_checks
-from rs_plugins.builtin import adaptive, catrs, consistency, denoisers, gaussian, sources
+from rs_plugins.builtin import adaptive, catrs, consistency, denoisers, gaussian, sources, zoo
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.certify import execution
 from rs_plugins.certify.runner import certify_dataset
@@ -117,7 +117,7 @@ class BadDenoiser(nn.Module):
 
 
 def host() -> rs_plugins.Host:
-    plugins = [gaussian, consistency, sources, adaptive, catrs, denoisers, BrokenPlugin(), BrokenDenoiserPlugin()]
+    plugins = [gaussian, consistency, sources, zoo, adaptive, catrs, denoisers, BrokenPlugin(), BrokenDenoiserPlugin()]
     return rs_plugins.Host(entry_points=False, plugins=plugins)
 
 
@@ -237,6 +237,10 @@ PREDICT = [*MODEL, "--factory-weights", "--data", "digits", "--sigma", "0.25", "
 TWO_MODELS = ["--model", "rs_plugins.nets:SmallCNN", "--checkpoint", lambda f: f.ckpt, "--model",
               "rs_plugins.nets:SmallCNN", "--checkpoint", lambda f: f.ckpt, "--model-kwargs", '{"width": 4}']
 TRAIN = [*MODEL, "--data", "digits", "--sigma", "0.25", "--epochs", "1", "--checkpoint-dir", lambda f: f.root / "t"]
+
+
+ZOO_RUN = ["--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "1", "--out",
+           lambda f: f.root / "u.tsv"]
 
 
 def certify_args(f: Files, *extra) -> list:
@@ -823,6 +827,29 @@ CASES: list[Case] = [
     cli_case("train-mixer-eps-range", "train-mixer", "`--eps-range 1.1 0.4`",
              "--eps-range LOW HIGH: LOW (1.1) must not exceed HIGH (0.4)", *TWO_MODELS, "--eps-range", "1.1", "0.4",
              "--data", "digits", "--checkpoint-dir", lambda f: f.root / "tm"),
+    # the zoo of released models and the data sets fetched on demand (downloads are off in the tests)
+    cli_case("zoo-unknown-entry", "certify", "`--model zoo:cohen-cifar10-resnet110-0.52`",
+             "--model zoo:cohen-cifar10-resnet110-0.52: no such zoo entry; did you mean cohen-cifar10-resnet110-0.5",
+             "--model", "zoo:cohen-cifar10-resnet110-0.52", *ZOO_RUN),
+    cli_case("zoo-weights-not-published", "certify", "`--model zoo:consistency-cifar10-resnet110-0.25`",
+             "the authors did not publish this model's weights (only its certification logs)",
+             "--model", "zoo:consistency-cifar10-resnet110-0.25", *ZOO_RUN),
+    cli_case("zoo-denoiser-as-model", "certify", "`--model zoo:salman2020-dncnn-cifar10-mse-0.25`",
+             "--model zoo:salman2020-dncnn-cifar10-mse-0.25 is a denoiser; use it as --denoiser dncnn:zoo:NAME",
+             "--model", "zoo:salman2020-dncnn-cifar10-mse-0.25", *ZOO_RUN),
+    cli_case("zoo-model-kwargs", "certify", "`--model zoo:NAME --model-kwargs '{\"depth\": 20}'`",
+             "--model-kwargs is not used with --model zoo:NAME", "--model", "zoo:cohen-cifar10-resnet110-0.25",
+             "--model-kwargs", '{"depth": 20}', *ZOO_RUN),
+    cli_case("zoo-dir-without-the-file", "certify", "`--zoo-dir DIR` that lacks the entry's checkpoint",
+             "has no models/cifar10/resnet110/noise_0.25/checkpoint.pth.tar (nor any tail of that path)",
+             "--model", "zoo:cohen-cifar10-resnet110-0.25", "--zoo-dir", lambda f: f.root, *ZOO_RUN),
+    cli_case("zoo-certify-imagenet-no-data", "zoo", "`certify cohen-imagenet-resnet50-0.5` without `--data`",
+             "give --data imagenet:ROOT", "certify", "cohen-imagenet-resnet50-0.5"),
+    cli_case("zoo-certify-no-sigma", "zoo", "`certify carlini2023-diffusion-cifar10` without `--sigma`",
+             "it was not trained for one noise level; give --sigma", "certify", "carlini2023-diffusion-cifar10"),
+    cli_case("data-imagenet-no-root", "certify", "`--data imagenet` (no folder)",
+             "its licence forbids redistribution, so nothing downloads it", *MODEL, "--factory-weights", "--data",
+             "imagenet", "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
 ]
 # fmt: on
 

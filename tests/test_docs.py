@@ -180,7 +180,7 @@ def test_shell_snippets_are_commands_the_cli_accepts(snippet, capsys):
                     assert hasattr(importlib.import_module(module), attr), f"{snippet}: no such model {name}"
         data = getattr(parsed, "data", None)
         if data is not None and not data.endswith((".pt", ".npz")):
-            forms = {form.split(":")[0] for form in DATA_FORMS}
+            forms = {re.split(r"\[?:", form)[0] for form in DATA_FORMS}
             assert data.split(":")[0] in forms, f"{snippet}: --data {data} is not a built-in form"
 
 
@@ -236,8 +236,8 @@ def test_plugin_tutorial_installs_as_written_and_certifies_l1(tmp_path):
 PARSE_ONLY = {  # pattern (re.search on the command line) -> why it is only parsed; each has a CPU-sized neighbour
     r"cifar_resnet110 .*--data cifar10:data": "ResNet-110 on CIFAR-10 at the papers' budget (hours on a GPU); each "
     "page gives the same recipe on digits, which runs",
-    r"--n 100000|imagenet:data .*--n 10000 ": "N = 100 000, or ImageNet at N = 10 000 (GPU-sized); the CPU-sized "
-    "command beside it runs",
+    r"--n 100000|imagenet:data .*--n 10000 |^rs-plugins zoo certify \S+( --every \d+)?$": "N = 100 000, ImageNet at "
+    "N = 10 000, or a zoo entry with its authors' protocol (GPU-sized); the CPU-sized command beside it runs",
     r"train-denoiser --data cifar10:data": "Salman et al.'s DnCNN schedule on CIFAR-10 (GPU-sized); the page's digits "
     "train-denoiser commands run",
     r"^torchrun ": "several processes or machines: tests/test_distributed.py runs torchrun on a small model",
@@ -313,6 +313,27 @@ def _robustbench(models: Path, dataset: str, threat: str, name: str) -> torch.nn
     return model
 
 
+def _zoo_cache(text: str) -> None:
+    """The zoo entries a page names (``zoo:NAME``, ``zoo certify NAME``) in the cache, as their first download
+    leaves them, with random weights in the authors' layouts (tests/helpers/authors_layouts.py)."""
+    sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+    from authors_layouts import bearpaw_state, cohen_checkpoint
+
+    from rs_plugins.sources import zoo
+    from rs_plugins.train.denoiser import DnCNN
+
+    names = set(re.findall(r"zoo:([\w.-]+)", text)) | set(re.findall(r"zoo certify ([\w.-]+)", text))
+    names |= {e.classifier for e in zoo.ENTRIES if e.name in names and e.classifier}
+    for entry in [e for e in zoo.ENTRIES if e.name in names and e.downloadable and not e.needs]:
+        path = zoo.cache_path(entry)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if entry.architecture == "dncnn":
+            state = {k.replace("layers.", "dncnn.", 1): v for k, v in DnCNN().state_dict().items()}
+            torch.save({"arch": "cifar_dncnn", "state_dict": state}, path)
+        elif entry.architecture == "cifar_resnet110":
+            torch.save(cohen_checkpoint(bearpaw_state(110)), path)
+
+
 def _diffusion_denoised_smoothing(folder: Path, monkeypatch) -> None:
     """The paper's files under their names, as tiny random models: the two diffusion checkpoints (their presets
     pointed at the tiny architectures), the hub classifiers in a Hugging Face cache read offline, ImageNet val."""
@@ -374,6 +395,10 @@ def _prepare(page: Path, folder: Path, monkeypatch) -> None:
     torch.manual_seed(0)
     small = SmallCNN().eval()
     text = page.read_text(encoding="utf-8")
+    monkeypatch.setenv("RS_PLUGINS_HOME", str(folder / "cache"))  # what a first run would have downloaded is there
+    if re.search(r"--data cifar10(\s|$)|zoo certify|zoo:", text):
+        _cifar10(folder / "cache" / "data", {"train": 4, "test": 2})
+    _zoo_cache(text)
     if "cifar10:data" in text:
         label = None
         if "robustbench:Rice2020Overfitting" in text:  # labels it gets wrong: AutoAttack attacks correct points only

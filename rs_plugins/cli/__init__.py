@@ -11,7 +11,9 @@ import traceback
 
 from .. import __version__
 from ..errors import RsPluginError
-from . import adaptive, attack, certify, confidence, denoiser, plugins, report, train
+from ..sources import fetch
+from ..sources.zoo import ZOO_DIR_ENV
+from . import adaptive, attack, certify, confidence, denoiser, plugins, report, train, zoo
 from .attack import cmd_attack
 from .certify import cmd_certify
 from .plugins import cmd_demo, cmd_plugins
@@ -44,8 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     adaptive.add_commands(sub)  # train-mixer and tradeoff (adaptive smoothing)
     denoiser.add_train_denoiser(sub)  # train-denoiser (denoised smoothing's DnCNN)
     report.add_report(sub)
+    zoo.add_zoo(sub)  # the papers' released models
     plugins.add_demo(sub)
     return parser
+
+
+SWITCHES = (fetch.OFFLINE_ENV, "HF_HUB_OFFLINE", ZOO_DIR_ENV)
+"""The environment variables through which --offline and --zoo-dir reach every loader, plugins' included."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--"]:  # `torchrun ... -m rs_plugins -- certify --n ...`: the `--` keeps torchrun off our flags
         argv = argv[1:]
     args = build_parser().parse_args(argv)
+    fetch.forget()  # the downloads this command records in its results' provenance
+    saved = {name: os.environ.get(name) for name in SWITCHES}  # --offline and --zoo-dir hold for this command only
+    if getattr(args, "offline", False):
+        fetch.go_offline()
+    if getattr(args, "zoo_dir", None):
+        os.environ[ZOO_DIR_ENV] = args.zoo_dir
     try:
         return args.func(args)
     except (RsPluginError, ValueError, OSError) as err:
@@ -73,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 3
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
 
 
 def tell_torchrun(message: str) -> None:

@@ -9,6 +9,8 @@ from .. import file_checks
 from ..errors import ResultsFileError
 from ..results.published import format_published, published_for
 from ..results.report import format_provenance, format_table, write_summary
+from ..sources import zoo
+from ..sources.zoo.compare import format_comparison
 from .shared import positive_float, radius_arg
 
 
@@ -28,6 +30,18 @@ def add_report(sub) -> None:
     p.add_argument("--plot", help="certified accuracy vs radius, a curve per file; .pdf/.svg: vector, .png: 200 dpi")
     p.add_argument("--summary", help="JSON summary (several files: one entry per label)")
     p.set_defaults(func=cmd_report)
+
+
+def published_rows(settings: dict) -> list[dict]:
+    """The zoo entries a results file was certified from, with their published rows: as its sidecar recorded them,
+    else from the zoo's table."""
+    recorded = (settings.get("provenance") or {}).get("zoo")
+    if recorded:
+        return [e for e in recorded if e.get("published")]
+    models = settings.get("model") or []
+    names = [m.removeprefix("zoo:") for m in ([models] if isinstance(models, str) else models) if m.startswith("zoo:")]
+    found = [zoo.describe(e) for e in zoo.ENTRIES if e.name in names]
+    return [e for e in found if e["published"]]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -50,6 +64,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         short = compare.shortfall(run)
         print(format_table(run.rows, args.radii, title, percent=percent) + (f"note: {short}\n" if short else ""))
         print(format_provenance(run.settings) if run.settings else f"provenance: none ({run.path}.json is missing)\n")
+        for entry in published_rows(run.settings):  # a zoo entry's results: the authors' row as one more run
+            print(format_comparison(run.rows, entry["published"], title=f"{run.label}: {entry['entry']} beside its "
+                                    f"published row ({entry['paper']})"))  # fmt: skip
         published = published_for(run.settings)  # e.g. Carlini et al.'s row beside a run with their diffusion model
         if published is not None:
             print(format_published(published, run.rows, run.settings))

@@ -11,7 +11,6 @@ own caches; ``offline()`` keeps both off the network.
 from __future__ import annotations
 
 import difflib
-import os
 from typing import Any
 
 import torch
@@ -20,17 +19,13 @@ from torch import Tensor, nn
 
 from rs_plugins.errors import MissingDependencyError, SourceError
 from rs_plugins.file_checks import untrusted
+from rs_plugins.sources.fetch import offline  # the one offline switch: --offline, RS_PLUGINS_OFFLINE, HF_HUB_OFFLINE
 
 HUB_FORMS = ("timm:<name>", "hf:<owner>/<name>")
 HUB_PREFIXES = ("timm:", "hf:")
 OFFLINE_VARIABLES = ("RS_PLUGINS_OFFLINE", "HF_HUB_OFFLINE")
 INTERPOLATIONS = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic", "area": "area"}
 PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic", 4: "area"}  # PIL.Image.Resampling values (BOX ~ area)
-
-
-def offline() -> bool:
-    """Whether the hub loaders stay off the network: ``RS_PLUGINS_OFFLINE`` or ``HF_HUB_OFFLINE`` set to 1/true."""
-    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in OFFLINE_VARIABLES)
 
 
 class Preprocessed(nn.Module):

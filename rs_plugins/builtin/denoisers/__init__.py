@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import rs_plugins
+from rs_plugins.sources import zoo
 from rs_plugins.types import DenoiserSpec
 
 CARLINI = "Carlini et al., ICLR 2023, arXiv:2206.10550"
@@ -14,6 +15,8 @@ def _diffusion(sigma: float, path: str, classifier_size: int | None = None, nois
                heads: int | None = None, head_channels: int | None = None):  # fmt: skip
     from .diffusion import DiffusionDenoiser  # diffusers is imported only when a diffusers folder is loaded
 
+    if path is not None and path.startswith(zoo.PREFIX):  # the authors' checkpoint, downloaded once (rs-plugins zoo)
+        path = str(zoo.denoiser_file(path.removeprefix(zoo.PREFIX), "diffusion"))
     return DiffusionDenoiser(sigma, path, classifier_size, noise, schedule, steps, rescale_timesteps, heads,
                              head_channels)  # fmt: skip
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.errors import MissingDependencyError
 from rs_plugins.schemas import DiffusersSchedulerConfig, DiffusersUNetConfig, check_record
+from rs_plugins.sources import fetch
 from rs_plugins.validation import check_number
 
 OPTION = "--denoiser diffusion:PATH"
@@ -33,9 +35,34 @@ ADM_OPTIONS = ("schedule", "steps", "rescale_timesteps", "heads", "head_channels
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_FILES = ["*.json", "*.safetensors", "*.bin"]  # the UNet and scheduler, not a repository's images or Flax weights
+
+
+def from_hub(path: str) -> str:
+    """A Hugging Face hub id (``OWNER/NAME`` that is no local path) as a local folder in the hub's cache, the one
+    diffusers' ``from_pretrained`` uses: downloaded on first use, taken from the cache when offline (a hub id not
+    in the cache then meets the message a missing folder gets); anything else is returned as given."""
+    if Path(path).exists() or not HUB_ID.match(path):
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(path, allow_patterns=HUB_FILES, local_files_only=fetch.offline())
+    except LocalEntryNotFoundError:
+        if fetch.offline():
+            return path
+        raise ValueError(f"{OPTION}: cannot reach the Hugging Face hub for {path!r}; check the connection") from None
+    except (HfHubHTTPError, OSError, ValueError) as err:
+        msg = f"{OPTION}: cannot fetch {path!r} from the Hugging Face hub ({type(err).__name__}: {err})"
+        raise ValueError(msg.splitlines()[0]) from None
+
+
 def _folders(path: str) -> tuple[Path, Path]:
-    """The UNet and scheduler folders of a diffusers checkpoint, or a one-line refusal."""
-    root = Path(path)
+    """The UNet and scheduler folders of a diffusers checkpoint (a hub id fetched into the hub's cache first), or a
+    one-line refusal."""
+    root = Path(from_hub(path))
     if not root.is_dir():
         raise ValueError(f"{OPTION}: no file or directory {path!r}; give {LOADS}")
     for unet, scheduler in ((root, root), (root / "unet", root / "scheduler")):
@@ -92,7 +119,8 @@ class DiffusionDenoiser(nn.Module):
 
     Args:
         sigma: the smoothing noise level in [0, 1] pixel units.
-        path: a diffusers ``save_pretrained`` folder, or an improved-/guided-diffusion ``.pt`` state dict.
+        path: a diffusers ``save_pretrained`` folder, a Hugging Face hub id holding one (``google/ddpm-cifar10-32``,
+            fetched into the hub's cache on first use), or an improved-/guided-diffusion ``.pt`` state dict.
         classifier_size: resize the denoised images to this square size (bicubic, antialiased) before the
             classifier, as the authors do for a 224 x 224 ViT; None keeps the size.
         noise: ``exact`` smooths with sigma (Algorithm 1 of the paper); ``authors`` with the model's own level at

@@ -5,7 +5,7 @@ on the same ``--out`` (a re-submitted cluster job, a second terminal) is refused
 image a second time. The OS releases a flock when its process ends, however it ends, so a killed run never leaves a
 stale lock; the lock file itself is removed on a clean exit and harmlessly reused after a crash. A process re-enters
 the locks it already holds (a command that locks ``--out`` may open it again). Where the file system refuses
-flock (e.g. Lustre mounted without ``-o flock``) the run goes on unlocked after a warning; see docs/guarantees.md.
+flock (e.g. Lustre mounted with ``noflock``) the run goes on unlocked after a warning; see docs/guarantees.md.
 """
 
 from __future__ import annotations

@@ -37,6 +37,10 @@ class ResultsFileError(RsPluginError, ValueError):
     """A results file that cannot be read, or cannot be resumed by this run (other columns or settings)."""
 
 
+class OutputInUseError(RsPluginError):
+    """Another process is writing the same results file or checkpoint folder (one writer per output)."""
+
+
 class TrainingDivergedError(RsPluginError):
     """The training loss became NaN or infinite; the checkpoint of the last finite epoch is kept."""
 

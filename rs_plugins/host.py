@@ -6,6 +6,7 @@ turned into a message that names the plugin.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import inspect
@@ -212,11 +213,20 @@ class Host:
 
     # -- sources ------------------------------------------------------------------------------------------
 
-    def load_model(self, request: ModelRequest | str) -> nn.Module:
-        """The classifier a ``--model`` string names, from the first plugin that recognises its form."""
+    def load_model(
+        self, request: ModelRequest | str, *, factory_weights: bool = False, random_weights: bool = False
+    ) -> nn.Module:
+        """The classifier a ``--model`` string names, from the first plugin that recognises its form.
+
+        A ``package.module:factory`` model without a checkpoint is refused unless ``factory_weights=True`` (or
+        ``random_weights=True``, the same; or ``ModelRequest(..., factory_weights=True)``): to train it from its
+        initial weights, benchmark it untrained, or use a factory that sets its own weights.
+        """
         from .sources.models import MODEL_FORMS
 
         request = ModelRequest(request) if isinstance(request, str) else request
+        if factory_weights or random_weights:
+            request = dataclasses.replace(request, factory_weights=True)
         return remember(self._first_result("rs_load_model", request, "--model", MODEL_FORMS), repr(request.source))
 
     def load_data(self, request: DataRequest | str) -> Dataset:

@@ -242,6 +242,10 @@ class ModelRequest:
     ``trust`` (``--trust-model-file``) allows files whose loading can run code they carry: torch.export
     archives (unpickled with ``weights_only=False``), TorchScript programs, and checkpoints that do not load
     with ``weights_only=True``. Leave it False for files you did not make.
+
+    ``factory_weights`` (``--factory-weights``) allows a ``package.module:factory`` model without a ``checkpoint``:
+    it then runs with the weights its factory builds (random initial weights, unless the factory sets its own).
+    Without it such a model is refused, because results of an untrained model look plausible and mean nothing.
     """
 
     source: str
@@ -251,6 +255,7 @@ class ModelRequest:
     threat_model: str = "L2"
     model_dir: str = "./models"
     trust: bool = False
+    factory_weights: bool = False
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from statsmodels.stats.proportion import proportion_confint
 from torch import nn
 
 from rs_plugins import cli
-from rs_plugins.builtin.adaptive import AdaptiveMixer, MixedClassifier
+from rs_plugins.builtin.adaptive import AdaptiveMixer, MixedClassifier, mix_log_probs
 from rs_plugins.builtin.adaptive.certificate import (
     MixedCertifier,
     bernstein_margin,
@@ -24,6 +25,7 @@ from rs_plugins.builtin.adaptive.certificate import (
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.certify.stats import clopper_pearson_upper
 from rs_plugins.nets import SmallCNN
+from rs_plugins.sources.data import load_digits
 from rs_plugins.testing import LinearClassifier
 from rs_plugins.train import mixer as mixing
 from rs_plugins.train.mixer import MixerTrainConfig, train_mixer
@@ -228,6 +230,63 @@ def test_soft_votes_certify_too():
         assert all(c.radius >= 0 for c in certificates)
 
 
+def _modes(mixer):
+    """The three ways α is made from γ: training, eval (squashed into [α_min, α_max]), the authors' attack view."""
+    mixer.train()
+    yield "train"
+    mixer.eval()
+    yield "eval"
+    with mixer.authors_view():
+        yield "authors view"
+
+
+def test_log_weights_are_the_logs_of_alpha_computed_in_log_space():
+    """Issue 25: log α and log(1 - α) come from γ by logsigmoid and logaddexp. They equal the logs of ``alpha`` (the
+    former computation) to 1e-6: in float64 for |γ| <= 20 (beyond, 1 - sigmoid rounds even in float64), and in
+    float32 where α is not near 0 or 1."""
+    mixer = AdaptiveMixer(bases(), alpha_min=0.84, alpha_max=0.99, width=4)
+    gamma = torch.linspace(-20, 20, 801)
+    for mode in _modes(mixer):
+        log_1m, log_a = mixer.log_weights(gamma)
+        exact = mixer.alpha(gamma.double())
+        torch.testing.assert_close(log_a.double(), exact.log(), rtol=1e-6, atol=1e-6, msg=mode)
+        torch.testing.assert_close(log_1m.double(), (-exact).log1p(), rtol=1e-6, atol=1e-6, msg=mode)
+        alpha = mixer.alpha(gamma)  # float32, as computed before
+        inside = (alpha > 0.05) & (alpha < 0.95)
+        torch.testing.assert_close(log_a[inside], alpha[inside].log(), rtol=0, atol=1e-6, msg=mode)
+        torch.testing.assert_close(log_1m[inside], (-alpha[inside]).log1p(), rtol=0, atol=1e-6, msg=mode)
+
+
+def test_the_mixture_is_unchanged_and_finite_where_alpha_saturates():
+    g, h = bases()
+    mixer = AdaptiveMixer([g, h], width=4)
+    mixer.train()
+    mixer(images(16))  # γ's running statistics
+    x = images(6, seed=5)
+    for mode in _modes(mixer):
+        with torch.no_grad():
+            out = mixer(x)
+            alpha = mixer.alpha(mixer.last_gamma)
+            before = mix_log_probs(g(x), h(x), alpha, mixer.std_scale, mixer.rob_scale)  # from α, as before
+        torch.testing.assert_close(out, before, rtol=0, atol=1e-6, msg=mode)
+    logits = torch.randn(4, 10)
+    for gamma in (torch.full((4,), 200.0, requires_grad=True), torch.full((4,), -200.0, requires_grad=True)):
+        for mode in _modes(mixer):
+            out = mix_log_probs(logits, logits.roll(1, 1), None, 1.0, 1.0, log_weights=mixer.log_weights(gamma))
+            (grad,) = torch.autograd.grad(out[:, 0].sum(), gamma)
+            assert torch.isfinite(out).all() and torch.isfinite(grad).all(), mode
+            exact = torch.sigmoid(gamma.detach())  # exactly 0 or 1 in float32: the former logs were -inf
+            assert bool(((exact == 0) | (exact == 1)).all())
+
+
+def test_an_alpha_range_of_one_value_has_constant_weights():
+    mixer = AdaptiveMixer(bases(), alpha_min=1.0, alpha_max=1.0, width=4).eval()
+    gamma = torch.tensor([-3.0, 0.0, 5.0], requires_grad=True)
+    log_1m, log_a = mixer.log_weights(gamma)
+    assert torch.equal(log_a, torch.zeros(3)) and bool(torch.isneginf(log_1m).all())
+    assert not log_a.requires_grad
+
+
 # -- training the mixing network ----------------------------------------------------------------------------------
 
 
@@ -239,6 +298,21 @@ def tiny_training(tmp_path, epochs: int = 2):
                               extra_clean=1)  # fmt: skip
     log = train_mixer(mixer, data, config=config, checkpoint_dir=tmp_path, progress=False)
     return mixer, log
+
+
+def test_training_at_a_high_learning_rate_logs_only_finite_losses(tmp_path):
+    """Issue 25: at a high learning rate α = sigmoid(γ) saturated to exactly 0 or 1 in float32, log(α) or log(1 - α)
+    was -inf with an infinite gradient, and training stopped with "the mixing-network loss became nan". From γ in
+    log space every logged number stays finite."""
+    torch.manual_seed(0)
+    mixer = AdaptiveMixer(bases(), width=4)
+    data = torch.utils.data.Subset(load_digits("train"), range(40))
+    config = MixerTrainConfig(epochs=2, batch_size=10, lr=0.5, accumulate=1, eps=0.5, norm="L2", attack_steps=3,
+                              targets=2, extra_clean=2, warmup=0.0)  # fmt: skip
+    log = train_mixer(mixer, data, config=config, checkpoint_dir=tmp_path, progress=False)
+    assert len(log) == 2
+    assert all(math.isfinite(value) for entry in log for value in entry.values()), log
+    assert all(torch.isfinite(p).all() for p in mixer.trainable().parameters())
 
 
 def test_training_changes_only_the_mixing_network_and_resumes_exactly(tmp_path, monkeypatch):
@@ -459,6 +533,20 @@ def test_certify_with_the_mixed_certifier_writes_sidecar_and_resumes(checkpoints
     sidecar = (root / "mixed.tsv.json").read_text()
     assert "model_sha256" in sidecar and '"checkpoint": [' in sidecar
     assert cli.main(argv) == 0 and out.read_text() == first  # resumed: nothing redone
+
+
+def test_an_untrained_mixing_network_is_refused_unless_factory_weights(checkpoints, capsys, tmp_path):
+    """Issue 25: `certify --mixer adaptive --certifier mixed` without the mixing network's checkpoint certified an
+    untrained mixing network and exited 0."""
+    _, paths = checkpoints
+    argv = ["certify", *two_models(paths), "--mixer", "adaptive", "--mixer-option", "width=4", "--certifier", "mixed",
+            "--data", "digits", "--sigma", "0.25", "--n0", "10", "--n", "20", "--limit", "1",
+            "--out", str(tmp_path / "a.tsv"), *FAST]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--mixer adaptive has no --mixer-option checkpoint=MIXING_PT" in err and "train-mixer" in err
+    assert not (tmp_path / "a.tsv").exists()
+    assert cli.main([*argv, "--factory-weights"]) == 0
 
 
 def test_checkpoints_pair_with_models_in_order(checkpoints, capsys):

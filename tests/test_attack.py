@@ -353,7 +353,7 @@ def test_readme_attack_commands_parse():
 
 def attack_command(out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "rs_plugins", "attack", "--random-weights", "--model", "killable_model:build",
+        sys.executable, "-m", "rs_plugins", "attack", "--factory-weights", "--model", "killable_model:build",
         "--data", "digits",
         "--limit", "12", "--batch-size", "4", "--attack", "pgd", "--eps", "0.05", "0.1", "--out", str(out),
         "--device", "cpu", "--no-progress",
@@ -531,7 +531,7 @@ ATTACK_COST = re.compile(
 def test_attack_says_what_a_row_costs(tmp_path, capsys, smoothed):
     """One line after the first group: the rows to do follow from --limit and --eps, the groups from --batch-size
     (divided by --m when smoothed), the PREDICT passes from --n and --batch-size."""
-    argv = ["attack", "--random-weights", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 8}',
+    argv = ["attack", "--factory-weights", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 8}',
             "--data", "digits", "--attack", "pgdl2", "--eps", "0.25", "0.5", "--attack-option", "steps=2",
             "--limit", "5", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "a.tsv")]  # fmt: skip
     argv += ["--sigma", "0.25", "--m", "4", "--n", "250", "--batch-size", "100"] if smoothed else ["--batch-size", "2"]

@@ -42,7 +42,7 @@ def root(tmp_path_factory):
 
 def args(out, batch_size=BATCH):
     return [
-        "attack", "--random-weights", "--model", "attack_shard_model:net", "--data", "digits", "--limit", str(IMAGES),
+        "attack", "--factory-weights", "--model", "attack_shard_model:net", "--data", "digits", "--limit", str(IMAGES),
         "--batch-size", str(batch_size), "--attack", "PGDL2", "--attack-option", f"steps={STEPS}",
         "--eps", *map(str, EPS), "--seed", "3", "--device", "cpu", "--no-progress", "--out", str(out),
     ]  # fmt: skip

@@ -10,6 +10,7 @@ raise a ValueError, an ``RsPluginError`` or an OSError whose message holds the e
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -184,6 +185,8 @@ class Files:
         self.ckpt_dir_corrupt = root / "corrupt_ckpt"
         self.ckpt_dir_corrupt.mkdir()
         (self.ckpt_dir_corrupt / "checkpoint.pt").write_bytes(b"PK\x03\x04 half a zip")
+        self.binary = root / "binary.tsv"
+        self.binary.write_bytes(bytes(range(255, -1, -1)))
         self.ckpt_dir_foreign = root / "foreign_ckpt"
         self.ckpt_dir_foreign.mkdir()
         torch.save({"weights": torch.zeros(1)}, self.ckpt_dir_foreign / "checkpoint.pt")
@@ -241,8 +244,9 @@ def api_case(id, where, given, expect, run):
     return Case(id, where, given, expect, run)
 
 
-CERTIFY = [*MODEL, "--random-weights", "--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "2"]
-PREDICT = [*MODEL, "--random-weights", "--data", "digits", "--sigma", "0.25", "--n", "20", "--limit", "2"]
+CERTIFY = [*MODEL, "--factory-weights", "--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10",
+           "--limit", "2"]
+PREDICT = [*MODEL, "--factory-weights", "--data", "digits", "--sigma", "0.25", "--n", "20", "--limit", "2"]
 TWO_MODELS = ["--model", "rs_plugins.nets:SmallCNN", "--checkpoint", lambda f: f.ckpt, "--model",
               "rs_plugins.nets:SmallCNN", "--checkpoint", lambda f: f.ckpt, "--model-kwargs", '{"width": 4}']
 TRAIN = [*MODEL, "--data", "digits", "--sigma", "0.25", "--epochs", "1", "--checkpoint-dir", lambda f: f.root / "t"]
@@ -317,6 +321,54 @@ def dncnn_file(f: Files) -> Path:
     return path
 
 
+def edited_sidecar(f: Files, name: str, text: str) -> Path:
+    """A certify TSV with one row whose sidecar holds ``text``."""
+    path = f._tsv(f"{name}.tsv", "0\t3\t3\t0.5\t1\t0:00:01\t100\n")
+    (f.root / f"{name}.tsv.json").write_text(text)
+    return path
+
+
+def p_b_file(f: Files, name: str, side: dict | None = None, row: str | None = None) -> Path:
+    """A p_b votes file of digits' training split (4 votes for each label), its sidecar's fields replaced by
+    ``side``, its first row by ``row`` (idx, label, counts)."""
+    from rs_plugins.sources.data import data_identity, load_digits
+
+    data = load_digits("train")
+    labels = [int(y) for y in data.tensors[1]]
+    path = f.root / f"p_b_{name}.tsv"
+    lines = [f"{i}\t{y}\t{y}:4\t0:00:00.1\n" for i, y in enumerate(labels)]
+    if row is not None:
+        lines[0] = row + "\t0:00:00.1\n"
+    path.write_text("\t".join(CONFIDENCE_COLUMNS) + "\n" + "".join(lines))
+    record = {"n": 4, "num_classes": 10, "data_identity": data_identity(data)} | (side or {})
+    (f.root / f"p_b_{name}.tsv.json").write_text(json.dumps(record))
+    return path
+
+
+def dncnn_edited(f: Files, name: str, state: bool = True, **fields) -> Path:
+    """A train-denoiser file with ``fields`` set, without its state dict unless ``state``."""
+    from rs_plugins.train.denoiser import FORMAT, DnCNN
+
+    path = f.root / f"dncnn_{name}.pt"
+    record = {"format": FORMAT, "sigma": 0.25} | fields
+    if state:
+        record["state_dict"] = DnCNN(1, depth=3, width=4).state_dict()
+    torch.save(record, path)
+    return path
+
+
+def ddpm_edited(f: Files, **fields) -> Path:
+    """A copy of ``ddpm(f)`` whose config.json has ``fields`` set."""
+    import shutil
+
+    path = f.root / "ddpm_edited"
+    if not path.exists():
+        shutil.copytree(ddpm(f), path)
+    config = json.loads((path / "config.json").read_text()) | fields
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
 # fmt: off
 CASES: list[Case] = [
     # numbers: every float finite, every range check names its option
@@ -369,7 +421,7 @@ CASES: list[Case] = [
     # labels: checked against the model's number of classes
     cli_case("data-label-minus-one", "certify", "`--data` file with a label -1",
              "has label -1 (image 2); labels must be integers in 0..K-1, the classes of the model",
-             *MODEL, "--random-weights", "--data", lambda f: f.minus_one, "--sigma", "0.25",
+             *MODEL, "--factory-weights", "--data", lambda f: f.minus_one, "--sigma", "0.25",
              "--out", lambda f: f.root / "u.tsv"),
     cli_case("data-label-42", "certify", "`--data` file with a label 42, 10-class model",
              "label 42 of image 1 is outside 0..9, the classes of a model with 10 logits",
@@ -390,7 +442,7 @@ CASES: list[Case] = [
              "label 3 / predict 42 is not one of the model's 10 classes", lambda f: f.bad_class),
     # models that misbehave
     cli_case("nan-logits", "certify", "a model whose logits are NaN",
-             "returned non-finite logits (NaN or inf) on noisy inputs", "--random-weights",
+             "returned non-finite logits (NaN or inf) on noisy inputs", "--factory-weights",
              "--model", "test_bad_input:NaNModel",
              "--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "1",
              "--out", lambda f: f.root / "nan.tsv"),
@@ -466,12 +518,12 @@ CASES: list[Case] = [
     cli_case("mixer-option-unknown", "certify", "`--mixer mean --mixer-option weight=2`",
              "mixer 'mean' from plugin broken_plugin has no option 'weight' (--mixer-option); accepted: weights",
              "--model", "rs_plugins.nets:SmallCNN", "--model", "rs_plugins.nets:SmallCNN", "--mixer", "mean",
-             "--random-weights", "--mixer-option", "weight=2", "--data", "digits", "--sigma", "0.25",
+             "--factory-weights", "--mixer-option", "weight=2", "--data", "digits", "--sigma", "0.25",
              "--out", lambda f: f.root / "o.tsv"),
     cli_case("model-kwargs-unknown", "certify", "`--model-kwargs '{\"depth\": 3}'`",
              "--model-kwargs depth: not an option of --model rs_plugins.nets:SmallCNN; accepted: in_channels, "
              "num_classes, width", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"depth": 3}',
-             "--random-weights", "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "o.tsv"),
+             "--factory-weights", "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "o.tsv"),
     api_case("api-noise-option-unknown", "`Host.noise`", "`host.noise('gaussian', sigma=0.25, scale=2)`",
              "has no option 'scale' (--noise-option); accepted: sigma",
              lambda f: host().noise("gaussian", sigma=0.25, scale=2)),
@@ -594,11 +646,12 @@ CASES: list[Case] = [
              lambda f: execution.Execution(compile=True, compile_mode="fast")),
     # issue 21: untrained or mismatched models
     cli_case("untrained-factory", "certify", "a factory `--model` without `--checkpoint`",
-             "has no --checkpoint, so it would be evaluated with random initial weights; give --checkpoint FILE",
+             "has no --checkpoint, so it would run with the weights its factory builds: random initial weights, "
+             "unless the factory sets its own. Give --checkpoint FILE",
              *MODEL, "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
     cli_case("untrained-factory-predict", "predict", "a factory `--model` without `--checkpoint`",
-             "or --random-weights to evaluate it untrained", *MODEL, "--data", "digits", "--sigma", "0.25",
-             "--out", lambda f: f.root / "u.tsv"),
+             "or --factory-weights to use the factory's weights as they are", *MODEL, "--data", "digits",
+             "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
     cli_case("data-shape-mismatch", "train", "`--model rs_plugins.nets:cifar_resnet110 --data digits`",
              "--data images have shape 1x8x8 (CxHxW), but model 'rs_plugins.nets:cifar_resnet110' takes 3x32x32",
              "--model", "rs_plugins.nets:cifar_resnet110", "--data", "digits", "--sigma", "0.25", "--epochs", "1",
@@ -630,7 +683,7 @@ CASES: list[Case] = [
              "--model", "rs_plugins.nets:lenet", "--checkpoint", lambda f: f.ckpt, "--data", "digits",
              "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
     cli_case("nan-logits-accepted", "predict", "a model whose logits are NaN",
-             "A model must return finite logits for images in [0, 1]", "--random-weights", "--model",
+             "A model must return finite logits for images in [0, 1]", "--factory-weights", "--model",
              "test_bad_input:NaNModel", "--data", "digits", "--sigma", "0.25", "--n", "20", "--limit", "1",
              "--out", lambda f: f.root / "nan_predict.tsv"),
     api_case("api-nan-logits-accepted", "`SmoothedClassifier.predict`", "a model whose logits are NaN",
@@ -662,7 +715,7 @@ CASES: list[Case] = [
              *certify_args_lazy(), "--denoiser", lambda f: f"diffusion:{f.ckpt}"),
     cli_case("denoiser-sigma-too-large", "certify", "`--sigma 100 --denoiser diffusion:DIR`",
              "2 sigma = 200 exceeds the largest noise level of the diffusion schedule",
-             *MODEL, "--random-weights", "--data", "digits", "--sigma", "100", "--n", "20", "--n0", "10",
+             *MODEL, "--factory-weights", "--data", "digits", "--sigma", "100", "--n", "20", "--n0", "10",
              "--limit", "1", "--out", lambda f: f.root / "u.tsv", "--denoiser", diffusion),
     cli_case("denoiser-wrong-channels", "certify", "an RGB diffusion model on 1-channel digits",
              "the UNet takes 3-channel images; the data has 1 channels",
@@ -681,7 +734,7 @@ CASES: list[Case] = [
              "--denoiser", "diffusion:"),
     cli_case("denoiser-no-sigma", "attack", "`--denoiser` without `--sigma`",
              "--denoiser denoises the smoothing noise: give --sigma",
-             *MODEL, "--random-weights", "--data", "digits", "--attack", "PGD", "--eps", "0.1", "--limit", "1",
+             *MODEL, "--factory-weights", "--data", "digits", "--attack", "PGD", "--eps", "0.1", "--limit", "1",
              "--denoiser",
              "bad_shape", "--device", "cpu", "--no-progress", "--out", lambda f: f.root / "u.tsv"),
     cli_case("denoiser-bad-shape", "certify", "a plugin denoiser whose output has another shape",
@@ -712,7 +765,7 @@ CASES: list[Case] = [
              "`--objective classification`, labels beyond the classifier's classes",
              "--data: label 9 of image 1 is outside 0..3", "--data", "digits", "--sigma", "0.25", "--objective",
              "classification", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"num_classes": 4}',
-             "--random-weights", "--checkpoint-dir", lambda f: f.root / "d", *FAST),
+             "--factory-weights", "--checkpoint-dir", lambda f: f.root / "d", *FAST),
     cli_case("train-lr-schedule", "train", "`--lr-schedule late`",
              "argument --lr-schedule: invalid choice: 'late'", "--model",
              "rs_plugins.nets:SmallCNN", "--data", "digits", "--sigma", "0.25", "--lr-schedule", "late"),
@@ -753,6 +806,69 @@ CASES: list[Case] = [
              *TWO_MODELS, "--mixer", "mix", "--mixer-option", "alpha=0.8", "--certifier", "mixed", "--data",
              "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "1", "--out",
              lambda f: f.root / "u.tsv", "--denoiser", lambda f: f"dncnn:{dncnn_file(f)}"),
+    # issue 25: untrained models everywhere, files edited by hand or foreign (one schema per file kind)
+    cli_case("untrained-factory-confidence", "predict-confidence", "a factory `--model` without `--checkpoint`",
+             "has no --checkpoint, so it would run with the weights its factory builds", *MODEL, "--data", "digits",
+             "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv", *FAST),
+    api_case("api-untrained-factory", "`Host.load_model`", "`host.load_model('rs_plugins.nets:SmallCNN')`",
+             "Python: ModelRequest(source, checkpoint=FILE) or host.load_model(source, factory_weights=True)",
+             lambda f: host().load_model("rs_plugins.nets:SmallCNN")),
+    cli_case("untrained-mixing-network", "certify", "`--mixer adaptive --certifier mixed` without its checkpoint",
+             "--mixer adaptive has no --mixer-option checkpoint=MIXING_PT, so its mixing network would run with "
+             "random initial weights", *TWO_MODELS, "--mixer", "adaptive", "--mixer-option", "width=4",
+             "--certifier", "mixed", "--data", "digits", "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
+    cli_case("report-sidecar-not-json", "report", "a sidecar that is not JSON",
+             "bad_json.tsv.json is not valid JSON (Expecting", lambda f: edited_sidecar(f, "bad_json", "{")),
+    cli_case("report-sidecar-provenance", "report", 'a sidecar with `"provenance": "x"`',
+             "field 'provenance' is 'x'; expected a JSON object",
+             lambda f: edited_sidecar(f, "prov", '{"sigma": 0.25, "provenance": "x"}')),
+    cli_case("report-sidecar-resumed", "report", 'a sidecar with `"resumed": 5`',
+             "field 'resumed' is 5; expected a list, each a JSON object",
+             lambda f: edited_sidecar(f, "resumed", '{"sigma": 0.25, "resumed": 5}')),
+    cli_case("report-header-only", "report", "a TSV with its header and no rows",
+             "has its header but no rows yet", "--noise", "gaussian", lambda f: f._tsv("header_only.tsv", "")),
+    cli_case("report-binary", "report", "a binary file", "is not a results file: it is not text (byte 0xff",
+             "--noise", "gaussian", lambda f: f.binary),
+    cli_case("report-duplicate-index", "report", "a TSV with image 0 on two rows with different radii",
+             "image index 0 is on 2 rows with different results (1 image index appears more than once)",
+             "--noise", "gaussian", lambda f: f._tsv("twice.tsv", "0\t3\t3\t0.5\t1\t0:00:01\t100\n"
+                                                     "0\t3\t3\t0.7\t1\t0:00:01\t100\n")),
+    cli_case("catrs-votes-n-text", "train", 'a p_b sidecar with `"n": "16"`',
+             "p_b_n_text.tsv.json: field 'n' is '16'; expected an integer > 0", *TRAIN, "--loss", "catrs",
+             "--loss-option", lambda f: f"confidence={p_b_file(f, 'n_text', side={'n': '16'})}"),
+    cli_case("catrs-votes-identity-text", "train", 'a p_b sidecar with `"data_identity": "digits"`',
+             "field 'data_identity' is 'digits'; expected a JSON object with images, labels_sha256", *TRAIN,
+             "--loss", "catrs",
+             "--loss-option", lambda f: f"confidence={p_b_file(f, 'identity', side={'data_identity': 'digits'})}"),
+    cli_case("catrs-votes-class-99", "train", "a p_b row voting for class 99",
+             "image 0: votes 99:4; each must be class:count with a class in 0..9 and a count > 0", *TRAIN,
+             "--loss", "catrs",
+             "--loss-option", lambda f: "confidence=" + str(p_b_file(f, 'c99', row='0\t3\t99:4'))),
+    cli_case("catrs-votes-class-minus-one", "train", "a p_b row moving a vote to class -1",
+             "image 0: votes -1:1; each must be class:count with a class in 0..9", *TRAIN, "--loss", "catrs",
+             "--loss-option", lambda f: "confidence=" + str(p_b_file(f, 'cm1', row='0\t3\t3:3,-1:1'))),
+    cli_case("catrs-votes-index-out-of-range", "train", "a p_b row for image 99999",
+             "image 99999: the index is outside the data set's 0..1436", *TRAIN, "--loss", "catrs",
+             "--loss-option", lambda f: "confidence=" + str(p_b_file(f, 'i99999', row='99999\t0\t0:4'))),
+    cli_case("catrs-votes-index-twice", "train", "a p_b file with image 1 twice and image 0 missing",
+             "covers 1436 of 1437 images (first missing: 0)", *TRAIN, "--loss", "catrs",
+             "--loss-option", lambda f: "confidence=" + str(p_b_file(f, 'twice', row='1\t9\t9:4'))),
+    cli_case("catrs-votes-folder", "train", "`--loss-option confidence=` a folder",
+             "is a folder; give the votes file, write it with `rs-plugins predict-confidence`", *TRAIN,
+             "--loss", "catrs", "--loss-option",
+             lambda f: f"confidence={f.folder}"),
+    cli_case("dncnn-no-state-dict", "certify", "a `denoiser.pt` without `state_dict`",
+             "field 'state_dict' is missing; expected a state dict (parameter names to tensors)",
+             *certify_args_lazy(), "--denoiser", lambda f: f"dncnn:{dncnn_edited(f, 'no_state', state=False)}"),
+    cli_case("dncnn-sigma-text", "certify", 'a `denoiser.pt` with `"sigma": "abc"`',
+             "field 'sigma' is 'abc'; expected a finite number > 0 or null",
+             *certify_args_lazy(), "--denoiser", lambda f: f"dncnn:{dncnn_edited(f, 'sigma_text', sigma='abc')}"),
+    cli_case("diffusers-config-type", "certify", 'a diffusers `config.json` with `"in_channels": "1"`',
+             "config.json: field 'in_channels' is '1'; expected an integer > 0",
+             *certify_args_lazy(), "--denoiser", lambda f: f"diffusion:{ddpm_edited(f, in_channels='1')}"),
+    cli_case("train-mixer-eps-range", "train-mixer", "`--eps-range 1.1 0.4`",
+             "--eps-range LOW HIGH: LOW (1.1) must not exceed HIGH (0.4)", *TWO_MODELS, "--eps-range", "1.1", "0.4",
+             "--data", "digits", "--checkpoint-dir", lambda f: f.root / "tm"),
     # the zoo of released models and the data sets fetched on demand (downloads are off in the tests)
     cli_case("zoo-unknown-entry", "certify", "`--model zoo:cohen-cifar10-resnet110-0.52`",
              "--model zoo:cohen-cifar10-resnet110-0.52: no such zoo entry; did you mean cohen-cifar10-resnet110-0.5",
@@ -774,7 +890,7 @@ CASES: list[Case] = [
     cli_case("zoo-certify-no-sigma", "zoo", "`certify carlini2023-diffusion-cifar10` without `--sigma`",
              "it was not trained for one noise level; give --sigma", "certify", "carlini2023-diffusion-cifar10"),
     cli_case("data-imagenet-no-root", "certify", "`--data imagenet` (no folder)",
-             "its licence forbids redistribution, so nothing downloads it", *MODEL, "--random-weights", "--data",
+             "its licence forbids redistribution, so nothing downloads it", *MODEL, "--factory-weights", "--data",
              "imagenet", "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
 ]
 # fmt: on

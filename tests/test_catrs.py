@@ -19,8 +19,9 @@ from torch.utils.data import TensorDataset
 
 from rs_plugins.builtin.catrs import CatrsLoss, budget, low_confidence_loss, noise_adversary, restandardise
 from rs_plugins.builtin.gaussian import GaussianNoise
+from rs_plugins.certify.confidence import read_confidence_targets
 from rs_plugins.certify.distributed import World, shard
-from rs_plugins.certify.runner import confidence_dataset, read_confidence_targets
+from rs_plugins.certify.runner import confidence_dataset
 from rs_plugins.certify.sharding import partial_path
 from rs_plugins.cli import main
 from rs_plugins.errors import PluginBuildError, ResultsFileError
@@ -319,7 +320,8 @@ def test_runner_refuses_targets_of_the_wrong_length(tmp_path):
 
 
 def confidence_cli(tmp_path, data, out, *extra):
-    args = ["predict-confidence", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"num_classes": 3}']
+    args = ["predict-confidence", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"num_classes": 3}',
+            "--factory-weights"]  # an untrained SmallCNN, seeded by the caller
     args += ["--data", str(data), "--sigma", "0.25", "--n", "40", "--batch-size", "80", "--out", str(out)]
     return main([*args, "--device", "cpu", "--no-progress", *extra])
 

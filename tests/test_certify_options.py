@@ -14,7 +14,7 @@ import torch
 
 from rs_plugins.cli import main
 
-MODEL = ["--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 8}', "--random-weights"]
+MODEL = ["--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 8}', "--factory-weights"]
 
 
 def certify(tmp_path, *extra, name="c.tsv"):
@@ -133,10 +133,12 @@ def test_the_cost_of_a_row_is_said_before_sampling(capsys, tmp_path, command, ex
 @pytest.mark.parametrize("source", ["torchscript:m.ts", "robustbench:Standard"])
 def test_forms_that_carry_their_weights_need_no_checkpoint(source):
     """Only a package.module:factory is refused without --checkpoint; README's TorchScript command used to be."""
-    import argparse
+    from rs_plugins.errors import RsPluginError
+    from rs_plugins.sources.models import load_model
+    from rs_plugins.types import ModelRequest
 
-    from rs_plugins.cli import shared
-
-    shared._check_trained(argparse.Namespace(random_weights=False), source, None)
-    with pytest.raises(ValueError, match="--random-weights"):
-        shared._check_trained(argparse.Namespace(random_weights=False), "rs_plugins.nets:SmallCNN", None)
+    with pytest.raises((RsPluginError, ValueError, OSError)) as info:  # the file is missing: another refusal
+        load_model(ModelRequest(source))
+    assert "--factory-weights" not in str(info.value)
+    with pytest.raises(ValueError, match="--factory-weights"):
+        load_model(ModelRequest("rs_plugins.nets:SmallCNN"))

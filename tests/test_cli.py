@@ -211,7 +211,8 @@ def test_certify_resumes_without_recomputing_and_refuses_other_settings(capsys, 
 
 def test_certify_resume_refuses_other_model_kwargs(capsys, tmp_path):
     out = tmp_path / "certify.tsv"
-    base = ["certify", "--model", "rs_plugins.nets:SmallCNN", "--data", "digits", "--sigma", "0.25", "--random-weights"]
+    base = ["certify", "--model", "rs_plugins.nets:SmallCNN", "--data", "digits", "--sigma", "0.25",
+            "--factory-weights"]
     base += ["--n0", "10", "--n", "100", "--limit", "1", "--out", out, *FAST]
     assert run_cli(capsys, *base, "--model-kwargs", '{"width": 8}')[0] == 0
     before = out.read_bytes()
@@ -313,7 +314,7 @@ def base_argv(tmp_path) -> list[str]:
     """A valid certify command of one image with an untrained model; tests add the one wrong option."""
     return [
         "certify",
-        "--random-weights",
+        "--factory-weights",
         "--data",
         "digits",
         "--sigma",
@@ -360,21 +361,21 @@ def test_missing_checkpoint(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["certify", "predict", "attack"])
-def test_an_untrained_factory_model_is_refused_unless_random_weights(capsys, tmp_path, command):
+def test_an_untrained_factory_model_is_refused_unless_factory_weights(capsys, tmp_path, command):
     """Issue 21: a factory without --checkpoint used to certify random weights and exit 0 with a plausible table."""
     argv = [command, *SMALL_MODEL, "--data", "digits", "--limit", "1", "--out", tmp_path / "o.tsv", *FAST]
     argv += ["--sigma", "0.25", "--n", "20"] + (["--n0", "10"] if command == "certify" else [])
     if command == "attack":
         argv = [a for a in argv if a not in ("--sigma", "0.25", "--n", "20")] + ["--attack", "pgd", "--eps", "0"]
     err = user_error(capsys, *argv)
-    assert "--random-weights" in err and "--checkpoint" in err and "random initial weights" in err
+    assert "--factory-weights" in err and "--checkpoint" in err and "random initial weights" in err
     assert not (tmp_path / "o.tsv").exists()
-    assert run_cli(capsys, *argv, "--random-weights")[0] == 0
+    assert run_cli(capsys, *argv, "--factory-weights")[0] == 0
 
 
 def test_a_built_in_net_refuses_data_of_another_shape(capsys, tmp_path):
     """cifar_resnet110 (3x32x32) on 1x8x8 digits used to run; now both shapes are named before any work."""
-    argv = ["certify", "--model", "rs_plugins.nets:cifar_resnet110", "--random-weights", "--data", "digits"]
+    argv = ["certify", "--model", "rs_plugins.nets:cifar_resnet110", "--factory-weights", "--data", "digits"]
     err = user_error(capsys, *argv, "--sigma", "0.25", "--limit", "1", "--out", tmp_path / "o.tsv", *FAST)
     assert "1x8x8" in err and "3x32x32" in err and "rs_plugins.nets:cifar_resnet110" in err
 
@@ -509,7 +510,7 @@ def test_a_technique_option_error_names_the_option(tmp_path, capsys):
 
 def test_certify_progress_counts_samples_per_pass_with_images_and_cost(capsys, tmp_path):
     """Issue 21: the bar counts samples (n0 + n per image), moves per forward pass, and says the cost of a row."""
-    argv = ["certify", *SMALL_MODEL, "--random-weights", "--data", "digits", "--sigma", "0.25", "--n0", "10"]
+    argv = ["certify", *SMALL_MODEL, "--factory-weights", "--data", "digits", "--sigma", "0.25", "--n0", "10"]
     argv += ["--n", "50", "--batch-size", "20", "--limit", "2", "--out", tmp_path / "c.tsv", "--device", "cpu"]
     code, _, err = run_cli(capsys, *argv)
     assert code == 0

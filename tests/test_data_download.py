@@ -64,8 +64,8 @@ def test_offline_keeps_todays_message_exactly(served_cifar10, monkeypatch, tmp_p
 
 def test_certify_with_data_cifar10_works_without_preparing_anything(served_cifar10, tmp_path, capsys):
     code = main(["certify", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"in_channels": 3}',
-                 "--random-weights", "--data", "cifar10", "--sigma", "0.25", "--n0", "4", "--n", "40", "--alpha", "0.1",
-                 "--limit", "2", "--batch-size", "40", "--device", "cpu", "--no-progress",
+                 "--factory-weights", "--data", "cifar10", "--sigma", "0.25", "--n0", "4", "--n", "40",
+                 "--alpha", "0.1", "--limit", "2", "--batch-size", "40", "--device", "cpu", "--no-progress",
                  "--out", str(tmp_path / "c.tsv")])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     record = json.loads((tmp_path / "c.tsv.json").read_text())

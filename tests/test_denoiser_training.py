@@ -212,14 +212,14 @@ def test_mixed_certifier_refuses_a_denoiser_before_sampling(capsys, tmp_path, tr
         (["train-denoiser", *TINY, "--objective", "l1"], "argument --objective: invalid choice: 'l1'"),
         (["train-denoiser", *TINY, "--objective", "stability"], "--objective stability needs --model"),
         (
-            ["certify", *CLASSIFIER, "--random-weights", "--denoiser", "dncnn:no_such.pt"],
+            ["certify", *CLASSIFIER, "--factory-weights", "--denoiser", "dncnn:no_such.pt"],
             "--denoiser dncnn:PATH: no file 'no_such.pt'",
         ),
         (
-            ["certify", *CLASSIFIER, "--random-weights", "--denoiser", "dncnn:{clf}"],
+            ["certify", *CLASSIFIER, "--factory-weights", "--denoiser", "dncnn:{clf}"],
             "--denoiser dncnn:PATH: another architecture's weights in",
         ),
-        (["certify", *CLASSIFIER, "--random-weights", "--denoiser", "dncnn"], "--denoiser dncnn:PATH: give the"),
+        (["certify", *CLASSIFIER, "--factory-weights", "--denoiser", "dncnn"], "--denoiser dncnn:PATH: give the"),
         (["train-denoiser", *TINY, "--init", "{clf}"], "--init: another architecture's weights in"),
     ],
     ids=["objective", "stability-no-model", "missing", "other-architecture", "no-path", "init-other-architecture"],

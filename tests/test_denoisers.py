@@ -192,7 +192,7 @@ def test_classifier_size_upsamples_before_the_classifier(ddpm_dir):
 
 
 def test_certify_through_the_diffusion_denoiser_records_it(capsys, tmp_path, ddpm_dir):
-    argv = ["certify", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 4}', "--random-weights",
+    argv = ["certify", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"width": 4}', "--factory-weights",
             "--data", "digits", "--sigma", "0.25", "--n0", "5", "--n", "20", "--limit", "2",
             "--denoiser", f"diffusion:{ddpm_dir}", "--out", tmp_path / "c.tsv", *FAST]  # fmt: skip
     assert run(capsys, *argv) == 0

@@ -150,7 +150,8 @@ def test_certify_with_an_authors_checkpoint_records_it(capsys, tmp_path):
     torch.save({"x": images, "y": torch.tensor([0, 1, 2])}, tmp_path / "data.pt")
     options = [f"{k}={json.dumps(v)}" for k, v in g["options"].items()] + ["noise=authors"]
     argv = ["certify", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs",
-            '{"width": 4, "in_channels": 3, "num_classes": 3}', "--random-weights", "--data", str(tmp_path / "data.pt"),
+            '{"width": 4, "in_channels": 3, "num_classes": 3}', "--factory-weights",
+            "--data", str(tmp_path / "data.pt"),
             "--sigma", "0.25", "--n0", "4", "--n", "8", "--alpha", "0.1", "--batch-size", "6", "--limit", "2",
             "--denoiser", f"diffusion:{path}", *[a for o in options for a in ("--denoiser-option", o)],
             "--out", str(tmp_path / "c.tsv"), *FAST]  # fmt: skip
@@ -188,7 +189,7 @@ def test_report_puts_the_papers_row_beside_a_run(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(adm_files.PRESETS, name, (replace(tiny, num_heads=2), adm_files.PRESETS[name][1]))
     torch.save({"x": torch.rand(2, 3, 8, 8), "y": torch.tensor([0, 1])}, tmp_path / "data.pt")
     argv = ["certify", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs",
-            '{"width": 4, "in_channels": 3, "num_classes": 10}', "--random-weights", "--data",
+            '{"width": 4, "in_channels": 3, "num_classes": 10}', "--factory-weights", "--data",
             str(tmp_path / "data.pt"),
             "--sigma", "0.25", "--n0", "2", "--n", "8", "--alpha", "0.1", "--denoiser", f"diffusion:{path}",
             "--out", str(tmp_path / "c.tsv"), *FAST]  # fmt: skip

@@ -215,7 +215,8 @@ def test_plugin_tutorial_installs_as_written_and_certifies_l1(tmp_path):
     done = subprocess.run([*pip, "--target", str(target), str(src)], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     env = {k: v for k, v in os.environ.items() if k != "RS_PLUGINS_DISABLE"} | {"PYTHONPATH": str(target)}
-    command = [sys.executable, "-m", "rs_plugins", "certify", "--random-weights", "--model", "rs_plugins.nets:SmallCNN",
+    command = [sys.executable, "-m", "rs_plugins", "certify", "--factory-weights", "--model",
+               "rs_plugins.nets:SmallCNN",
                "--data", "digits", "--noise", "my_uniform", "--sigma", "0.5", "--n0", "20", "--n", "50", "--limit", "2",
                "--out", "u.tsv", "--no-progress"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
@@ -432,8 +433,8 @@ def _prepare(page: Path, folder: Path, monkeypatch) -> None:
     for run in ("cohen025", "con025"):  # docs/cli.md's report compares two runs the page does not make
         if f"runs/{run}/certify.tsv" in text and f"--checkpoint-dir runs/{run}" not in text:
             out = folder / "runs" / run / "certify.tsv"
-            args = ["certify", "--random-weights", "--model", "rs_plugins.nets:SmallCNN", "--data", "digits", "--sigma",
-                    "0.25", "--n0", "10", "--n", "100", "--no-progress", "--out", str(out)]  # fmt: skip
+            args = ["certify", "--factory-weights", "--model", "rs_plugins.nets:SmallCNN", "--data", "digits",
+                    "--sigma", "0.25", "--n0", "10", "--n", "100", "--no-progress", "--out", str(out)]  # fmt: skip
             out.parent.mkdir(parents=True)
             assert cli_main(args) == 0
     if "their_laplace_050.tsv" in text:  # another project's file: Cohen's columns, no sidecar

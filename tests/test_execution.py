@@ -245,7 +245,7 @@ def test_cli_records_the_execution_and_refuses_to_mix_precisions(tmp_path, capsy
     out = tmp_path / "c.tsv"
     common = [
         "certify",
-        "--random-weights",
+        "--factory-weights",
         "--model",
         "rs_plugins.nets:SmallCNN",
         "--data",
@@ -289,7 +289,8 @@ def test_attacks_accept_channels_last_batches():
 def test_cli_records_the_precision_auto_resolved_to(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # as if the CPU had native bf16
     out = tmp_path / "a.tsv"
-    argv = ["certify", "--model", "rs_plugins.nets:SmallCNN", "--random-weights", "--data", "digits", "--sigma", "0.25"]
+    argv = ["certify", "--model", "rs_plugins.nets:SmallCNN", "--factory-weights", "--data", "digits",
+            "--sigma", "0.25"]
     argv += ["--n", "300"]
     argv += ["--n0", "20", "--limit", "2", "--device", "cpu", "--no-progress", "--certifier", "sequential"]
     torch.manual_seed(0)  # the same random weights both times

@@ -73,7 +73,7 @@ def test_factory_with_checkpoint(tmp_path, small, wrap):
 
 
 def test_factory_without_checkpoint_uses_kwargs():
-    model = load_model(ModelRequest(FACTORY, kwargs={"in_channels": 3, "num_classes": 4}))
+    model = load_model(ModelRequest(FACTORY, kwargs={"in_channels": 3, "num_classes": 4}, factory_weights=True))
     assert model(torch.rand(2, 3, 8, 8)).shape == (2, 4)
 
 

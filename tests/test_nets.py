@@ -77,6 +77,6 @@ def test_resnet50_without_torchvision(monkeypatch):
 
 @pytest.mark.parametrize("name", ["cifar_resnet110", "lenet"])
 def test_factories_load_as_model_options(name):
-    model = Host().load_model(ModelRequest(f"rs_plugins.nets:{name}", kwargs={"num_classes": 3}))
+    model = Host().load_model(ModelRequest(f"rs_plugins.nets:{name}", kwargs={"num_classes": 3}), factory_weights=True)
     assert _parameters(model) > 0
     assert list(model.modules())[-1].out_features == 3

@@ -39,7 +39,7 @@ def args(root, out, command="certify"):
     sampling = ["--n", "200", "--batch-size", "40"] + (["--n0", "20"] if command == "certify" else [])
     return [
         command,
-        "--random-weights",
+        "--factory-weights",
         "--model",
         "shard_model:net",
         "--data",

@@ -24,6 +24,7 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from ..certify.runner import duration, image_generator, passes_per_image
+from ..certify.sampling import eval_mode
 from ..certify.smoothing import check_images, check_sampling, cohen_predict
 from ..results.files import ATTACK_COLUMNS, AttackRow, ResultsFile, Row
 from ..train.smoothed_pgd import EOTSoftClassifier, attack_mode
@@ -147,7 +148,14 @@ def attack_dataset(
             rows to do, what each costs when smoothed, and the time per row and for the run from that group.
     """
     device = torch.device(device)
-    model = model.to(device).eval()  # the CLI has already wrapped it for --precision etc. (execution.prepare_model)
+    model = model.to(device)  # the CLI has already wrapped it for --precision etc. (execution.prepare_model)
+    with eval_mode(model):  # the caller's mode back afterwards
+        return _attack_dataset(model, dataset, adversary, results, indices, eps, smoothing, batch_size, seed, device,
+                               progress, targets, below, announce)  # fmt: skip
+
+
+def _attack_dataset(model, dataset, adversary, results, indices, eps, smoothing, batch_size, seed, device, progress,
+                    targets, below, announce) -> list[AttackRow]:  # fmt: skip
     eps = check_eps(eps)
     if smoothing is not None:
         check_sampling(n=smoothing.n, alpha=smoothing.alpha, batch_size=batch_size)

@@ -117,11 +117,10 @@ def certified_targets(certified: Sequence[Row]) -> tuple[dict[int, int], dict[in
 def read_certified(path: str | Path, sigma: float, noise: str) -> tuple[list[Row], float | None]:
     """The rows of a certify TSV and its alpha (None if unknown); refused if its settings sidecar (``<path>.json``,
     written by ``rs-plugins certify``) has another sigma or noise."""
-    from ..results.files import read_results
+    from ..results.files import read_results, read_sidecar
 
-    rows = read_results(path)
-    sidecar = Path(f"{path}.json")
-    stored = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+    rows = read_results(path)  # one row per image: a file with an image twice is refused (files.unique_rows)
+    stored = read_sidecar(path) or {}
     for key, value in (("sigma", sigma), ("noise", noise)):
         if key in stored and stored[key] != value:
             raise ValueError(f"--certified {path} was certified with --{key} {stored[key]}; this run has {value}")

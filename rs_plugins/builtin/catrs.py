@@ -118,9 +118,9 @@ class CatrsLoss(EpochAware):
 
     def example_targets(self, dataset, num_classes: int) -> dict[str, Tensor]:
         """p_b per training index, from ``confidence``; refused if made on other data or for other classes."""
-        from rs_plugins.certify.runner import read_confidence_targets
+        from rs_plugins.certify.confidence import read_confidence_targets
 
-        return {"p_b": read_confidence_targets(self.confidence, dataset, num_classes, "confidence")}
+        return {"p_b": read_confidence_targets(self.confidence, dataset, num_classes, "--loss-option confidence")}
 
     def weight(self, sigma: float) -> float:
         """lambda: the option, else the CIFAR-10 value for this sigma."""

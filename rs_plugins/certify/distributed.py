@@ -11,7 +11,7 @@ all-reduce per step keeps the traffic the same as DDP's; only the overlap with t
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from ..errors import RsPluginError
 
 T = TypeVar("T")
 
@@ -104,6 +106,30 @@ def barrier(world: World) -> None:
     """Wait for every process, e.g. until the main one has written a checkpoint."""
     if world.size > 1:
         dist.barrier()
+
+
+def main_decides(world: World, check: Callable[[], T]) -> T | None:
+    """Run ``check()`` (e.g. lock ``--out`` and compare its settings) on the main process and tell every process
+    whether it passed, so that a refusal stops them all at once with one message instead of leaving them waiting at
+    the next barrier. Returns what ``check`` returned on the main process, None elsewhere.
+
+    Raises:
+        what ``check`` raised, on the main process; ``RsPluginError`` saying so on the others.
+    """
+    if world.size == 1:
+        return check()
+    result, message = None, [None]
+    if world.main:
+        try:
+            result = check()
+        except (RsPluginError, ValueError, OSError) as err:
+            message = [f"{type(err).__name__}: {err}"]
+            dist.broadcast_object_list(message, src=0)
+            raise
+    dist.broadcast_object_list(message, src=0)
+    if message[0] is not None:
+        raise RsPluginError(f"process {world.rank} stopped: process 0 refused the run (its message is above)")
+    return result
 
 
 def broadcast_model(model: nn.Module, world: World) -> None:

@@ -9,26 +9,16 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ResultsFileError
-from ..results.files import (
-    ConfidenceRow,
-    ResultsFile,
-    Row,
-    read_confidence,
-    read_sidecar,
-    sidecar_path,
-)
+from ..results.files import ConfidenceRow, ResultsFile, Row
 from ..validation import MAX_SEED, check_certificates, check_input_shape, check_integer, check_labels, check_logits
 from .from_counts import predict_from_counts, records
 from .sampling import call_model, count_pass, eval_mode, reporting_passes, sample_counts
@@ -188,7 +178,7 @@ def _run(decide, model, dataset, results, indices, *, group, per_image, desc, se
         unit_scale=True,
         disable=not progress,
     )
-    with bar, reporting_passes(bar.update):
+    with bar, reporting_passes(bar.update), eval_mode(model):  # whatever the caller's mode: no batch statistics
         bar.set_postfix_str(f"{done}/{len(indices)} img")
         for chunk in _batches(pending, group):
             x, labels = _images(dataset, chunk, device, num_classes)
@@ -328,7 +318,8 @@ def confidence_dataset(
     pending = [i for i in indices if i not in results.done]
     group = max(1, min(MAX_IMAGES_PER_CALL, batch_size // n))
     done = len(indices) - len(pending)
-    with tqdm(total=len(indices), initial=done, desc="confidence", unit="img", disable=not progress) as bar:
+    bar = tqdm(total=len(indices), initial=done, desc="confidence", unit="img", disable=not progress)
+    with bar, eval_mode(model):  # as certification: BatchNorm on its running statistics, which stay as they were
         for chunk in _batches(pending, group):
             x, labels = _images(dataset, chunk, torch.device("cpu"), num_classes)
             if augment == "crop-flip":
@@ -343,44 +334,3 @@ def confidence_dataset(
                 results.append(ConfidenceRow(i, label, pairs, seconds))
             bar.update(len(chunk))
     return results.rows
-
-
-def read_confidence_targets(path: str | os.PathLike, dataset: Dataset, num_classes: int, option: str) -> torch.Tensor:
-    """p_b = votes / n, (len(dataset), num_classes) float32, from a finished ``confidence_dataset`` file.
-
-    Refused (naming ``option``) unless its sidecar shows it was made on this data set (``data.data_identity``:
-    size and labels in index order) for this many classes, and it holds a row for every image.
-    """
-    from ..sources.data import data_identity
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{option}: no such file: {path}; write it with `rs-plugins predict-confidence`")
-    sidecar = read_sidecar(path) or {}
-    if not {"data_identity", "n", "num_classes"} <= sidecar.keys():
-        msg = f"{option}: {path} has no settings file {sidecar_path(path).name} recording its data and n; "
-        raise ResultsFileError(msg + "write it with `rs-plugins predict-confidence`")
-    stored, wanted = sidecar["data_identity"], data_identity(dataset)
-    if stored != wanted:
-        msg = (
-            f"{option}: {path} was made on other data ({stored.get('images')} images, labels sha256 "
-            f"{str(stored.get('labels_sha256'))[:12]}...) than the training data ({wanted['images']} images, "
-            f"{wanted['labels_sha256'][:12]}...); run predict-confidence on the --data and --split you train on"
-        )
-        raise ValueError(msg)
-    classes = sidecar.get("num_classes")
-    if classes != num_classes:
-        raise ValueError(f"{option}: {path} holds votes over {classes} classes, but the model has {num_classes}")
-    rows = read_confidence(path)
-    if len({row.idx for row in rows}) != len(dataset):
-        msg = f"{option}: {path} covers {len(rows)} of {len(dataset)} images; rerun its predict-confidence to finish it"
-        raise ValueError(msg)
-    votes = torch.zeros(len(dataset), num_classes, dtype=torch.float64)
-    for row in rows:
-        for c, count in row.counts:
-            votes[row.idx, c] = count
-    if not bool((votes.sum(1) == sidecar["n"]).all()):
-        raise ResultsFileError(f"{option}: {path} has rows whose votes do not sum to its n = {sidecar['n']}")
-    return (votes / sidecar["n"]).float()
-
-

@@ -24,9 +24,10 @@ from ..results.files import (
     read_attack_results,
     read_confidence,
     read_results,
-    sidecar_path,
+    read_sidecar,
 )
-from .distributed import World, barrier, shard
+from ..results.writer_lock import WriterLock, one_writer
+from .distributed import World, barrier, main_decides, shard
 
 
 def partial_path(out: str | os.PathLike, world: World) -> Path:
@@ -49,10 +50,9 @@ def _read(path: Path, columns: Sequence[str]) -> list[Row] | list[AttackRow]:
 
 def _partial_rows(path: Path, settings: dict | None) -> list[Row]:
     """Finished rows of a partial file left by an earlier run, refused if it was written with other settings."""
-    sidecar = sidecar_path(path)
-    if settings is not None and sidecar.is_file():
+    stored = read_sidecar(path) if settings is not None else None
+    if stored is not None:
         wanted = json.loads(json.dumps(settings, default=str))  # as ResultsFile stores them
-        stored = json.loads(sidecar.read_text(encoding="utf-8"))
         check_settings(path, {k: v for k, v in stored.items() if k not in RECORD_KEYS}, wanted)
     return load_rows(path)[1]
 
@@ -67,6 +67,11 @@ def merge_results(
     the partials are deleted only once ``out`` holds their rows, and a rerun merges again without duplicates.
     """
     out = Path(out)
+    with one_writer(out, "--out"):  # re-entered when run_sharded holds it
+        return _merge(out, columns, settings)
+
+
+def _merge(out: Path, columns: Sequence[str], settings: dict | None) -> list[Row] | list[AttackRow]:
     rows: dict = {}
     for row in _read(out, columns) if out.is_file() else []:
         rows.setdefault(row.key, row)
@@ -124,29 +129,41 @@ def run_sharded(
     world = world or World()
     out = Path(out)
     left = {row.key for path in _partials(out) for row in _partial_rows(path, settings)}  # before anyone writes
-    if world.main:  # refuse other settings before any work, or start the file with its settings and provenance
-        ResultsFile(out, columns, settings, provenance).close()
-    barrier(world)
-    done = left | {row.key for row in _read(out, columns)}
-    groups = [indices[start : start + group] for start in range(0, len(indices), group)]
-    mine = [i for share in shard(groups, world) for i in share if i not in done]  # (index, eps) keys drop no image
-    target = out if world.size == 1 else partial_path(out, world)
-    with ResultsFile(target, columns, settings, None if target == out else provenance) as results:
-        log = CountsLog(counts_path(target), {row.key for row in results.rows}) if counts else None
-        results.done.update(done)  # finished in another file: skipped as this file's own rows are
+
+    def claim() -> WriterLock:  # the main process: one writer per --out, and other settings refused before any work
+        lock = WriterLock(out, "--out")
         try:
-            if mine:  # nothing left here (a finished run resumed, or more processes than images): no work to start
-                work(results, mine, log) if counts else work(results, mine)
-        finally:
-            if log is not None:
-                log.close()
-        rows = results.rows
-    barrier(world)
-    if not world.main:
-        return []
-    attack = tuple(columns) == ATTACK_COLUMNS  # written group by group, eps by eps: sorted as a merge sorts them
-    count_parts = merge_counts(out, lambda path: {row.key for row in load_rows(path)[1]})  # before their results
-    merged = merge_results(out, columns, settings) if world.size > 1 or left or attack else rows
-    for part in count_parts:
-        part.unlink()
-    return merged
+            ResultsFile(out, columns, settings, provenance).close()  # or start the file with its settings
+        except BaseException:
+            lock.release()
+            raise
+        return lock
+
+    lock = main_decides(world, claim)  # held by the main process until the merged file (and counts log) is written
+    try:
+        done = left | {row.key for row in _read(out, columns)}
+        groups = [indices[start : start + group] for start in range(0, len(indices), group)]
+        mine = [i for share in shard(groups, world) for i in share if i not in done]  # (index, eps) keys drop no image
+        target = out if world.size == 1 else partial_path(out, world)
+        with ResultsFile(target, columns, settings, None if target == out else provenance) as results:
+            log = CountsLog(counts_path(target), {row.key for row in results.rows}) if counts else None
+            results.done.update(done)  # finished in another file: skipped as this file's own rows are
+            try:
+                if mine:  # nothing left here (a finished run resumed, or more processes than images): no work to start
+                    work(results, mine, log) if counts else work(results, mine)
+            finally:
+                if log is not None:
+                    log.close()
+            rows = results.rows
+        barrier(world)
+        if not world.main:
+            return []
+        attack = tuple(columns) == ATTACK_COLUMNS  # written group by group, eps by eps: sorted as a merge sorts them
+        count_parts = merge_counts(out, lambda path: {row.key for row in load_rows(path)[1]})  # before their results
+        merged = merge_results(out, columns, settings) if world.size > 1 or left or attack else rows
+        for part in count_parts:
+            part.unlink()
+        return merged
+    finally:
+        if lock is not None:
+            lock.release()

@@ -4,8 +4,10 @@ report, and a demo."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 import traceback
 
 from .. import __version__
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (RsPluginError, ValueError, OSError) as err:
         print(f"rs-plugins: error: {err}", file=sys.stderr)
+        tell_torchrun(f"rs-plugins: error: {err}")
         return 2
     except KeyboardInterrupt:
         print("rs-plugins: interrupted; finished results are kept, rerun the same command to resume", file=sys.stderr)
@@ -90,6 +93,19 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.pop(name, None)
             if value is not None:
                 os.environ[name] = value
+
+
+def tell_torchrun(message: str) -> None:
+    """Under torchrun, hand the one-line refusal to the launcher (its per-process error file), so that its failure
+    summary shows the message instead of "To enable traceback see ..."; torchrun still prints its own summary."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or os.path.exists(path):
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"message": {"message": message, "extraInfo": {"timestamp": str(int(time.time()))}}}, f)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

@@ -98,6 +98,7 @@ def _bases(host, args) -> list:
     return [shared.load_model(host, args, source, i) for i, source in enumerate(args.model)]
 
 
+@shared.writes("checkpoint_dir", folder=True)
 def cmd_train_mixer(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import Subset

@@ -46,6 +46,7 @@ def add_attack(sub) -> None:
     p.set_defaults(func=cmd_attack)
 
 
+@shared.writes("out")
 def cmd_attack(args: argparse.Namespace) -> int:
     import datetime
 

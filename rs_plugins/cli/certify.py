@@ -51,6 +51,7 @@ def add_certify(sub) -> None:
         p.set_defaults(func=cmd_certify)
 
 
+@shared.writes("out")
 def cmd_certify(args: argparse.Namespace) -> int:
     import datetime
 

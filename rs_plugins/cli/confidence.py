@@ -30,6 +30,7 @@ def add_confidence(sub) -> None:
     p.set_defaults(func=cmd_confidence)
 
 
+@shared.writes("out")
 def cmd_confidence(args: argparse.Namespace) -> int:
     import datetime
 

@@ -24,7 +24,6 @@ def add_train_denoiser(sub) -> None:
                        "--denoiser dncnn:")  # fmt: skip
     shared.add_model(p, several=False, required=False, role="frozen classifier (needed by --objective stability "
                       "and classification; adds its accuracy to the log): ")  # fmt: skip
-    p.add_argument("--random-weights", action="store_true", help="allow a factory --model without --checkpoint")
     shared.add_data(p, "train")
     p.add_argument("--sigma", type=shared.positive_float, required=True, help="noise level in [0, 1] pixel units")
     p.add_argument("--noise", default="gaussian", help="noise sampler (default gaussian)")
@@ -64,6 +63,7 @@ def add_train_denoiser(sub) -> None:
     p.set_defaults(func=cmd_train_denoiser)
 
 
+@shared.writes("checkpoint_dir", folder=True)
 def cmd_train_denoiser(args: argparse.Namespace) -> int:
     import os
 

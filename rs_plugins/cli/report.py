@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import file_checks
+from ..errors import ResultsFileError
 from ..results.metrics import ACR_CAVEAT, format_quantiles, p_lower_bounds, quantiles
 from ..results.published import format_published, published_for
 from ..results.report import format_provenance, format_table, write_summary
@@ -54,6 +55,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     file_checks.check_plot_path(args.plot)
     fmt = compare.table_format(args.table, args.format)
     runs = compare.load_runs(args.results, args.label, sigma=args.sigma, noise=args.noise)  # one norm only
+    for run in runs:
+        if not run.rows:
+            raise ResultsFileError(f"{run.path} has its header but no rows yet (a run that has not finished an "
+                                   "image, or an empty file): nothing to report")  # fmt: skip
     p_lower = {run.label: found for run in runs if (found := p_lower_bounds(run.path, run.settings))}  # counts logs
     percent = not args.fractions
     for run in runs:

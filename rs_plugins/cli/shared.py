@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
+import os
 
 from .. import file_checks, validation
 from ..certify.execution import batch_size_arg
 from ..host import Host  # the commands call shared.Host(): one place a test swaps in its own host
 from ..results import provenance
+from ..results.writer_lock import one_writer
 from ..types import ModelRequest
 
 SEED_HELP = "seed; each image's noise is seeded from (seed, index), so reruns and resumed runs agree"
@@ -18,6 +22,25 @@ SEED_HELP = "seed; each image's noise is seeded from (seed, index), so reruns an
 positive_int = validation.positive_int
 positive_float = validation.positive_float
 probability_arg = validation.probability
+
+
+def writes(dest: str, *, folder: bool = False):
+    """Decorator for a command that appends to or resumes the file (or folder) of option ``dest``: before anything
+    else, check the path and take its writer lock in the main process (torchrun's rank 0), held until the command
+    returns, so a second process on the same output is refused before it loads a model."""
+
+    def decorate(command):
+        @functools.wraps(command)
+        def run(args: argparse.Namespace) -> int:
+            path, flag = getattr(args, dest), "--" + dest.replace("_", "-")
+            (file_checks.check_output_dir if folder else file_checks.check_output_file)(path, flag)
+            main = int(os.environ.get("RANK", "0")) == 0  # the other processes lock their part files only
+            with one_writer(path, flag, folder=folder) if main else contextlib.nullcontext():
+                return command(args)
+
+        return run
+
+    return decorate
 
 
 def radius_arg(text: str) -> float:
@@ -48,7 +71,18 @@ def parse_options(pairs: list[str], flag: str) -> dict:
     return options
 
 
-def add_model(p: argparse.ArgumentParser, *, several: bool, required: bool = True, role: str = "") -> None:
+FACTORY_WEIGHTS_HELP = (
+    "use a package.module:factory --model without --checkpoint, with the weights its factory builds: its own (a "
+    "factory that loads or sets them) or random initial ones (an untrained model, e.g. for benchmarks); without it "
+    "such a model is refused. Also spelled --random-weights (its former name)"
+)
+
+
+def add_model(
+    p: argparse.ArgumentParser, *, several: bool, required: bool = True, role: str = "", evaluates: bool = True
+) -> None:
+    """The --model options; ``evaluates``: the command runs the model as given (not training it from scratch), so a
+    factory without --checkpoint needs --factory-weights."""
     g = p.add_argument_group("model")
     help_ = role + "zoo:<name> | robustbench:<name> | package.module:factory | torchscript:<file> | <file>.pt2 | "
     help_ += "timm:<name> | hf:<owner>/<name>"
@@ -69,13 +103,11 @@ def add_model(p: argparse.ArgumentParser, *, several: bool, required: bool = Tru
             "or a zoo: entry's file in its authors' layout"
         )
         g.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for the factory")
-    if several:  # the evaluating commands: a factory without --checkpoint would evaluate random weights
-        g.add_argument(
-            "--random-weights",
-            action="store_true",
-            help="allow a package.module:factory --model without --checkpoint (randomly initialised weights, e.g. for "
-            "benchmarks); without it such a model is refused",
-        )
+    if evaluates:  # a factory without --checkpoint would be evaluated with the weights it builds
+        g.add_argument("--factory-weights", "--random-weights", dest="factory_weights", action="store_true",
+                       help=FACTORY_WEIGHTS_HELP)  # fmt: skip
+    else:  # train: the factory's initial weights are where training starts
+        p.set_defaults(factory_weights=True)
     g.add_argument("--dataset", default="cifar10", help="RobustBench data set (default cifar10)")
     g.add_argument("--threat-model", default="L2", help="RobustBench threat model (default L2)")
     g.add_argument("--model-dir", default="./models", help="RobustBench checkpoint folder, downloaded into when a "
@@ -204,21 +236,9 @@ def kwargs_per_model(args: argparse.Namespace) -> list[dict]:
     return kwargs
 
 
-def _check_trained(args: argparse.Namespace, source: str, checkpoint: str | None) -> None:
-    """Refuse evaluating a factory model without weights: its results would look plausible and mean nothing.
-    TorchScript files and RobustBench models carry their weights (their forms match the factory pattern too)."""
-    from ..sources.models import FACTORY_PATTERN
-
-    factory = FACTORY_PATTERN.match(source) and not source.startswith(("robustbench:", "torchscript:", "timm:", "hf:"))
-    if checkpoint is None and getattr(args, "random_weights", True) is False and factory:
-        raise ValueError(
-            f"--model {source} has no --checkpoint, so it would be evaluated with random initial weights; give "
-            "--checkpoint FILE (e.g. model.pt from rs-plugins train), or --random-weights to evaluate it untrained"
-        )
-
-
 def load_model(host: Host, args: argparse.Namespace, source: str, position: int = 0):
-    _check_trained(args, source, checkpoint_list(args)[position])
+    """The ``position``-th --model with its --checkpoint and --model-kwargs; a factory without --checkpoint is
+    refused unless --factory-weights (``sources.models.refuse_untrained``: the rule the Python API applies too)."""
     request = ModelRequest(
         source,
         checkpoint_list(args)[position],
@@ -227,6 +247,7 @@ def load_model(host: Host, args: argparse.Namespace, source: str, position: int 
         args.threat_model,
         args.model_dir,
         trust=args.trust_model_file,
+        factory_weights=args.factory_weights,
     )
     return host.load_model(request)
 
@@ -243,7 +264,14 @@ def build_classifier(host: Host, args: argparse.Namespace, mixer_options: dict):
     checkpoint_list(args), kwargs_per_model(args)  # counts checked before any model is loaded
     models = [load_model(host, args, source, i) for i, source in enumerate(args.model)]
     if args.mixer:
-        return host.mixer(args.mixer, models, **mixer_options)
+        mixer = host.mixer(args.mixer, models, **mixer_options)
+        if hasattr(mixer, "trainable") and mixer_options.get("checkpoint") is None and not args.factory_weights:
+            raise ValueError(
+                f"--mixer {args.mixer} has no --mixer-option checkpoint=MIXING_PT, so its mixing network would run "
+                "with random initial weights; train it with rs-plugins train-mixer and give the mixing.pt it writes, "
+                "or --factory-weights to evaluate it untrained"
+            )
+        return mixer
     if len(models) > 1:
         mixers = ", ".join(host.names("mixer")) or "none installed"
         raise ValueError(f"{len(models)} --model given; combine them with --mixer (available: {mixers})")

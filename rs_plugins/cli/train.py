@@ -17,7 +17,7 @@ from .shared import epoch_list, positive_float, positive_int
 def add_train(sub) -> None:
     """Add ``train`` to the ``rs-plugins`` sub-parsers."""
     p = sub.add_parser("train", help="train a base classifier with a loss plugin")
-    shared.add_model(p, several=False)
+    shared.add_model(p, several=False, evaluates=False)
     shared.add_data(p, "train")
     shared.add_run(p, batch_size=None)
     p.add_argument("--mixer", help=argparse.SUPPRESS)  # refused with a pointer to train-mixer, see cmd_train
@@ -77,6 +77,7 @@ def held_out_data(host: shared.Host, args: argparse.Namespace, dataset):
     return dataset, None
 
 
+@shared.writes("checkpoint_dir", folder=True)
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 

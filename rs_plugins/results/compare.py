@@ -122,8 +122,8 @@ def load_runs(
     paths = [str(p) for p in paths]
     if labels and len(labels) != len(paths):
         raise ValueError(f"--label: give one per results file; got {len(labels)} labels for {len(paths)} files")
-    sidecars = [read_sidecar(p) or {} for p in paths]
     given = {k: v for k, v in (("noise", noise), ("sigma", sigma)) if v is not None}
+    sidecars = [read_sidecar(p, unreadable_ok=bool(given)) or {} for p in paths]  # unreadable: refused unless given
     described = [s or given for s in sidecars]  # what each file's σ and noise are taken to be
     if not labels:
         labels = [default_label(p, s) for p, s in zip(paths, described)]

@@ -1,5 +1,6 @@
-"""The field's results TSV: its columns and rows, reading and checking a file, its JSON sidecar, and the resumable
-``ResultsFile`` (one fsynced line per finished image; refuses to continue with different settings).
+"""The field's results TSV: its columns and rows, reading and checking a file, and the resumable ``ResultsFile``
+(one fsynced line per finished image, one writing process at a time; refuses to continue with different settings).
+The JSON sidecar beside it is read and written by ``sidecars``.
 """
 
 from __future__ import annotations
@@ -10,13 +11,25 @@ import logging
 import math
 import os
 import re
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rs_plugins.errors import ResultsFileError
 from rs_plugins.types import ABSTAIN
+
+from .sidecars import (  # noqa: F401  (planned_images, recorded: documented here, beside the rows they describe)
+    RECORD_KEYS,
+    check_settings,
+    planned_images,
+    read_sidecar,
+    recorded,
+    sidecar_path,
+    write_atomic,
+)
+from .writer_lock import WriterLock
 
 StrPath = str | os.PathLike[str]
 log = logging.getLogger(__name__)
@@ -30,8 +43,6 @@ CONFIDENCE_COLUMNS = ("idx", "label", "counts", "time")  # rs-plugins predict-co
 RESULTS_COLUMNS = (CERTIFY_COLUMNS, PREDICT_COLUMNS, ATTACK_COLUMNS, CONFIDENCE_COLUMNS)
 _TIME = re.compile(r"^(?:(-?\d+) days?, )?(\d+):(\d+):(\d+(?:\.\d*)?)$")
 _BOOL = {"1": True, "0": False, "True": True, "False": False}
-RECORD_KEYS = ("provenance", "resumed")
-"""Sidecar keys that describe runs; every other key is a setting compared on resume."""
 
 
 @dataclass(frozen=True)
@@ -142,19 +153,25 @@ def _parse_row(line: str, columns: Sequence[str]) -> Row | AttackRow:
 
 
 def load_rows(path: Path) -> tuple[tuple[str, ...], list[Row], int]:
-    """Header (``()`` if unfinished), rows, and the byte length of the finished lines.
+    """Header (``()`` if unfinished), rows (one per key, see ``unique_rows``), and the byte length of the finished
+    lines.
 
     A last line without its newline is a crash mid-write: it is left out.
     """
     data = path.read_bytes()
     cut = data.rfind(b"\n") + 1
-    lines = data[:cut].decode("utf-8").splitlines()
+    try:
+        lines = data[:cut].decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        msg = f"{path} is not a results file: it is not text (byte {data[err.start]:#04x} at offset {err.start}); "
+        msg += f"expected a TSV with the header {CERTIFY_COLUMNS!r} or another results header"
+        raise ResultsFileError(msg) from None
     if not lines:
         return (), [], cut
     header = tuple(lines[0].split("\t"))
     if header not in (*RESULTS_COLUMNS, LEGACY_CERTIFY_COLUMNS):
         msg = f"{path} is not a results file: header {header!r}; expected {CERTIFY_COLUMNS!r} (or without samples), "
-        raise ResultsFileError(msg + f"{PREDICT_COLUMNS!r} or {ATTACK_COLUMNS!r}")
+        raise ResultsFileError(msg + f"{PREDICT_COLUMNS!r}, {ATTACK_COLUMNS!r} or {CONFIDENCE_COLUMNS!r}")
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -166,7 +183,45 @@ def load_rows(path: Path) -> tuple[tuple[str, ...], list[Row], int]:
             raise ResultsFileError(msg) from err
     if cut < len(data):
         log.warning("%s: ignoring the unfinished last line %r", path, data[cut:])
-    return header, rows, cut
+    return header, unique_rows(path, rows), cut
+
+
+def _describe_key(key: Any) -> str:
+    return f"image {key[0]} at eps {key[1]!r}" if isinstance(key, tuple) else f"image index {key}"
+
+
+def unique_rows(path: StrPath, rows: list) -> list:
+    """``rows`` with one row per key (image index; (index, eps) for attack rows), so no image is counted twice.
+
+    A key on several rows that agree in everything but their time (two processes wrote the file at once, before
+    rs-plugins locked its outputs) keeps its first row, with a printed note; rows that disagree are refused.
+    """
+    first: dict = {}
+    extra = []
+    for row in rows:
+        if row.key in first:
+            extra.append(row)
+        else:
+            first[row.key] = row
+    if not extra:
+        return rows
+    keys = list(dict.fromkeys(row.key for row in extra))
+    pair, one = isinstance(keys[0], tuple), len(keys) == 1
+    what = ("(image, eps) pair" if one else "(image, eps) pairs") if pair else "image index" if one else "image indices"
+    what += " appears" if one else " appear"
+    differ = [row.key for row in extra if replace(row, seconds=0.0) != replace(first[row.key], seconds=0.0)]
+    if differ:
+        count = sum(row.key == differ[0] for row in rows)
+        msg = (
+            f"{path}: {_describe_key(differ[0])} is on {count} rows with different results ({len(keys)} {what} "
+            "more than once); each must appear once, or it is counted twice. Two processes wrote the file at once, "
+            "or it was edited: keep one row each, or move the file away and rerun"
+        )
+        raise ResultsFileError(msg)
+    print(f"rs-plugins: note: {path}: {len(keys)} {what} on more than one row with identical results (first: "
+          f"{_describe_key(keys[0])}): two processes wrote the file at once; each is counted once",
+          file=sys.stderr)  # fmt: skip
+    return list(first.values())
 
 
 def read_results(path: StrPath) -> list[Row]:
@@ -184,9 +239,12 @@ def read_results(path: StrPath) -> list[Row]:
     if header == ATTACK_COLUMNS:
         msg = f"{path} holds attack results (one row per image and eps); read it with read_attack_results()"
         raise ResultsFileError(msg)
-    sidecar = read_sidecar(path)
+    try:
+        sidecar = read_sidecar(path)
+    except ResultsFileError:  # the rows' own checks still run; the caller that needs the settings refuses it
+        sidecar = None
     num_classes = (sidecar or {}).get("provenance", {}).get("num_classes")
-    check_rows(path, rows, num_classes if isinstance(num_classes, int) else None)
+    check_rows(path, rows, num_classes)
     return rows
 
 
@@ -230,37 +288,6 @@ def check_rows(path: StrPath, rows: Sequence[Row], num_classes: int | None = Non
             raise ResultsFileError(msg)
 
 
-def sidecar_path(path: StrPath) -> Path:
-    """Where the settings and provenance of a results file are kept: ``<path>.json``."""
-    return Path(path).with_name(Path(path).name + ".json")
-
-
-def read_sidecar(path: StrPath) -> dict[str, Any] | None:
-    """The settings and provenance stored next to a results file, or None if it has none (e.g. a paper repo's)."""
-    try:
-        found = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return found if isinstance(found, dict) else None
-
-
-def _records(sidecar: dict[str, Any]) -> list[dict[str, Any]]:
-    """The provenance of each run that wrote the file, the latest last."""
-    runs = [sidecar.get("provenance"), *sidecar.get("resumed", [])]
-    return [p for p in runs if isinstance(p, dict)]
-
-
-def recorded(sidecar: dict[str, Any] | None, key: str) -> Any:
-    """``key`` from the provenance of the latest run that recorded it (e.g. ``norm``, ``images``), else None."""
-    return next((p[key] for p in reversed(_records(sidecar or {})) if key in p), None)
-
-
-def planned_images(sidecar: dict[str, Any] | None) -> int | None:
-    """How many images the latest run that wrote the file set out to do (its subset's size), if recorded."""
-    planned = recorded(sidecar, "images")
-    return planned if isinstance(planned, int) else None
-
-
 class ResultsFile:
     """Append-only results TSV that lets a long run resume without losing or repeating a finished image.
 
@@ -290,6 +317,16 @@ class ResultsFile:
         if self.columns not in RESULTS_COLUMNS:
             msg = f"columns must be one of {RESULTS_COLUMNS!r}; got {self.columns!r}"
             raise ValueError(msg)
+        self._file = None
+        self._lock = WriterLock(self.path, "--out")  # before reading: one writer per file, from check to close
+        try:
+            self._open(settings, provenance)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, settings: dict[str, Any] | None, provenance: dict[str, Any] | None) -> None:
+        """Read the finished rows back, check or store the settings, and open the file for appending."""
         settings_path = sidecar_path(self.path)
         # JSON round trip so that tuples, paths etc. compare equal to what was stored.
         settings = None if settings is None else json.loads(json.dumps(settings, default=str))
@@ -303,22 +340,22 @@ class ResultsFile:
         if header and settings is not None and (stored is not None or self.rows):
             if stored is None:
                 msg = (
-                    f"--out {self.path} has {len(self.rows)} rows but no settings file {settings_path.name} (or an "
-                    "unreadable one), so nothing shows they were computed with this run's settings: they could be "
+                    f"--out {self.path} has {len(self.rows)} rows but no settings file {settings_path.name}, so "
+                    "nothing shows they were computed with this run's settings: they could be "
                     "from another model, sigma or n. Use another --out, or move the file away to start over"
                 )
                 raise ResultsFileError(msg)
             check_settings(self.path, {k: v for k, v in stored.items() if k not in RECORD_KEYS}, settings)
             if provenance is not None:
                 stored["resumed"] = [*stored.get("resumed", []), provenance]
-                _write_atomic(settings_path, json.dumps(stored, indent=2, sort_keys=True) + "\n")
+                write_atomic(settings_path, json.dumps(stored, indent=2, sort_keys=True) + "\n")
         if self.path.is_file() and self.path.stat().st_size > cut:
             os.truncate(self.path, cut)  # so the next row starts on a line of its own
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8", newline="")
         if settings is not None and stored is None:
             record = settings | ({"provenance": provenance} if provenance is not None else {})
-            _write_atomic(settings_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+            write_atomic(settings_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
         if not header:
             self._write("\t".join(self.columns) + "\n")
 
@@ -340,26 +377,13 @@ class ResultsFile:
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        """Close the file; rows already appended are on disk either way."""
-        self._file.close()
+        """Close the file and let another process write it; rows already appended are on disk either way."""
+        if self._file is not None:
+            self._file.close()
+        self._lock.release()
 
     def __enter__(self) -> ResultsFile:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def check_settings(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
-    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, "<unset>") != new.get(k, "<unset>"))
-    if keys:
-        was = ", ".join(f"{k}={old.get(k, '<unset>')}" for k in keys)
-        now = ", ".join(f"{k}={new.get(k, '<unset>')}" for k in keys)
-        msg = f"--out {path} was written with {was}; this run has {now}. Use another --out or delete the file"
-        raise ResultsFileError(msg)

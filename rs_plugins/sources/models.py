@@ -300,11 +300,25 @@ class ExportedModule(nn.Module):
         return self.exported(*args, **kwargs)
 
 
+def refuse_untrained(request: ModelRequest) -> None:
+    """A factory model needs a checkpoint, or ``factory_weights`` saying its factory's weights are meant: evaluated
+    untrained, a model gives results that look plausible and mean nothing (the CLI and the Python API alike)."""
+    if request.checkpoint is None and not request.factory_weights:
+        raise SourceError(
+            f"--model {request.source} has no --checkpoint, so it would run with the weights its factory builds: "
+            "random initial weights, unless the factory sets its own. Give --checkpoint FILE (e.g. model.pt from "
+            "rs-plugins train), or --factory-weights to use the factory's weights as they are (a factory that "
+            "loads or sets its own; an untrained model for a benchmark). Python: ModelRequest(source, "
+            "checkpoint=FILE) or host.load_model(source, factory_weights=True)"
+        )
+
+
 def load_model(request: ModelRequest) -> nn.Module | None:
     """Load ``request.source`` if it has a built-in form (see ``MODEL_FORMS``), else return None for other plugins."""
     source = request.source
     prefixed = source.startswith(("robustbench:", "torchscript:"))
     if not prefixed and FACTORY_PATTERN.match(source):
+        refuse_untrained(request)
         return load_factory(source, checkpoint=request.checkpoint, kwargs=request.kwargs).eval().cpu()
     if not prefixed and not source.lower().endswith(".pt2"):
         return None

@@ -7,16 +7,38 @@ a rerun resumes from it only with the same settings, and ``train_log.csv`` holds
 from __future__ import annotations
 
 import csv
+import functools
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..certify.distributed import World, main_decides
 from ..file_checks import load_weights_only
+from ..results.writer_lock import WriterLock
 
 CHECKPOINT = "checkpoint.pt"  # everything needed to resume: model, optimizer, scheduler, epoch, config
 LOG = "train_log.csv"
+
+
+def one_writer_per_folder(trainer):
+    """Decorator for a trainer taking ``checkpoint_dir=`` (and optionally ``world=``): its main process holds the
+    writer lock on the folder for the whole call, so a second run on the same folder is refused before any work
+    (``results.writer_lock``); under torchrun every process stops when the main one is refused."""
+
+    @functools.wraps(trainer)
+    def locked(*args, **kwargs):
+        world = kwargs.get("world") or World()
+        folder = kwargs["checkpoint_dir"]
+        lock = main_decides(world, lambda: WriterLock(folder, "--checkpoint-dir", folder=True))
+        try:
+            return trainer(*args, **kwargs)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    return locked
 
 
 def derived_seed(*parts: int) -> int:

@@ -44,8 +44,9 @@ from ..certify.sampling import eval_mode
 from ..certify.smoothing import check_images
 from ..errors import TrainingDivergedError
 from ..file_checks import load_weights_only
+from ..schemas import DnCNNFile, check_record
 from ..validation import MAX_SEED, CheckedNoise, check_integer, check_labels, check_number
-from .checkpoints import CHECKPOINT, derived_seed, read_log, resume, save_checkpoint, write_log
+from .checkpoints import CHECKPOINT, derived_seed, one_writer_per_folder, read_log, resume, save_checkpoint, write_log
 from .config import AUGMENTATIONS, PRECISIONS, check_schedule, crop_flip
 from .held_out import VAL_IMAGES, spread_indices
 from .schedules import build_scheduler
@@ -127,7 +128,8 @@ def _state_dict(path: Path, option: str) -> tuple[dict[str, Tensor], dict[str, A
     if not isinstance(found, dict):
         raise ValueError(f"{option}: {path} holds a {type(found).__name__}; expected {EXPECTED}")
     meta: dict[str, Any] = {}
-    if found.get("format") == FORMAT:  # ours
+    if found.get("format") == FORMAT:  # ours: its fields checked, one line naming the file and the field
+        check_record(found, DnCNNFile, f"{option}: {path}", ValueError)
         meta = {k: v for k, v in found.items() if k not in ("format", "state_dict")}
         state = found["state_dict"]
     elif "state_dict" in found and "arch" in found:  # the authors' train_denoiser.py checkpoint
@@ -257,6 +259,7 @@ def held_out_metrics(
     return {k: sums[k] / len(indices) for k in keys}
 
 
+@one_writer_per_folder
 def train_denoiser(
     denoiser: DnCNN,
     dataset: Dataset,

@@ -43,6 +43,7 @@ from .checkpoints import (
     CHECKPOINT,
     LOG,  # noqa: F401  (the log's file name, where the training runner's users look for it)
     derived_seed,
+    one_writer_per_folder,
     read_log,
     resume,
     save_checkpoint,
@@ -106,6 +107,7 @@ def example_targets(loss: TrainingLoss, dataset: Dataset, num_classes: int) -> d
     return {key: value.cpu() for key, value in targets.items()}
 
 
+@one_writer_per_folder
 def train(
     model: nn.Module,
     dataset: Dataset,

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..validation import MAX_SEED, check_integer, check_number
-from .checkpoints import CHECKPOINT, derived_seed, read_log, resume, save_checkpoint, write_log
+from .checkpoints import CHECKPOINT, derived_seed, one_writer_per_folder, read_log, resume, save_checkpoint, write_log
 from .config import PRECISIONS
 from .smoothed_pgd import import_torchattacks
 
@@ -73,19 +73,23 @@ class MixerTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        flag = {"eps_low": "--eps-range LOW", "eps_high": "--eps-range HIGH"}  # the others: --name-with-dashes
         for name in ("epochs", "batch_size", "accumulate", "attack_steps"):
             check_integer(f"--{name.replace('_', '-')}", getattr(self, name))
         for name in ("targets", "extra_clean"):
             check_integer(f"--{name.replace('_', '-')}", getattr(self, name), minimum=0)
         for name in ("lr", "clip", "eps", "eps_high"):
-            check_number(f"--{name.replace('_', '-')}", getattr(self, name), above=0)
+            check_number(flag.get(name, f"--{name.replace('_', '-')}"), getattr(self, name), above=0)
         for name in ("weight_decay", "eps_low", "bce_weight", "ce_weight", "prod_weight"):
-            check_number(f"--{name.replace('_', '-')}", getattr(self, name), at_least=0)
+            check_number(flag.get(name, f"--{name.replace('_', '-')}"), getattr(self, name), at_least=0)
         for name in ("warmup", "attack_weight"):
             if not 0 <= check_number(f"--{name.replace('_', '-')}", getattr(self, name), at_least=0) <= 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1]; got {getattr(self, name)!r}")
         if self.eps_low > self.eps_high:
-            raise ValueError(f"--eps-low ({self.eps_low}) must not exceed --eps-high ({self.eps_high})")
+            raise ValueError(
+                f"--eps-range LOW HIGH: LOW ({self.eps_low:g}) must not exceed HIGH ({self.eps_high:g}); the attack "
+                "radius of each image is eps times a factor drawn from U(LOW, HIGH), e.g. --eps-range 0.4 1.1"
+            )
         if self.norm not in NORMS:
             raise ValueError(f"--norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
         if self.precision not in PRECISIONS:
@@ -172,6 +176,7 @@ class _eval:
         self.model.train(self.was_training)
 
 
+@one_writer_per_folder
 def train_mixer(
     mixer: nn.Module,
     dataset: Dataset,
@@ -270,7 +275,7 @@ def _mini_batch(mixer, inputs, labels, attacked, size: int, config: MixerTrainCo
     ce = F.nll_loss(log_probs.float(), labels, reduction="none")
     loss = (config.bce_weight * bce + config.ce_weight * ce + config.prod_weight * bce * ce).mean()
     if not torch.isfinite(loss):
-        raise ValueError(f"the mixing-network loss became {float(loss)}; try a lower --lr")
+        raise ValueError(f"the mixing-network loss became {loss.item()}; try a lower --lr")
     scaler.scale(loss * (len(inputs) / size) / config.accumulate).backward()
     alpha = torch.sigmoid(gamma.detach())
     correct = (log_probs.detach().argmax(1) == labels).float()

@@ -13,6 +13,7 @@ mixing network is trained by ``rs-plugins train-mixer`` (``rs_plugins.train.mixe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -52,23 +53,45 @@ def _check_bases(base_classifiers: Sequence[nn.Module], mixer: str) -> tuple[nn.
     return bases[0], bases[1]
 
 
-def mix_log_probs(std_logits: Tensor, rob_logits: Tensor, alpha: Tensor | float, std_scale: float, rob_scale: float):
+def mix_log_probs(
+    std_logits: Tensor,
+    rob_logits: Tensor,
+    alpha: Tensor | float | None,
+    std_scale: float,
+    rob_scale: float,
+    *,
+    log_weights: tuple[Tensor, Tensor] | None = None,
+):
     """log((1 - α)·softmax(s_g·g) + α·softmax(s_h·h)), computed in log space (exact at α = 0 and α = 1).
 
-    Always in float32 or wider: under bf16/fp16 autocast the logits are promoted, so α keeps its value (α = 0.84
-    in bf16 would be 0.83984, and the certificate assumes α_min exactly).
+    ``log_weights`` = (log(1 - α), log α), when given, replaces ``alpha``: the adaptive mixer computes them from γ
+    in log space (``AdaptiveMixer.log_weights``), so they and their gradients stay finite where α = sigmoid(γ)
+    rounds to exactly 0 or 1. Always in float32 or wider: under bf16/fp16 autocast the logits are promoted, so α
+    keeps its value (α = 0.84 in bf16 would be 0.83984, and the certificate assumes α_min exactly).
 
     Shape:
-        std_logits, rob_logits: (B, K); alpha: a float or (B,). returns: (B, K).
+        std_logits, rob_logits: (B, K); alpha: a float or (B,); log_weights: two (B,). returns: (B, K).
     """
     dtype = torch.promote_types(std_logits.dtype, torch.float32)
     std_logits, rob_logits = std_logits.to(dtype), rob_logits.to(dtype)
-    alpha = torch.as_tensor(alpha, device=std_logits.device).to(dtype)
-    alpha = alpha.reshape(-1, 1) if alpha.dim() else alpha
+    if log_weights is None:
+        alpha = torch.as_tensor(alpha, device=std_logits.device).to(dtype)
+        log_weights = (torch.log1p(-alpha), torch.log(alpha))
+    log_1m, log_a = (w.to(dtype).reshape(-1, 1) if w.dim() else w.to(dtype) for w in log_weights)
     with torch.autocast(std_logits.device.type, enabled=False):
-        log_g = F.log_softmax(std_scale * std_logits, dim=1) + torch.log1p(-alpha)
-        log_h = F.log_softmax(rob_scale * rob_logits, dim=1) + torch.log(alpha)
+        log_g = F.log_softmax(std_scale * std_logits, dim=1) + log_1m
+        log_h = F.log_softmax(rob_scale * rob_logits, dim=1) + log_a
         return torch.logaddexp(log_g, log_h)
+
+
+def _log(value: float) -> float:
+    """log(value), -inf at 0 (an α range endpoint of 0)."""
+    return math.log(value) if value > 0 else -math.inf
+
+
+def _log1m(value: float) -> float:
+    """log(1 - value), -inf at 1 (an α range endpoint of 1)."""
+    return math.log1p(-value) if value < 1 else -math.inf
 
 
 class _Mixture(nn.Module):
@@ -234,12 +257,27 @@ class AdaptiveMixer(_Mixture):
             return torch.sigmoid(gamma)
         return self.alpha_min + (self.alpha_max - self.alpha_min) * torch.sigmoid(gamma)
 
+    def log_weights(self, gamma: Tensor) -> tuple[Tensor, Tensor]:
+        """(log(1 - α), log α) of ``alpha(gamma)``, computed from γ in log space: log σ(γ) and log σ(-γ) by
+        ``logsigmoid``, and in eval mode α = α_min·σ(-γ) + α_max·σ(γ) (1 - α alike) by ``logaddexp``. Equal to the
+        logs of ``alpha`` where it is not saturated, and finite, with finite gradients, for every finite γ: a
+        sigmoid that rounds to exactly 0 or 1 in float32 would give log 0 and an infinite gradient. Shape: (B,)."""
+        up, down = F.logsigmoid(gamma), F.logsigmoid(-gamma)  # log σ(γ), log(1 - σ(γ))
+        if self.training or self.attack_view:
+            return down, up
+        low, high = self.alpha_min, self.alpha_max
+        if low == high:  # a constant α: no gradient through γ (and none of -inf - -inf)
+            return torch.full_like(gamma, _log1m(low)), torch.full_like(gamma, _log(low))
+        log_a = torch.logaddexp(_log(low) + down, _log(high) + up)
+        log_1m = torch.logaddexp(_log1m(low) + down, _log1m(high) + up)
+        return log_1m, log_a
+
     def forward(self, x: Tensor) -> Tensor:
         std_logits, f1g, f2g = self.taps[0](x)
         rob_logits, f1h, f2h = self.taps[1](x)
         self.last_gamma = self.gamma((f1g, f2g, f1h, f2h))
-        alpha = self.alpha(self.last_gamma)
-        return mix_log_probs(std_logits, rob_logits, alpha, self.std_scale, self.rob_scale)
+        weights = self.log_weights(self.last_gamma)
+        return mix_log_probs(std_logits, rob_logits, None, self.std_scale, self.rob_scale, log_weights=weights)
 
 
 @rs_plugins.hookimpl

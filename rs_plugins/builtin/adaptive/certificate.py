@@ -25,7 +25,7 @@ from scipy.stats import norm
 from torch import Tensor, nn
 
 from ...certify.from_counts import NO_SELECTION, records
-from ...certify.sampling import noise_input, per_image_generators, sample_counts
+from ...certify.sampling import eval_mode, noise_input, per_image_generators, sample_counts
 from ...certify.stats import clopper_pearson_lower, clopper_pearson_upper
 from ...errors import IncompatibleComponentsError, NeedsFreshSamplesError
 from ...results.provenance import describe
@@ -150,23 +150,24 @@ class MixedCertifier:
         robust, alpha_mix, scale = _robust_member(model)
         generators = per_image_generators(generator, len(x))
         counts = None
-        if self.votes == "hard":
-            selection = sample_counts(robust, x, noise, n0, batch_size=batch_size, generator=generators)
-            estimation = sample_counts(robust, x, noise, n, batch_size=batch_size, generator=generators)
-            counts = records(estimation, selection, extra={"member": "robust", "alpha_mix": alpha_mix})
-            top, p1, others = _hard_bounds(selection, estimation, alpha)
-        else:
-            top = _soft_sums(robust, x, noise, n0, batch_size, generators, scale)[0].argmax(1).numpy()
-            sums, squares = _soft_sums(robust, x, noise, n, batch_size, generators, scale)
-            mean = sums.numpy() / n
-            if self.bound == "hoeffding":
-                p1 = hoeffding_lower(mean[np.arange(len(x)), top], n, alpha / 2)
-                others = hoeffding_upper(mean, n, alpha / 2)
+        with eval_mode(robust):  # its running statistics, whatever mode the caller left it in
+            if self.votes == "hard":
+                selection = sample_counts(robust, x, noise, n0, batch_size=batch_size, generator=generators)
+                estimation = sample_counts(robust, x, noise, n, batch_size=batch_size, generator=generators)
+                counts = records(estimation, selection, extra={"member": "robust", "alpha_mix": alpha_mix})
+                top, p1, others = _hard_bounds(selection, estimation, alpha)
             else:
-                variance = np.maximum(squares.numpy() - n * mean**2, 0) / max(n - 1, 1)
-                idx = (np.arange(len(x)), top)
-                p1 = mean[idx] - bernstein_margin(variance[idx], n, alpha / 2)
-                others = mean + bernstein_margin(variance, n, alpha / 2)
+                top = _soft_sums(robust, x, noise, n0, batch_size, generators, scale)[0].argmax(1).numpy()
+                sums, squares = _soft_sums(robust, x, noise, n, batch_size, generators, scale)
+                mean = sums.numpy() / n
+                if self.bound == "hoeffding":
+                    p1 = hoeffding_lower(mean[np.arange(len(x)), top], n, alpha / 2)
+                    others = hoeffding_upper(mean, n, alpha / 2)
+                else:
+                    variance = np.maximum(squares.numpy() - n * mean**2, 0) / max(n - 1, 1)
+                    idx = (np.arange(len(x)), top)
+                    p1 = mean[idx] - bernstein_margin(variance[idx], n, alpha / 2)
+                    others = mean + bernstein_margin(variance, n, alpha / 2)
         return self._certificates(top, p1, others, [alpha_mix] * len(x), noise.sigma, counts=counts)
 
     def certify_counts(

@@ -10,6 +10,7 @@ predicts epsilon, and x0 = sqrt(1 / abar) x_t - sqrt(1 / abar - 1) eps (the auth
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.errors import MissingDependencyError
+from rs_plugins.schemas import DiffusersSchedulerConfig, DiffusersUNetConfig, check_record
 from rs_plugins.sources import fetch
 from rs_plugins.validation import check_number
 
@@ -65,10 +67,21 @@ def _folders(path: str) -> tuple[Path, Path]:
         raise ValueError(f"{OPTION}: no file or directory {path!r}; give {LOADS}")
     for unet, scheduler in ((root, root), (root / "unet", root / "scheduler")):
         if (unet / "config.json").is_file() and (scheduler / "scheduler_config.json").is_file():
+            _check_config(unet / "config.json", DiffusersUNetConfig)
+            _check_config(scheduler / "scheduler_config.json", DiffusersSchedulerConfig)
             return unet, scheduler
     raise ValueError(
         f"{OPTION}: {path!r} is not a diffusers folder (no config.json + scheduler_config.json); give {LOADS}"
     )
+
+
+def _check_config(path: Path, schema: type) -> None:
+    """The fields of a diffusers config the denoiser relies on, with one line naming the file and the field."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{OPTION}: cannot read {path} as JSON ({err}); give {LOADS}") from None
+    check_record(record, schema, f"{OPTION}: {path}", ValueError)
 
 
 def load_diffusers(path: str) -> tuple[nn.Module, Tensor]:

@@ -103,7 +103,7 @@ def test_api_page_documents_every_pinned_module():
 
 
 ENTRY_POINTS = ["adaptive", "catrs", "consistency", "denoisers", "feng", "gaussian", "laplace", "macer", "sequential",
-                "smoothadv", "smoothmix", "sources", "uniform"]  # fmt: skip
+                "smoothadv", "smoothmix", "sources", "standard", "uniform"]  # fmt: skip
 
 
 def test_entry_point_names_are_pinned():

@@ -22,7 +22,7 @@ from torch import nn
 
 import rs_plugins
 from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict, file_checks
-from rs_plugins.builtin import adaptive, catrs, consistency, denoisers, gaussian, sources
+from rs_plugins.builtin import adaptive, catrs, consistency, denoisers, gaussian, sources, standard
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.certify import execution
 from rs_plugins.certify.runner import certify_dataset
@@ -116,7 +116,8 @@ class BadDenoiser(nn.Module):
 
 
 def host() -> rs_plugins.Host:
-    plugins = [gaussian, consistency, sources, adaptive, catrs, denoisers, BrokenPlugin(), BrokenDenoiserPlugin()]
+    plugins = [gaussian, consistency, standard, sources, adaptive, catrs, denoisers, BrokenPlugin(),
+               BrokenDenoiserPlugin()]  # fmt: skip
     return rs_plugins.Host(entry_points=False, plugins=plugins)
 
 
@@ -435,6 +436,12 @@ CASES: list[Case] = [
     cli_case("noise-option-sigma", "train", "`--noise-option sigma=0.5`",
              "--noise-option sigma=0.5: give the noise level with --sigma", *TRAIN, "--noise-option", "sigma=0.5",
              "--checkpoint-dir", lambda f: f.root / "train_sigma"),
+    cli_case("train-no-sigma", "train", "`--loss gaussian` without `--sigma`",
+             "--loss gaussian trains under noise: give --sigma", *MODEL, "--data", "digits", "--loss", "gaussian",
+             "--epochs", "1", "--checkpoint-dir", lambda f: f.root / "train_no_sigma"),
+    cli_case("train-noise-option-no-sigma", "train", "`--loss standard --noise-option scale=2`, no `--sigma`",
+             "--noise-option given without --sigma", *MODEL, "--data", "digits", "--loss", "standard",
+             "--noise-option", "scale=2", "--epochs", "1", "--checkpoint-dir", lambda f: f.root / "train_no_sigma2"),
     cli_case("train-mixer-flag", "train", "`--mixer mix` (a mixture has nothing to train there)",
              "`train` trains one base classifier. Train the adaptive mixer's network with `rs-plugins train-mixer",
              *TRAIN, "--mixer", "mix"),

@@ -2,9 +2,11 @@
 Markdown, LaTeX or CSV, one plot with a curve per run, and the checks that make such a comparison fair.
 
 Runs are compared only when their radii are in one norm (each file's norm comes from its sidecar; a file
-without one, e.g. a paper repository's log, has the norm of ``--noise``, else is taken as Gaussian, l2).
-Different N, alpha, data or images, and runs short of their planned images, are allowed but flagged in the
-table's notes, since they change what the numbers mean.
+without one, e.g. a paper repository's log, has the norm of ``--noise``, else is taken as Gaussian, l2), when
+they are all CERTIFY or all PREDICT files, and when their models have the same number of classes. Every other
+setting that differs (N, alpha, n0, data, certifier, noise, model, mixer, precision, denoiser, ...), different
+images, and runs short of their planned images are allowed but flagged in the table's notes, since they change
+what the numbers mean.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .files import Row, StrPath, planned_images, read_results, read_sidecar, recorded
+from .files import RECORD_KEYS, Row, StrPath, planned_images, read_results, read_sidecar, recorded
+from .predictions import results_kind
 from .report import (
     average_certified_radius,
     certified_accuracy,
@@ -45,6 +48,7 @@ class Run:
     norm: str = "l2"
     sigma: float | None = None
     noise: str | None = None
+    kind: str = "certify"  # or "predict": a PREDICT file, accuracy and abstentions, no radii (``predictions``)
 
 
 def _build_noise(name: str, sigma: float, options: dict[str, Any]) -> Any:
@@ -140,13 +144,71 @@ def load_runs(
             print(f"rs-plugins: warning: {path} has no settings file ({Path(path).name}.json) and no --noise was "
                   f"given: its radii are taken as {norm} (Gaussian noise); give --noise NAME if they are not",
                   file=sys.stderr)  # fmt: skip
-        runs.append(Run(label, path, read_results(path), sidecar, norm, seen.get("sigma"), seen.get("noise")))
+        runs.append(Run(label, path, read_results(path), sidecar, norm, seen.get("sigma"), seen.get("noise"),
+                        results_kind(path)))  # fmt: skip
+    check_comparable(runs)
     norms = {run.norm for run in runs}
     if len(norms) > 1:
         found = ", ".join(f"{run.path}: {run.norm}" for run in runs)
         msg = f"radii in different norms cannot be compared: report takes files with radii in one norm ({found})"
         raise ValueError(msg)
     return runs
+
+
+def check_comparable(runs: Sequence[Run]) -> None:
+    """Refuse runs whose numbers measure different things: PREDICT files (accuracy, no radii) with CERTIFY files,
+    and runs whose models have different numbers of classes (different tasks), as recorded by their sidecars."""
+    kinds = {run.kind for run in runs}
+    if len(kinds) > 1:
+        found = ", ".join(f"{run.path}: {run.kind}" for run in runs)
+        msg = (f"PREDICT and CERTIFY files cannot be compared: a PREDICT file holds the smoothed classifier's "
+               f"predictions and abstentions, no radii; report takes files of one kind ({found})")  # fmt: skip
+        raise ValueError(msg)
+    classes = {run.label: recorded(run.settings, "num_classes") for run in runs}
+    if len({c for c in classes.values() if c is not None}) > 1:
+        found = ", ".join(f"{run.path}: {classes[run.label]} classes" for run in runs)
+        raise ValueError(f"runs of models with different numbers of classes are of different tasks and cannot be "
+                         f"compared; report takes runs on one data set ({found})")  # fmt: skip
+
+
+DIFFERENCE_ORDER = ("n", "alpha", "n0", "data", "split", "certifier", "certifier_option", "noise", "noise_option",
+                    "model", "model_kwargs", "mixer", "mixer_option", "precision", "channels_last", "compile",
+                    "compile_mode", "seed")  # fmt: skip
+"""The settings a comparison notes when they differ, in this order first; any other recorded setting follows."""
+NOT_NOTED = ("checkpoint", "model_sha256", "sigma", "denoiser", "certifies")
+"""Settings that differ without a plain note: the weights compared, σ (a column of its own), and two noted apart."""
+SETTING_NAMES = {"n": "N", "noise_option": "noise options", "certifier_option": "certifier options",
+                 "mixer_option": "mixer options", "model_kwargs": "model kwargs"}  # fmt: skip
+DEFAULT_CLAIM = "g(x) and its robustness"  # what a certify run without a ``certifies`` setting certifies
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return " + ".join(value)
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+
+
+def setting_differences(runs: Sequence[Run]) -> list[str]:
+    """A note for every setting the runs' sidecars record differently (N, alpha, n0, data, certifier, noise,
+    model, mixer, precision, seed, ... and the claim certified and the radius formula), each naming every run's
+    value; not the weights (what is compared) or σ (its own column)."""
+    known = [run for run in runs if run.settings]
+    keys = {k for run in known for k in run.settings if k not in (*RECORD_KEYS, *NOT_NOTED)}
+    ordered = [k for k in DIFFERENCE_ORDER if k in keys] + sorted(keys - set(DIFFERENCE_ORDER))
+    notes = []
+    for key in ordered:
+        values = {run.label: run.settings.get(key) for run in known}
+        if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+            name = SETTING_NAMES.get(key, key.replace("_", " "))
+            notes.append(f"different {name}: " + ", ".join(f"{label} {_shown(v)}" for label, v in values.items()))
+    claims = {run.label: run.settings.get("certifies", DEFAULT_CLAIM) for run in known if run.kind == "certify"}
+    if len(set(claims.values())) > 1:
+        notes.append("different claims certified: " + "; ".join(f"{label}: {c}" for label, c in claims.items()))
+    formulas = {run.label: recorded(run.settings, "radius") for run in known}
+    if len({f for f in formulas.values() if f}) > 1:
+        notes.append("different radius formulas (the radii come from different certificates): "
+                     + ", ".join(f"{label} {f}" for label, f in formulas.items() if f))  # fmt: skip
+    return notes
 
 
 def shortfall(run: Run) -> str | None:
@@ -179,17 +241,15 @@ def largest_radii(runs: Sequence[Run]) -> dict[str, float]:
 
 
 def comparison_notes(runs: Sequence[Run]) -> list[str]:
-    """What differs between runs beyond the technique: N, alpha, n0, data, split, the images certified; files
-    with no sidecar, whose settings are unknown; runs that stopped short of the images they planned."""
+    """What differs between runs beyond the technique: every recorded setting (``setting_differences``), the
+    denoiser, the images certified; files with no sidecar, whose settings are unknown; runs that stopped short of
+    the images they planned."""
     notes = [f"{run.label}: no settings file ({run.path}.json), so N, alpha and data are unknown"
              + ("" if run.noise else f", and its radii are taken as {run.norm} (give --noise if not)")
              for run in runs if not run.settings]  # fmt: skip
     notes += [note for note in map(shortfall, runs) if note]
     known = [run for run in runs if run.settings]
-    for key, name in (("n", "N"), ("alpha", "alpha"), ("n0", "n0"), ("data", "data"), ("split", "split")):
-        values = {run.label: run.settings.get(key) for run in known}
-        if len({json.dumps(v) for v in values.values()}) > 1:
-            notes.append(f"different {name}: " + ", ".join(f"{label} {v}" for label, v in values.items()))
+    notes += setting_differences(runs)
     denoisers = {run.label: (run.settings.get("denoiser") or {}) for run in known}
     if len({json.dumps(v, sort_keys=True) for v in denoisers.values()}) > 1:
         described = [f"{label} {d.get('name', 'none')}" + (f":{d['path']}" if d.get("path") else "")

@@ -7,6 +7,7 @@ import argparse
 from .. import file_checks
 from ..certify.execution import add_execution_arguments, execution_from_args
 from ..results import provenance
+from ..results.figures import describe_classifier
 from ..results.files import CERTIFY_COLUMNS, PREDICT_COLUMNS, read_sidecar
 from ..results.report import format_table, largest_radius, plot_certified_accuracy, radius_formula, write_summary
 from ..sources.data import select_indices
@@ -157,10 +158,10 @@ def cmd_certify(args: argparse.Namespace) -> int:
         accuracy = sum(row.correct for row in rows) / len(rows)
         print(f"predict {args.out} (sigma={args.sigma}, n={args.n}, alpha={args.alpha})")
         print(f"accuracy {100 * accuracy:.1f}%, abstained {abstained} of {len(rows)}")
-    if certify and args.plot:
-        model = f"{args.mixer} of {' + '.join(args.model)}" if args.mixer else " + ".join(args.model)
+    if certify and args.plot:  # the title says what was certified: the model, mixture (and its alpha), denoiser
+        model = describe_classifier(settings)
         title = f"{args.data} {args.split}, {model}\n{args.certifier}, N = {args.n:,}, α = {args.alpha:g}, "
-        label = f"{args.noise} σ = {args.sigma:g}"
+        label = f"{args.noise} σ = {args.sigma:g}" + (f" + {settings['denoiser']['name']}" if args.denoiser else "")
         own = radius_formula(noise, certifier) != radius_formula(noise)  # e.g. mixed: not the noise's radius
         largest = {} if own else {label: largest_radius(noise, args.n, args.alpha)}
         plot_certified_accuracy({label: rows}, args.plot, title=title + f"{len(rows)} images", norm=norm,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .figures import describe_classifier
 from .files import RECORD_KEYS, Row, StrPath, planned_images, read_results, read_sidecar, recorded
 from .predictions import results_kind
 from .report import (
@@ -371,20 +372,25 @@ def table_format(path: StrPath | None, fmt: str | None) -> str:
 
 
 def shared_setup(runs: Sequence[Run]) -> str:
-    """The data set and model every run shares (from the sidecars), for a plot title; "" if they differ."""
+    """The data set and the classifier every run certified (from the sidecars: model, mixer and its options,
+    denoiser; ``figures.describe_classifier``), for a plot title; "" for what differs."""
     data, split, model, mixer = (_common(runs, key) for key in ("data", "split", "model", "mixer"))
     parts = [" ".join(str(x) for x in (data, split) if x)] if data else []
-    if model:
+    classifiers = {describe_classifier(run.settings) for run in runs}
+    if model and len(classifiers) == 1:
+        parts.append(classifiers.pop())
+    elif model:
         models = " + ".join(model) if isinstance(model, list) else str(model)
         parts.append(f"{mixer} of {models}" if mixer else models)
     return ", ".join(parts)
 
 
-def plot_comparison(runs: Sequence[Run], path: StrPath) -> None:
+def plot_comparison(runs: Sequence[Run], path: StrPath) -> Any:
     """Certified accuracy against radius, one step curve per run (label, sigma and ACR in the legend), the norm on
     the x axis, the data set and model and what the runs share (N, alpha, images) as the title, and a dotted line
     at the largest radius each run's N can certify. The extension picks the format: PDF or SVG give vector figures
-    for a paper, PNG a 200 dpi image."""
+    for a paper, PNG a 200 dpi image. The legend covers no curve (inside where there is room, else outside).
+    Returns the matplotlib Figure."""
     curves, largest = {}, largest_radii(runs)
     marks = {}
     for run in runs:
@@ -393,7 +399,8 @@ def plot_comparison(runs: Sequence[Run], path: StrPath) -> None:
         if run.label in largest:
             marks[run.label + sigma] = largest[run.label]
     title = "\n".join(part for part in (shared_setup(runs), caption(runs)) if part)
-    plot_certified_accuracy(curves, path, title=title, norm=runs[0].norm, largest=marks, size=(5, 3.4), dpi=200)
+    return plot_certified_accuracy(curves, path, title=title, norm=runs[0].norm, largest=marks, size=(5, 3.4),
+                                   dpi=200)  # fmt: skip
 
 
 def write_comparison_summary(runs: Sequence[Run], path: StrPath, radii: Sequence[float] | None = None) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from rs_plugins.types import ABSTAIN
 
+from .figures import place_legend, save
 from .files import RECORD_KEYS, Row
 
 StrPath = str | os.PathLike[str]
@@ -172,11 +173,12 @@ def plot_certified_accuracy(
     largest: dict[str, float] | None = None,
     size: tuple[float, float] = (6, 4),
     dpi: int = 120,
-) -> None:
+) -> Any:
     """Plot certified accuracy against radius, one step curve per label, ACR in the legend; ``largest`` (label ->
     the largest radius the run's N can certify, see ``largest_radius``) adds a dotted line for each, in its
-    curve's colour (grey where runs share it). The extension of ``path`` picks the format (PDF/SVG: vector;
-    PNG at ``dpi``)."""
+    curve's colour (grey where runs share it). The legend goes where it covers no curve, else outside the axes
+    (``figures.place_legend``). The extension of ``path`` picks the format (PDF/SVG: vector; PNG at ``dpi``).
+    Returns the matplotlib Figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: leave global state alone
     from matplotlib.figure import Figure
 
@@ -205,10 +207,11 @@ def plot_certified_accuracy(
     ax.set(xlim=(0, end), ylim=(0, 1), xlabel=f"{norm} radius", ylabel="certified accuracy")
     ax.set_title(title, fontsize="medium")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
     fig.tight_layout()
+    place_legend(ax, fontsize="small")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save(fig, path)
+    return fig
 
 
 def write_summary(

@@ -319,7 +319,8 @@ def test_every_setting_that_differs_is_noted(tmp_path):
                      "mixer_option": {"alpha": 0.9}, "model": ["a:A", "b:B"], "precision": "bf16", "seed": 3,
                      "checkpoint": "b.pt", "model_sha256": "bb", "sigma": 0.5,
                      "certifies": "class_selection=label: certifies g(x) = y and robust",
-                     "provenance": {"norm": "l2", "radius": "rs_plugins.builtin.adaptive.certificate.mixed_radius"}}  # fmt: skip
+                     "provenance": {"norm": "l2",
+                                    "radius": "rs_plugins.builtin.adaptive.certificate.mixed_radius"}}  # fmt: skip
     a, b = _write(tmp_path / "a.tsv", A, **cohen), _write(tmp_path / "b.tsv", A, **mixed)
     notes = compare.comparison_notes(compare.load_runs([a, b], ["a", "b"]))
     assert notes == [

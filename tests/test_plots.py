@@ -63,7 +63,8 @@ def _rows(count: int, top: float, seed: int) -> list[Row]:
     rows = []
     for i in range(count):
         correct = g.random() < 0.85
-        rows.append(Row(i, i % 10, i % 10 if correct else -1, float(g.random() * top) if correct else 0.0, correct, 0.1))
+        radius = float(g.random() * top) if correct else 0.0
+        rows.append(Row(i, i % 10, i % 10 if correct else -1, radius, correct, 0.1))
     return rows
 
 

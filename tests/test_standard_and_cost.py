@@ -42,8 +42,8 @@ def test_standard_is_the_cross_entropy_of_the_clean_batch_whatever_the_noise():
 
 
 def test_train_standard_needs_no_sigma_and_learns_on_clean_images(tmp_path, capsys):
-    argv = ["train", "--model", "rs_plugins.nets:SmallCNN", "--data", "digits", "--loss", "standard", "--epochs", "2",
-            "--batch-size", "32", "--val-images", "100", "--checkpoint-dir", str(tmp_path), "--no-progress"]  # fmt: skip
+    argv = ["train", "--model", "rs_plugins.nets:SmallCNN", "--data", "digits", "--loss", "standard", "--epochs",
+            "2", "--batch-size", "32", "--val-images", "100", "--checkpoint-dir", str(tmp_path), "--no-progress"]
     assert main(argv) == 0
     rows = _log(tmp_path)
     assert "noisy_acc" not in rows[-1]  # no noise: no accuracy under it
@@ -121,8 +121,8 @@ def test_train_says_what_it_will_cost_before_the_first_epoch_ends_even_without_b
 
 
 def test_train_denoiser_says_what_it_will_cost(tmp_path, capsys):
-    argv = ["train-denoiser", "--data", "digits", "--sigma", "0.25", "--depth", "3", "--width", "4", "--epochs", "2",
-            "--batch-size", "128", "--val-images", "20", "--checkpoint-dir", str(tmp_path), "--no-progress"]  # fmt: skip
+    argv = ["train-denoiser", "--data", "digits", "--sigma", "0.25", "--depth", "3", "--width", "4", "--epochs",
+            "2", "--batch-size", "128", "--val-images", "20", "--checkpoint-dir", str(tmp_path), "--no-progress"]
     assert main(argv) == 0
     cost, epochs = _cost_and_epochs(capsys.readouterr().out, "train-denoiser")
     assert len(cost) == 1 and "per epoch of 12 batches" in cost[0] and "for the 2 epochs left" in cost[0]

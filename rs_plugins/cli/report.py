@@ -95,8 +95,8 @@ def report_predictions(args: argparse.Namespace, runs, fmt: str, percent: bool) 
             Path(args.table).write_text(table, encoding="utf-8")
             print(f"table ({fmt}): {args.table}")
     if args.summary:
-        found = {run.label: predictions.summarize_predictions(run.rows) | {"file": run.path, "run": run.settings or None}
-                 for run in runs}  # fmt: skip
+        about = {run.label: {"file": run.path, "run": run.settings or None} for run in runs}
+        found = {run.label: predictions.summarize_predictions(run.rows) | about[run.label] for run in runs}
         out = next(iter(found.values())) if len(runs) == 1 else found
         Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
         Path(args.summary).write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")

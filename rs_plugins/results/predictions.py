@@ -47,7 +47,8 @@ def format_predictions(rows: Sequence[Row], title: str = "") -> str:
     s = summarize_predictions(rows)
     n = s["images"]
     lines = [title] if title else []
-    lines.append("the smoothed classifier's PREDICT: a class or an abstention per image, no radii (it certifies nothing)")
+    lines.append("the smoothed classifier's PREDICT: a class or an abstention per image, no radii (it certifies "
+                 "nothing)")
     lines.append(f"accuracy {100 * s['accuracy']:.1f}% ({n - s['abstained'] - s['wrong']} of {n}), "
                  f"abstained {100 * s['abstention_rate']:.1f}% ({s['abstained']}), "
                  f"wrong {100 * s['wrong'] / n:.1f}% ({s['wrong']})")  # fmt: skip

@@ -577,6 +577,15 @@ CASES: list[Case] = [
     cli_case("catrs-other-data", "train", "`--loss-option confidence=` a votes file made on other data",
              "was made on other data (1 images, labels sha256 000000000000...) than the training data (1437 images",
              *TRAIN, "--loss", "catrs", "--loss-option", lambda f: f"confidence={votes_file(f)}"),
+    cli_case("catrs-confidence-sidecar", "train", "`--loss-option confidence=p_b.tsv.json` (the sidecar, not the TSV)",
+             "confidence: p_b.tsv.json is the settings file that sits next to a results file; give the results "
+             "file itself, p_b.tsv", *TRAIN, "--loss", "catrs", "--loss-option", "confidence=p_b.tsv.json"),
+    cli_case("report-sidecar", "report", "`foreign.tsv.json` (a sidecar) as a results file",
+             "is the settings file that sits next to a results file; give the results file itself",
+             lambda f: f"{f.foreign}.json"),
+    cli_case("denoiser-bare-path", "certify", "`--denoiser stab/denoiser.pt` (no `NAME:`)",
+             "--denoiser stab/denoiser.pt: looks like a path, but --denoiser takes NAME or NAME:PATH, e.g. --denoiser "
+             "dncnn:stab/denoiser.pt", *certify_args_lazy(), "--denoiser", "stab/denoiser.pt"),
     cli_case("compile-mode-without-compile", "certify", "`--compile-mode max-autotune` without `--compile`",
              "--compile-mode max-autotune needs --compile", *CERTIFY, "--compile-mode", "max-autotune"),
     api_case("api-compile-mode", "`Execution`", "`Execution(compile=True, compile_mode='fast')`",

@@ -491,3 +491,31 @@ def test_parse_only_commands_are_few_named_and_exist():
         args = _rs_plugins_args(words)
         runs = args is not None and "..." not in args
         assert runs or _parse_only(words), f"{snippet}: {shlex.join(words)} neither runs nor is in PARSE_ONLY"
+
+
+def test_index_names_every_technique_page_and_built_in_loss():
+    """docs/index.md's table links every page of docs/techniques/ and names every built-in loss (`--loss NAME`)."""
+    from rs_plugins import Host
+
+    index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    pages = sorted(p.name for p in (ROOT / "docs" / "techniques").glob("*.md"))
+    assert [p for p in pages if f"(techniques/{p})" not in index] == []
+    built_in = [c.spec.name for c in Host().components("loss") if c.plugin.distribution == "rs-plugins"]
+    assert "standard" in built_in and [name for name in built_in if f"`--loss {name}`" not in index] == []
+
+
+def test_the_cli_page_states_the_settings_a_certify_file_keeps_once_and_whole(tmp_path, monkeypatch):
+    """docs/cli.md says once which settings `<out>.json` stores and compares on resume, naming each one a run stores
+    (a leftover second, shorter copy of the sentence once contradicted it)."""
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert text.count("settings that change results") == 1
+    start = text.index("settings that change results")
+    said = " ".join(text[start : text.index("`<out>.json`", start)].split())
+    monkeypatch.chdir(tmp_path)
+    argv = ["certify", "--random-weights", "--model", "rs_plugins.nets:SmallCNN", "--data", "digits", "--sigma",
+            "0.25", "--n0", "10", "--n", "20", "--limit", "1", "--no-progress", "--out", "c.tsv"]  # fmt: skip
+    assert cli_main(argv) == 0
+    stored = set(json.loads(Path("c.tsv.json").read_text())) - {"provenance"}
+    named = {"model_kwargs": "kwargs", "model_sha256": "SHA-256", "noise_option": "options", "mixer_option": "options",
+             "certifier_option": "options", "channels_last": "channels-last"}  # fmt: skip
+    assert [key for key in sorted(stored) if named.get(key, key) not in said] == []

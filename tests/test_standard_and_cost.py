@@ -141,3 +141,46 @@ def test_train_mixer_says_what_it_will_cost_and_prints_its_epochs_without_bars(t
     cost, epochs = _cost_and_epochs(capsys.readouterr().out, "train-mixer")
     assert len(cost) == 1 and "per epoch of 2 batches" in cost[0] and "for the 2 epochs left" in cost[0]
     assert len(epochs) == 2  # one line per epoch, as train and train-denoiser print with --no-progress
+
+
+# -- what a run says about the files it was given ------------------------------------------------------------------
+
+
+def test_a_training_checkpoint_as_checkpoint_says_which_epoch_it_holds(tmp_path, capsys):
+    argv = ["train", *SMALL, "--sigma", "0.25", "--batch-size", "256", "--val-images", "0", "--checkpoint-dir",
+            str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    assert main([*argv, "--epochs", "2"]) == 0
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    state["config"]["epochs"] = 5  # as an interrupted run of 5 epochs leaves it after its second
+    torch.save(state, tmp_path / "run" / "unfinished.pt")
+    capsys.readouterr()
+    certify = ["certify", *SMALL, "--sigma", "0.25", "--n0", "10", "--n", "20", "--limit", "1", "--no-progress"]
+    for name, said in (("unfinished.pt", "after epoch 2 of 5: its run is unfinished"),
+                       ("checkpoint.pt", "after epoch 2, its run's last")):  # fmt: skip
+        out = str(tmp_path / f"{name}.tsv")
+        assert main([*certify, "--checkpoint", str(tmp_path / "run" / name), "--out", out]) == 0
+        err = capsys.readouterr().err
+        assert f"rs-plugins: warning: --checkpoint {tmp_path / 'run' / name} is a training checkpoint; it holds the " \
+               f"weights {said}" in err  # fmt: skip
+        assert "UserWarning" not in err and "warnings.warn" not in err  # one line, not Python's two
+    assert main([*certify, "--checkpoint", str(tmp_path / "run" / "model.pt"), "--out", str(tmp_path / "m.tsv")]) == 0
+    assert "training checkpoint" not in capsys.readouterr().err
+
+
+def test_a_denoiser_trained_for_another_sigma_is_one_line_and_a_report_note(tmp_path, capsys):
+    train = ["train-denoiser", "--data", "digits", "--sigma", "0.5", "--depth", "3", "--width", "4", "--epochs", "1",
+             "--batch-size", "256", "--val-images", "0", "--checkpoint-dir", str(tmp_path / "dn"), "--no-progress"]
+    assert main(train) == 0
+    torch.manual_seed(0)
+    torch.save(SmallCNN(width=4).state_dict(), tmp_path / "clf.pt")
+    capsys.readouterr()
+    out = tmp_path / "d.tsv"
+    assert main(["certify", *SMALL, "--checkpoint", str(tmp_path / "clf.pt"), "--denoiser",
+                 f"dncnn:{tmp_path / 'dn'}", "--sigma", "0.25", "--n0", "10", "--n", "20", "--limit", "1", "--out",
+                 str(out), "--no-progress"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "rs-plugins: warning: --denoiser dncnn" in err and "was trained for sigma 0.5; --sigma is 0.25" in err
+    assert "UserWarning" not in err
+    assert main(["report", str(out)]) == 0
+    assert "note: gaussian σ=0.25 + dncnn: its denoiser dncnn:" in (shown := capsys.readouterr().out)
+    assert "was trained for σ = 0.5, the run smoothed with σ = 0.25" in shown

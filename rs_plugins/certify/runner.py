@@ -24,6 +24,7 @@ from ..results.files import (
     ConfidenceRow,
     ResultsFile,
     Row,
+    check_not_sidecar,
     read_confidence,
     read_sidecar,
     sidecar_path,
@@ -334,6 +335,7 @@ def read_confidence_targets(path: str | os.PathLike, dataset: Dataset, num_class
     from ..sources.data import data_identity
 
     path = Path(path)
+    check_not_sidecar(path, option)
     if not path.is_file():
         raise FileNotFoundError(f"{option}: no such file: {path}; write it with `rs-plugins predict-confidence`")
     sidecar = read_sidecar(path) or {}

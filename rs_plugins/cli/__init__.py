@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
+from pathlib import Path
 
 from .. import __version__
 from ..errors import RsPluginError
@@ -45,6 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PACKAGE = str(Path(__file__).resolve().parents[1])
+
+
+def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Show a warning that rs-plugins raised as one line, ``rs-plugins: warning: ...``; others as Python does."""
+    if str(Path(filename).resolve()).startswith(PACKAGE):
+        text = f"rs-plugins: warning: {message}\n"
+    else:
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+    (file or sys.stderr).write(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command. Mistakes in the input (RsPluginError, ValueError, OSError such as a missing or unwritable
     file) print one line and exit 2; Ctrl-C exits 130 (finished rows and checkpoints are kept); anything else is
@@ -54,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line
+            return args.func(args)
     except (RsPluginError, ValueError, OSError) as err:
         print(f"rs-plugins: error: {err}", file=sys.stderr)
         return 2

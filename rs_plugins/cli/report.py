@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .. import file_checks
+from ..results.differences import denoiser_sigma_note
 from ..results.report import format_provenance, format_table, write_summary
 from .shared import positive_float, radius_arg
 
@@ -45,8 +46,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         claim = f"\n{run.settings['certifies']}" if "certifies" in run.settings else ""
         sigma = "" if run.settings or run.sigma is None else f", sigma={run.sigma:g} (--sigma)"
         title = f"{run.path} ({run.norm} radius{sigma}){claim}"
-        short = compare.shortfall(run)
-        print(format_table(run.rows, args.radii, title, percent=percent) + (f"note: {short}\n" if short else ""))
+        notes = [note for note in (compare.shortfall(run), denoiser_sigma_note(run)) if note]
+        print(format_table(run.rows, args.radii, title, percent=percent) + "".join(f"note: {n}\n" for n in notes))
         print(format_provenance(run.settings) if run.settings else f"provenance: none ({run.path}.json is missing)\n")
     notes = compare.comparison_notes(runs)
     if len(runs) > 1 or args.table or args.format:

@@ -107,6 +107,10 @@ def with_denoiser(host: Host, args: argparse.Namespace, model, settings: dict):
     if args.sigma is None:
         raise ValueError("--denoiser denoises the smoothing noise: give --sigma")
     name, path = parse_denoiser(args.denoiser)
+    if path is None and name not in host.names("denoiser") and any(c in name for c in "/\\."):
+        installed = ", ".join(host.names("denoiser")) or "none installed"
+        raise ValueError(f"--denoiser {name}: looks like a path, but --denoiser takes NAME or NAME:PATH, e.g. "
+                         f"--denoiser dncnn:{name} for a denoiser.pt of train-denoiser (denoisers: {installed})")
     for key in ("sigma", "path"):
         if key in options:
             raise ValueError(f"--denoiser-option {key}=...: give it with --sigma / --denoiser NAME:PATH")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .differences import check_comparable, setting_differences
+from .differences import check_comparable, denoiser_sigma_note, setting_differences
 from .figures import describe_classifier
 from .files import Row, StrPath, planned_images, read_results, read_sidecar, recorded
 from .predictions import results_kind
@@ -194,6 +194,7 @@ def comparison_notes(runs: Sequence[Run]) -> list[str]:
              + ("" if run.noise else f", and its radii are taken as {run.norm} (give --noise if not)")
              for run in runs if not run.settings]  # fmt: skip
     notes += [note for note in map(shortfall, runs) if note]
+    notes += [note for note in map(denoiser_sigma_note, runs) if note]
     known = [run for run in runs if run.settings]
     notes += setting_differences(runs)
     denoisers = {run.label: (run.settings.get("denoiser") or {}) for run in known}

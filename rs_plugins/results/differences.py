@@ -71,3 +71,16 @@ def setting_differences(runs: Sequence[Run]) -> list[str]:
         notes.append("different radius formulas (the radii come from different certificates): "
                      + ", ".join(f"{label} {f}" for label, f in formulas.items() if f))  # fmt: skip
     return notes
+
+
+def denoiser_sigma_note(run: Run) -> str | None:
+    """A note when the run's denoiser was trained for another σ than the run smoothed with (its sidecar records
+    both): the denoiser then removes noise of the wrong size, and the run says little about the technique."""
+    denoiser, sigma = run.settings.get("denoiser"), run.settings.get("sigma")
+    trained = denoiser.get("trained") if isinstance(denoiser, dict) else None
+    trained_sigma = trained.get("sigma") if isinstance(trained, dict) else None
+    if trained_sigma is None or sigma is None or abs(float(trained_sigma) - float(sigma)) <= 1e-12:
+        return None
+    return (f"{run.label}: its denoiser {denoiser.get('name')}"
+            + (f":{denoiser['path']}" if denoiser.get("path") else "")
+            + f" was trained for σ = {float(trained_sigma):g}, the run smoothed with σ = {float(sigma):g}")

@@ -4,6 +4,10 @@ trains (``train``, ``train-denoiser``, ``train-mixer``), with or without progres
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,34 +157,50 @@ def test_a_training_checkpoint_as_checkpoint_says_which_epoch_it_holds(tmp_path,
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     state["config"]["epochs"] = 5  # as an interrupted run of 5 epochs leaves it after its second
     torch.save(state, tmp_path / "run" / "unfinished.pt")
-    capsys.readouterr()
     certify = ["certify", *SMALL, "--sigma", "0.25", "--n0", "10", "--n", "20", "--limit", "1", "--no-progress"]
-    for name, said in (("unfinished.pt", "after epoch 2 of 5: its run is unfinished"),
-                       ("checkpoint.pt", "after epoch 2, its run's last")):  # fmt: skip
+    for name, said in (("unfinished.pt", "after epoch 2 of 5: its run is unfinished (interrupted, or still running)"),
+                       ("checkpoint.pt", "after epoch 2, its run's last (the same weights as the model.pt beside it)")):
         out = str(tmp_path / f"{name}.tsv")
-        assert main([*certify, "--checkpoint", str(tmp_path / "run" / name), "--out", out]) == 0
-        err = capsys.readouterr().err
-        assert f"rs-plugins: warning: --checkpoint {tmp_path / 'run' / name} is a training checkpoint; it holds the " \
-               f"weights {said}" in err  # fmt: skip
-        assert "UserWarning" not in err and "warnings.warn" not in err  # one line, not Python's two
-    assert main([*certify, "--checkpoint", str(tmp_path / "run" / "model.pt"), "--out", str(tmp_path / "m.tsv")]) == 0
-    assert "training checkpoint" not in capsys.readouterr().err
+        with pytest.warns(UserWarning) as caught:
+            assert main([*certify, "--checkpoint", str(tmp_path / "run" / name), "--out", out]) == 0
+        expected = f"--checkpoint {tmp_path / 'run' / name} is a training checkpoint; it holds the weights {said}"
+        assert [str(w.message) for w in caught if "training checkpoint" in str(w.message)] == [expected]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the final model.pt: no warning at all
+        final = str(tmp_path / "run" / "model.pt")
+        assert main([*certify, "--checkpoint", final, "--out", str(tmp_path / "m.tsv")]) == 0
+    # Run as a user runs it, the warning is one line of its own, not Python's file:line: UserWarning pair.
+    command = [sys.executable, "-m", "rs_plugins", *certify, "--checkpoint", str(tmp_path / "run" / "unfinished.pt"),
+               "--out", str(tmp_path / "u2.tsv")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    expected = f"rs-plugins: warning: --checkpoint {tmp_path / 'run' / 'unfinished.pt'} is a training checkpoint; "
+    assert expected in done.stderr and "UserWarning" not in done.stderr
+    capsys.readouterr()
 
 
-def test_a_denoiser_trained_for_another_sigma_is_one_line_and_a_report_note(tmp_path, capsys):
+def test_warnings_of_rs_plugins_show_as_one_line_others_as_python_shows_them():
+    import rs_plugins.cli as cli
+
+    inside = str(Path(cli.__file__).parents[1] / "builtin" / "denoisers" / "__init__.py")
+    assert cli.one_line_warning("trained for sigma 0.5", UserWarning, inside, 18) == \
+        "rs-plugins: warning: trained for sigma 0.5\n"  # fmt: skip
+    outside = cli.one_line_warning("deprecated", FutureWarning, "/elsewhere/torch/x.py", 7, "call()")
+    assert outside == warnings.formatwarning("deprecated", FutureWarning, "/elsewhere/torch/x.py", 7, "call()")
+
+
+def test_a_denoiser_trained_for_another_sigma_is_a_warning_and_a_report_note(tmp_path, capsys):
     train = ["train-denoiser", "--data", "digits", "--sigma", "0.5", "--depth", "3", "--width", "4", "--epochs", "1",
              "--batch-size", "256", "--val-images", "0", "--checkpoint-dir", str(tmp_path / "dn"), "--no-progress"]
     assert main(train) == 0
     torch.manual_seed(0)
     torch.save(SmallCNN(width=4).state_dict(), tmp_path / "clf.pt")
-    capsys.readouterr()
     out = tmp_path / "d.tsv"
-    assert main(["certify", *SMALL, "--checkpoint", str(tmp_path / "clf.pt"), "--denoiser",
-                 f"dncnn:{tmp_path / 'dn'}", "--sigma", "0.25", "--n0", "10", "--n", "20", "--limit", "1", "--out",
-                 str(out), "--no-progress"]) == 0  # fmt: skip
-    err = capsys.readouterr().err
-    assert "rs-plugins: warning: --denoiser dncnn" in err and "was trained for sigma 0.5; --sigma is 0.25" in err
-    assert "UserWarning" not in err
+    with pytest.warns(UserWarning, match="was trained for sigma 0.5; --sigma is 0.25"):
+        assert main(["certify", *SMALL, "--checkpoint", str(tmp_path / "clf.pt"), "--denoiser",
+                     f"dncnn:{tmp_path / 'dn'}", "--sigma", "0.25", "--n0", "10", "--n", "20", "--limit", "1", "--out",
+                     str(out), "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
     assert main(["report", str(out)]) == 0
     assert "note: gaussian σ=0.25 + dncnn: its denoiser dncnn:" in (shown := capsys.readouterr().out)
     assert "was trained for σ = 0.5, the run smoothed with σ = 0.25" in shown

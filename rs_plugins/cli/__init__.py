@@ -48,15 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 PACKAGE = str(Path(__file__).resolve().parents[1])
+_PYTHON_FORMAT = warnings.formatwarning
 
 
-def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """Show a warning that rs-plugins raised as one line, ``rs-plugins: warning: ...``; others as Python does."""
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning that rs-plugins raised as one line, ``rs-plugins: warning: ...``; any other as Python shows it."""
     if str(Path(filename).resolve()).startswith(PACKAGE):
-        text = f"rs-plugins: warning: {message}\n"
-    else:
-        text = warnings.formatwarning(message, category, filename, lineno, line)
-    (file or sys.stderr).write(text)
+        return f"rs-plugins: warning: {message}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--"]:  # `torchrun ... -m rs_plugins -- certify --n ...`: the `--` keeps torchrun off our flags
         argv = argv[1:]
     args = build_parser().parse_args(argv)
+    shown_as = warnings.formatwarning
+    warnings.formatwarning = one_line_warning  # how a warning shows, not whether: recording (pytest.warns) still works
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _one_line
-            return args.func(args)
+        return args.func(args)
     except (RsPluginError, ValueError, OSError) as err:
         print(f"rs-plugins: error: {err}", file=sys.stderr)
         return 2
@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 3
+    finally:
+        warnings.formatwarning = shown_as
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""Denoised-smoothing certification speed: a google/ddpm-cifar10-32-shaped UNet (random weights, 35.7 M
-parameters, built from its configuration: nothing is downloaded) composed with a CIFAR ResNet-110.
+"""Denoised-smoothing certification speed: a diffusion UNet with random weights, built from its configuration
+(nothing is downloaded), composed with a CIFAR ResNet-110. ``--unet ddpm``: google/ddpm-cifar10-32's diffusers
+UNet (35.7 M parameters, linear 1000 steps); ``--unet adm``: the ADM UNet of Carlini et al.'s CIFAR-10 checkpoint
+``cifar10_uncond_50M_500K.pt`` (52.5 M parameters, cosine 4000 steps, rescaled timesteps), saved as a ``.pt``.
 
 In one process on one device it measures, per CIFAR-shaped image with n0 + n samples:
 
@@ -11,7 +13,7 @@ In one process on one device it measures, per CIFAR-shaped image with n0 + n sam
 - ``raw``: the composed model's forward pass alone in full batches, scaled to n0 + n samples per image, for the
   fraction of raw throughput the engine reaches.
 
-    python benchmarks/denoised_cifar.py --device cpu --n0 8 --n 64 --batch-size 32 --images 1
+    python benchmarks/denoised_cifar.py --device cpu --n0 8 --n 64 --batch-size 32 --images 1 --unet adm
 
 Prints one JSON line per measurement (wall and CPU seconds per image; on a CPU the ratios use CPU time, which a
 neighbour's load on a shared machine barely changes) and appends it to ``--out`` (CSV).
@@ -31,6 +33,8 @@ import numpy as np
 import torch
 
 from rs_plugins import DenoisedClassifier, cohen_certify
+from rs_plugins.builtin.denoisers.adm import AdmUNet
+from rs_plugins.builtin.denoisers.adm_files import PRESETS
 from rs_plugins.builtin.denoisers.diffusion import DiffusionDenoiser
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.certify.execution import Execution, prepare_model
@@ -44,14 +48,18 @@ DDPM_CIFAR10_32 = dict(  # the configuration of google/ddpm-cifar10-32's UNet
 )  # fmt: skip
 
 
-def build(directory: Path, sigma: float) -> tuple[DenoisedClassifier, int]:
-    from diffusers import DDPMScheduler, UNet2DModel
-
+def build(directory: Path, sigma: float, unet: str = "ddpm") -> tuple[DenoisedClassifier, int]:
     torch.manual_seed(0)
-    unet = UNet2DModel(**DDPM_CIFAR10_32)
-    unet.save_pretrained(directory)
-    DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02).save_pretrained(directory)
-    denoiser = DiffusionDenoiser(sigma, str(directory))
+    if unet == "adm":  # the released CIFAR-10 architecture, recognised from its shapes like the real file
+        config = next(c for name, (c, _) in PRESETS.items() if "CIFAR-10" in name)
+        torch.save(AdmUNet(config).state_dict(), directory / "cifar10_uncond_50M_500K.pt")
+        denoiser = DiffusionDenoiser(sigma, str(directory / "cifar10_uncond_50M_500K.pt"))
+    else:
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        UNet2DModel(**DDPM_CIFAR10_32).save_pretrained(directory)
+        DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02).save_pretrained(directory)
+        denoiser = DiffusionDenoiser(sigma, str(directory))
     params = sum(p.numel() for p in denoiser.parameters())
     return DenoisedClassifier(cifar_resnet110().eval(), denoiser).eval(), params
 
@@ -67,8 +75,12 @@ def reference_counts(model: DenoisedClassifier, x: torch.Tensor, num: int, batch
             num -= this
             batch = x.repeat((this, 1, 1, 1))
             x_t = math.sqrt(abar) * (2 * batch - 1) + math.sqrt(1 - abar) * torch.randn_like(batch)
-            eps = denoiser.unet(x_t, denoiser.t).sample[:, :3]
-            x0 = ((x_t - math.sqrt(1 - abar) * eps) / math.sqrt(abar)).clamp(-1, 1)
+            if denoiser.time_scale is None:  # diffusers
+                eps = denoiser.unet(x_t, denoiser.t).sample[:, :3]
+            else:  # ADM, called with t * 1000 / 4000 as improved-diffusion's rescale_timesteps does
+                t = torch.tensor([denoiser.t * denoiser.time_scale] * this, device=x.device)
+                eps = denoiser.unet(x_t, t)[:, :3]
+            x0 = (math.sqrt(1 / abar) * x_t - math.sqrt(1 / abar - 1) * eps).clamp(-1, 1)  # their pred_xstart
             predictions = model.classifier((x0 + 1) / 2).argmax(1).cpu().numpy()
             for p in predictions:
                 counts[p] += 1
@@ -84,16 +96,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--images", type=int, default=1)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--unet", default="ddpm", choices=["ddpm", "adm"], help="ddpm-cifar10-32 or the authors' ADM")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile-mode", default="default")
     parser.add_argument("--out", default="benchmarks/results/denoised_cifar.csv")
     args = parser.parse_args()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        model, params = build(Path(tmp), args.sigma)
+        model, params = build(Path(tmp), args.sigma, args.unet)
     model = model.to(device)
-    engine = prepare_model(model, device, Execution(precision=args.precision))
+    execution = Execution(args.precision, args.channels_last, args.compile, args.compile_mode)
+    engine = prepare_model(model, device, execution)
     noise = GaussianNoise(args.sigma)
     x = torch.rand(args.images, 3, 32, 32, device=device)
-    common = {"params": params, "t": model.denoiser.t, "n0": args.n0, "n": args.n, "batch_size": args.batch_size,
+    common = {"unet": args.unet, "params": params, "t": model.denoiser.t, "channels_last": args.channels_last,
+              "compile": args.compile, "n0": args.n0, "n": args.n, "batch_size": args.batch_size,
               "device": str(device), "threads": torch.get_num_threads()}  # fmt: skip
     rows = []
 

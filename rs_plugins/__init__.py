@@ -9,6 +9,7 @@ Public API::
     smoothed = rs.SmoothedClassifier(model, noise, host.certifier("cohen"))
     cert = smoothed.certify(image, n0=100, n=100_000, alpha=0.001)
     result = rs.attack(model, images, labels, attack="PGDL2", eps=[0.25, 0.5], sigma=0.25)  # empirical robustness
+    rows = rs.recertify("certify.tsv.counts", "cpm", alpha=0.01, out="cpm.tsv")  # from stored counts, no sampling
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ hookimpl = pluggy.HookimplMarker("rs_plugins")
 
 from .attacks.engine import AttackResult, attack  # noqa: E402
 from .certify.denoising import DenoisedClassifier  # noqa: E402
+from .certify.recertify import recertify  # noqa: E402
 from .certify.smoothing import SmoothedClassifier, cohen_certify, cohen_predict  # noqa: E402
 from .errors import (  # noqa: E402  (hookimpl must exist before the built-in plugins import this package)
     ComponentConflictError,
     IncompatibleComponentsError,
     MissingDependencyError,
+    NeedsFreshSamplesError,
     PluginBuildError,
     RsPluginError,
     SourceError,
@@ -38,6 +41,7 @@ from .types import (  # noqa: E402
     Certificate,
     Certifier,
     CertifierSpec,
+    Counts,
     DataRequest,
     Denoiser,
     DenoiserSpec,
@@ -62,6 +66,7 @@ __all__ = [
     "Certifier",
     "CertifierSpec",
     "ComponentConflictError",
+    "Counts",
     "DataRequest",
     "DenoisedClassifier",
     "Denoiser",
@@ -73,6 +78,7 @@ __all__ = [
     "MissingDependencyError",
     "MixerSpec",
     "ModelRequest",
+    "NeedsFreshSamplesError",
     "NoiseSampler",
     "NoiseSpec",
     "PluginBuildError",
@@ -86,4 +92,5 @@ __all__ = [
     "cohen_certify",
     "cohen_predict",
     "hookimpl",
+    "recertify",
 ]

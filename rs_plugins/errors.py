@@ -39,3 +39,7 @@ class ResultsFileError(RsPluginError, ValueError):
 
 class TrainingDivergedError(RsPluginError):
     """The training loss became NaN or infinite; the checkpoint of the last finite epoch is kept."""
+
+
+class NeedsFreshSamplesError(RsPluginError):
+    """A certifier cannot certify from stored counts (``recertify``): it needs fresh samples; the message says why."""

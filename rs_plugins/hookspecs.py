@@ -90,6 +90,9 @@ def rs_certifiers() -> Iterable[CertifierSpec]:
     generator) -> list[Certificate]`` for a (B, C, H, W) batch. Set ``noises`` on the spec when the procedure
     is derived for particular noise samplers; the host refuses other pairs before any sampling. A ``certify``
     that names a ``labels`` parameter receives the data set's labels from the runner (evaluation only).
+    Certificates may carry their votes (``Certificate.counts``) for the counts log; an optional
+    ``certify_counts(counts_n0, counts_n, noise, *, alpha)`` certifies from stored votes (``rs-plugins recertify``).
+    Run ``rs_plugins.testing.check_certifier_soundness`` on it.
 
     Example::
 

@@ -4,6 +4,9 @@ A plugin's own test suite can run the same checks the host runs on its built-ins
 
     from rs_plugins.testing import check_noise
     check_noise(MyNoise(sigma=0.5))
+
+A certifier plugin also runs the soundness bench (``check_certifier_soundness``): its failure rate on classifiers
+whose smoothed classifier is known in closed form, against its alpha.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .types import ABSTAIN, Certifier, LossOutput, NoiseSampler, TrainingLoss
+from .types import ABSTAIN, Certifier, CertifierSpec, LossOutput, NoiseSampler, TrainingLoss
 
 
 class LinearClassifier(nn.Module):
@@ -156,3 +159,14 @@ def check_certifier(
         assert cert.radius >= 0, f"negative radius {cert.radius}"
         assert cert.prediction != ABSTAIN or cert.radius == 0, "an abstention must have radius 0"
         assert cert.samples is None or cert.samples >= 1, f"samples must be None or positive; got {cert.samples}"
+
+
+def check_certifier_soundness(certifier: CertifierSpec | Certifier, **options):
+    """The soundness bench (``rs_plugins.certify.soundness``): certify closed-form cases many times at a large alpha
+    and fail (AssertionError with the table) when a case's failure rate is above alpha with 99 % confidence.
+
+    ``certifier`` is your ``CertifierSpec`` (built with ``options=``) or a built certifier; ``trials`` (400), ``alpha``
+    (0.1), ``n0`` (64), ``n`` (512), ``seed``, ``cases`` and ``noises`` as for the bench. Returns its report."""
+    from .certify.soundness import check_certifier_soundness as bench
+
+    return bench(certifier, **options)

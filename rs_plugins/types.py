@@ -149,19 +149,38 @@ class TrainingLoss(Protocol):
 
 
 @dataclass(frozen=True)
+class Counts:
+    """The base classifier's top-1 votes a certificate was computed from, over all K classes (the counts log).
+
+    ``estimation`` is the pass the bound comes from (n draws; for a certifier that looks at its counts as they
+    grow, the counts at its last look); ``selection`` the n0 class-selection pass, None where none was drawn
+    (``class_selection=label``, PREDICT). ``looks`` holds (samples, cumulative counts) at each look of such a
+    certifier (``sequential``), the last one being ``estimation``; empty for a fixed n. ``extra`` is what else
+    ``certify_counts`` needs to recompute the certificate, JSON-ready (e.g. the mixture's weight).
+    """
+
+    estimation: tuple[int, ...]
+    selection: tuple[int, ...] | None = None
+    looks: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Certificate:
     """The outcome of certifying one input.
 
     ``prediction`` is a class index or ``ABSTAIN``; ``radius`` is 0 when abstaining; ``p_lower`` is the
     lower confidence bound on the top-class probability that the radius was computed from. ``samples`` is the
     number of noisy copies drawn for this input, class selection included; ``None`` (a certifier that does not
-    count) makes the runner record n0 + n, what CERTIFY draws.
+    count) makes the runner record n0 + n, what CERTIFY draws. ``counts`` (optional) are the votes it was
+    computed from; the runner writes them to the counts log, from which ``recertify`` recomputes certificates.
     """
 
     prediction: int
     radius: float
     p_lower: float
     samples: int | None = None
+    counts: Counts | None = None
 
 
 class Certifier(Protocol):
@@ -186,6 +205,12 @@ class Certifier(Protocol):
 
         A certifier may also accept ``labels`` (a (B,) int64 tensor, or None): the runner passes the data set's
         labels to a ``certify`` whose signature has that keyword, for evaluation-only class selection.
+
+        Optional, for certifying from stored counts (``recertify``): ``certify_counts(counts_n0, counts_n, noise, *,
+        alpha) -> list[Certificate]`` with (B, K) int64 vote counts (``counts_n0`` None where no selection pass
+        was drawn), and the keywords ``labels``, ``looks`` and ``extra`` (one entry per image, see ``Counts``)
+        passed where its signature names them. A certifier that needs fresh samples has no such method, or raises
+        ``NeedsFreshSamplesError`` from it with the reason.
         """
         ...
 
@@ -196,7 +221,9 @@ class Denoiser(Protocol):
 
     The smoothed classifier becomes ``classifier(denoiser(x + delta))``: the composition is just another base
     classifier, so every certifier applies unchanged. ``settings()`` (optional) returns what the run depends on
-    beyond the options, e.g. the diffusion timestep, for the results' sidecar.
+    beyond the options, e.g. the diffusion timestep, for the results' sidecar. ``smoothing_noise(noise)`` (optional)
+    returns the noise the run draws instead of ``noise``, whose radii it must keep (e.g. the diffusion model's own
+    level under ``noise=authors``).
     """
 
     def __call__(self, x: Tensor) -> Tensor:

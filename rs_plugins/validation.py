@@ -200,10 +200,25 @@ def check_certificates(certificates: object, count: int, num_classes: int, certi
                 isinstance(c.samples, numbers.Integral) and c.samples >= 0
             ):
                 problem = f"returned samples {c.samples!r}, not None or a count >= 0"
+            elif not _counts_fit(getattr(c, "counts", None), num_classes):
+                problem = f"returned counts that are not a Counts of {num_classes} votes per pass"
             if problem:
                 break
     if problem:
         raise PluginBuildError(f"{name} broke the certifier contract: certify() {problem}")
+
+
+def _counts_fit(counts: object, num_classes: int) -> bool:
+    """None, or a ``Counts`` whose vote vectors have one entry per class."""
+    from .types import Counts
+
+    if counts is None:
+        return True
+    if not isinstance(counts, Counts):
+        return False
+    vectors = [counts.estimation, *([counts.selection] if counts.selection is not None else [])]
+    vectors += [votes for _, votes in counts.looks]
+    return all(len(v) == num_classes for v in vectors)
 
 
 def check_noise_output(noisy: object, x: Tensor, noise: object, *, values: bool) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 
 import rs_plugins
 from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict, file_checks
-from rs_plugins.builtin import adaptive, catrs, consistency, denoisers, gaussian, sources, standard
+from rs_plugins.builtin import adaptive, catrs, consistency, denoisers, gaussian, sources, standard, zoo
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.certify import execution
 from rs_plugins.certify.runner import certify_dataset
@@ -116,7 +116,7 @@ class BadDenoiser(nn.Module):
 
 
 def host() -> rs_plugins.Host:
-    plugins = [gaussian, consistency, standard, sources, adaptive, catrs, denoisers, BrokenPlugin(),
+    plugins = [gaussian, consistency, standard, sources, zoo, adaptive, catrs, denoisers, BrokenPlugin(),
                BrokenDenoiserPlugin()]  # fmt: skip
     return rs_plugins.Host(entry_points=False, plugins=plugins)
 
@@ -189,6 +189,19 @@ class Files:
         self.ckpt_dir_foreign.mkdir()
         torch.save({"weights": torch.zeros(1)}, self.ckpt_dir_foreign / "checkpoint.pt")
 
+        self.counts_seq = self._counts("seq.tsv", "0\t3\t3:10\t3:100\t50@3:50;100@3:100\t{\"looks_planned\":2}\n")
+        self.counts_predict = self._counts("pred.tsv", "0\t3\t-\t3:100\t\t\n")
+        self.counts_alone = root / "alone.tsv.counts"  # moved away from its results file and sidecar
+        self.counts_alone.write_text(self.counts_predict.read_text())
+        self.counts_twice = self._counts("twice.tsv", "0\t3\t3:10\t3:100\t\t\n" * 2)
+
+    def _counts(self, name, lines) -> Path:
+        """A counts log and its results file's sidecar (gaussian, sigma 0.25, ten classes)."""
+        sidecar = '{"noise": "gaussian", "sigma": 0.25, "alpha": 0.001, "n": 100, "provenance": {"num_classes": 10}}'
+        (self.root / f"{name}.json").write_text(sidecar)
+        (self.root / f"{name}.counts").write_text("idx\tlabel\tselection\testimation\tlooks\textra\n" + lines)
+        return self.root / f"{name}.counts"
+
     def _data(self, name, x, y) -> Path:
         torch.save({"x": x, "y": y}, self.root / name)
         return self.root / name
@@ -234,6 +247,10 @@ PREDICT = [*MODEL, "--random-weights", "--data", "digits", "--sigma", "0.25", "-
 TWO_MODELS = ["--model", "rs_plugins.nets:SmallCNN", "--checkpoint", lambda f: f.ckpt, "--model",
               "rs_plugins.nets:SmallCNN", "--checkpoint", lambda f: f.ckpt, "--model-kwargs", '{"width": 4}']
 TRAIN = [*MODEL, "--data", "digits", "--sigma", "0.25", "--epochs", "1", "--checkpoint-dir", lambda f: f.root / "t"]
+
+
+ZOO_RUN = ["--data", "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "1", "--out",
+           lambda f: f.root / "u.tsv"]
 
 
 def certify_args(f: Files, *extra) -> list:
@@ -651,13 +668,13 @@ CASES: list[Case] = [
              lambda f: host().mixer("adaptive", [torch.jit.script(small()), torch.jit.script(small())])),
     # denoised smoothing (--denoiser)
     cli_case("denoiser-missing-dir", "certify", "`--denoiser diffusion:no_such_dir`",
-             "--denoiser diffusion:DIR: no directory 'no_such_dir'",
+             "--denoiser diffusion:PATH: no file or directory 'no_such_dir'",
              *certify_args_lazy(), "--denoiser", "diffusion:no_such_dir"),
     cli_case("denoiser-not-diffusers", "certify", "`--denoiser diffusion:DIR`, DIR without diffusers configs",
              "is not a diffusers folder (no config.json + scheduler_config.json)",
              *certify_args_lazy(), "--denoiser", lambda f: f"diffusion:{f.folder}"),
-    cli_case("denoiser-pt-file", "certify", "`--denoiser diffusion:model.pt` (improved-diffusion checkpoint)",
-             "is a .pt file (e.g. improved-/guided-diffusion), which diffusers cannot convert",
+    cli_case("denoiser-pt-file", "certify", "`--denoiser diffusion:model.pt`, a classifier's state dict",
+             "is not an improved-/guided-diffusion UNetModel state dict",
              *certify_args_lazy(), "--denoiser", lambda f: f"diffusion:{f.ckpt}"),
     cli_case("denoiser-sigma-too-large", "certify", "`--sigma 100 --denoiser diffusion:DIR`",
              "2 sigma = 200 exceeds the largest noise level of the diffusion schedule",
@@ -666,9 +683,15 @@ CASES: list[Case] = [
     cli_case("denoiser-wrong-channels", "certify", "an RGB diffusion model on 1-channel digits",
              "the UNet takes 3-channel images; the data has 1 channels",
              *certify_args_lazy(), "--denoiser", lambda f: diffusion(f, 3)),
-    cli_case("denoiser-option-unknown", "certify", "`--denoiser-option steps=4`",
-             "has no option 'steps' (--denoiser-option); accepted: sigma, path, classifier_size",
+    cli_case("denoiser-option-unknown", "certify", "`--denoiser-option stride=4`",
+             "has no option 'stride' (--denoiser-option); accepted: sigma, path, classifier_size, noise, schedule",
+             *certify_args_lazy(), "--denoiser", diffusion, "--denoiser-option", "stride=4"),
+    cli_case("denoiser-option-for-pt", "certify", "`--denoiser-option steps=4` with a diffusers folder",
+             "--denoiser-option steps: only for an improved-/guided-diffusion .pt",
              *certify_args_lazy(), "--denoiser", diffusion, "--denoiser-option", "steps=4"),
+    cli_case("denoiser-noise-unknown", "certify", "`--denoiser-option noise=q_sample`",
+             "--denoiser-option noise must be one of exact, authors; got 'q_sample'",
+             *certify_args_lazy(), "--denoiser", diffusion, "--denoiser-option", "noise=q_sample"),
     cli_case("denoiser-empty-path", "predict", "`--denoiser diffusion:`",
              "--denoiser takes NAME or NAME:PATH", *PREDICT, "--out", lambda f: f.root / "u.tsv",
              "--denoiser", "diffusion:"),
@@ -697,14 +720,78 @@ CASES: list[Case] = [
     cli_case("train-denoiser-stability-no-model", "train-denoiser", "`--objective stability` without `--model`",
              "--objective stability needs --model: the frozen classifier", "--data", "digits", "--sigma", "0.25",
              "--objective", "stability", "--checkpoint-dir", lambda f: f.root / "d", *FAST),
+    cli_case("train-denoiser-classification-no-model", "train-denoiser",
+             "`--objective classification` without `--model`",
+             "--objective classification needs --model: the frozen classifier", "--data", "digits", "--sigma",
+             "0.25", "--objective", "classification", "--checkpoint-dir", lambda f: f.root / "d", *FAST),
+    cli_case("train-denoiser-classification-labels", "train-denoiser",
+             "`--objective classification`, labels beyond the classifier's classes",
+             "--data: label 9 of image 1 is outside 0..3", "--data", "digits", "--sigma", "0.25", "--objective",
+             "classification", "--model", "rs_plugins.nets:SmallCNN", "--model-kwargs", '{"num_classes": 4}',
+             "--random-weights", "--checkpoint-dir", lambda f: f.root / "d", *FAST),
+    cli_case("train-lr-schedule", "train", "`--lr-schedule late`",
+             "argument --lr-schedule: invalid choice: 'late'", "--model",
+             "rs_plugins.nets:SmallCNN", "--data", "digits", "--sigma", "0.25", "--lr-schedule", "late"),
     cli_case("train-denoiser-init-other", "train-denoiser", "`--init model.pt`, a classifier's state dict",
              "--init: another architecture's weights in", "--data", "digits", "--sigma", "0.25", "--init",
              lambda f: f.ckpt, "--checkpoint-dir", lambda f: f.root / "d", *FAST),
+    # certifying from stored counts (recertify) and the soundness bench
+    cli_case("counts-log-choice", "certify", "`--counts-log off`", "argument --counts-log: invalid choice: 'off'",
+             *certify_args_lazy(), "--counts-log", "off"),
+    cli_case("recertify-no-counts", "recertify", "a results file without its counts log",
+             "no counts log", lambda f: f.root / "no_such.tsv", "--out", lambda f: f.root / "u.tsv"),
+    cli_case("recertify-no-sidecar", "recertify", "a counts log moved away from its results file's `.json`",
+             "is missing or records no noise, sigma and alpha, which recertify needs",
+             lambda f: f.counts_alone, "--out", lambda f: f.root / "u.tsv"),
+    cli_case("recertify-fresh-only", "recertify", "`--certifier NAME` whose certifier has no certify_counts()",
+             "has no certify_counts(): it needs fresh samples", lambda f: f.counts_predict, "--certifier",
+             "nan_radius", "--out", lambda f: f.root / "u.tsv"),
+    cli_case("recertify-sequential-counts", "recertify", "a sequential run's counts with `--certifier cohen`",
+             "would not be valid on them (optional stopping): recertify them with sequential",
+             lambda f: f.counts_seq, "--out", lambda f: f.root / "u.tsv"),
+    cli_case("recertify-no-selection", "recertify", "a predict run's counts with `--certifier cohen` (class from n0)",
+             "these counts have none (the run used class_selection=label, or was a predict run)",
+             lambda f: f.counts_predict, "--out", lambda f: f.root / "u.tsv"),
+    cli_case("recertify-mixed-soft", "recertify", "`--certifier mixed --certifier-option votes=soft`",
+             "votes=soft averages the robust member's softmax outputs, which no counts log holds",
+             lambda f: f.counts_predict, "--certifier", "mixed", "--certifier-option", "votes=soft", "--out",
+             lambda f: f.root / "u.tsv"),
+    cli_case("recertify-image-twice", "recertify", "a counts log with an image twice (edited)",
+             "image 0 appears twice; the file was edited", lambda f: f.counts_twice, "--out",
+             lambda f: f.root / "u.tsv"),
+    api_case("recertify-options-with-built", "`rs.recertify`", "`options=` with a built certifier",
+             "options are for a certifier given by name",
+             lambda f: rs_plugins.recertify(f.counts_predict, gaussian.CohenCertifier(), options={"x": 1})),
+    cli_case("check-certifier-unknown", "check-certifier", "`check-certifier cohn`",
+             "no certifier named 'cohn'. Did you mean 'cohen'?", "cohn"),
     cli_case("mixed-with-denoiser", "certify", "`--certifier mixed` with `--denoiser`",
              "--certifier mixed with --denoiser: the mixed certificate smooths the mixture's robust member",
              *TWO_MODELS, "--mixer", "mix", "--mixer-option", "alpha=0.8", "--certifier", "mixed", "--data",
              "digits", "--sigma", "0.25", "--n", "20", "--n0", "10", "--limit", "1", "--out",
              lambda f: f.root / "u.tsv", "--denoiser", lambda f: f"dncnn:{dncnn_file(f)}"),
+    # the zoo of released models and the data sets fetched on demand (downloads are off in the tests)
+    cli_case("zoo-unknown-entry", "certify", "`--model zoo:cohen-cifar10-resnet110-0.52`",
+             "--model zoo:cohen-cifar10-resnet110-0.52: no such zoo entry; did you mean cohen-cifar10-resnet110-0.5",
+             "--model", "zoo:cohen-cifar10-resnet110-0.52", *ZOO_RUN),
+    cli_case("zoo-weights-not-published", "certify", "`--model zoo:consistency-cifar10-resnet110-0.25`",
+             "the authors did not publish this model's weights (only its certification logs)",
+             "--model", "zoo:consistency-cifar10-resnet110-0.25", *ZOO_RUN),
+    cli_case("zoo-denoiser-as-model", "certify", "`--model zoo:salman2020-dncnn-cifar10-mse-0.25`",
+             "--model zoo:salman2020-dncnn-cifar10-mse-0.25 is a denoiser; use it as --denoiser dncnn:zoo:NAME",
+             "--model", "zoo:salman2020-dncnn-cifar10-mse-0.25", *ZOO_RUN),
+    cli_case("zoo-model-kwargs", "certify", "`--model zoo:NAME --model-kwargs '{\"depth\": 20}'`",
+             "--model-kwargs is not used with --model zoo:NAME", "--model", "zoo:cohen-cifar10-resnet110-0.25",
+             "--model-kwargs", '{"depth": 20}', *ZOO_RUN),
+    cli_case("zoo-dir-without-the-file", "certify", "`--zoo-dir DIR` that lacks the entry's checkpoint",
+             "has no models/cifar10/resnet110/noise_0.25/checkpoint.pth.tar (nor any tail of that path)",
+             "--model", "zoo:cohen-cifar10-resnet110-0.25", "--zoo-dir", lambda f: f.root, *ZOO_RUN),
+    cli_case("zoo-certify-imagenet-no-data", "zoo", "`certify cohen-imagenet-resnet50-0.5` without `--data`",
+             "give --data imagenet:ROOT", "certify", "cohen-imagenet-resnet50-0.5"),
+    cli_case("zoo-certify-no-sigma", "zoo", "`certify carlini2023-diffusion-cifar10` without `--sigma`",
+             "it was not trained for one noise level; give --sigma", "certify", "carlini2023-diffusion-cifar10"),
+    cli_case("data-imagenet-no-root", "certify", "`--data imagenet` (no folder)",
+             "its licence forbids redistribution, so nothing downloads it", *MODEL, "--random-weights", "--data",
+             "imagenet", "--sigma", "0.25", "--out", lambda f: f.root / "u.tsv"),
 ]
 # fmt: on
 

@@ -384,7 +384,7 @@ def test_unknown_data_form_lists_the_accepted_forms(capsys, tmp_path):
     argv[argv.index("digits")] = "nonsense"
     err = user_error(capsys, *argv, *SMALL_MODEL)
     assert "--data 'nonsense'" in err
-    for form in ("digits", "cifar10:<root>", "<file>.pt", "<file>.npz"):
+    for form in ("digits", "cifar10[:<root>]", "<file>.pt", "<file>.npz"):
         assert form in err
 
 
@@ -525,7 +525,7 @@ def test_demo_help_plugins_forms_and_demo_messages_speak_of_the_demo_options(cap
     assert "Runs the two commands" in text and "CERTIFY's estimation samples" in text
     code, listing, _ = run_cli(capsys, "plugins")
     assert code == 0
-    assert "package.module:factory" in listing and "cifar10:<root>" in listing
+    assert "package.module:factory" in listing and "cifar10[:<root>]" in listing
     demo = ["demo", "--epochs", "1", "--n", "20", "--every", "200", "--device", "cpu", "--out-dir", tmp_path]
     assert run_cli(capsys, *demo)[0] == 0
     code, _, err = run_cli(capsys, *demo, "--sigma", "0.5")

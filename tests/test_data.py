@@ -191,7 +191,7 @@ def test_cifar10_needs_a_root():
 
 def test_unknown_forms_are_left_to_other_plugins():
     assert load_data(DataRequest("svhn:/data")) is None
-    assert "cifar10:<root>" in DATA_FORMS
+    assert "cifar10[:<root>]" in DATA_FORMS
 
 
 # -- select_indices -----------------------------------------------------------------------------------------

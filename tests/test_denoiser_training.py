@@ -121,7 +121,7 @@ def test_psnr_of_gaussian_noise_is_twenty_log10_one_over_sigma():
 
 
 def test_config_refuses_unknown_objective_and_optimizer():
-    with pytest.raises(ValueError, match="--objective must be one of mse, stability; got 'l1'"):
+    with pytest.raises(ValueError, match="--objective must be one of mse, stability, classification; got 'l1'"):
         DenoiserTrainConfig(objective="l1")
     with pytest.raises(ValueError, match="--optimizer must be one of adam, sgd; got 'rmsprop'"):
         DenoiserTrainConfig(optimizer="rmsprop")

@@ -77,7 +77,10 @@ def test_the_hook_lists_denoisers_and_the_builtin_diffusion():
     host = rs_plugins.Host(plugins=[DenoiserPlugin()])
     assert {"identity", "diffusion"} <= set(host.names("denoiser"))
     listed = {c["name"]: c for p in host.describe() for c in p["components"] if c["kind"] == "denoiser"}
-    assert listed["diffusion"]["options"] == {"sigma": "<required>", "path": "<required>", "classifier_size": None}
+    assert listed["diffusion"]["options"] == {
+        "sigma": "<required>", "path": "<required>", "classifier_size": None, "noise": "exact", "schedule": None,
+        "steps": None, "rescale_timesteps": None, "heads": None, "head_channels": None,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(("fault", "expect"), [("shape", "must keep the shape"), ("nan", "NaN or infinite")])
@@ -169,8 +172,9 @@ def test_both_layouts_load_and_settings_record_the_timestep(tmp_path, ddpm_dir):
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
     abar = float(DDPMScheduler(num_train_timesteps=1000).alphas_cumprod[259])
-    assert a.settings() == {"t": 259, "alpha_bar": abar, "noise_level": math.sqrt((1 - abar) / abar),
-                            "classifier_size": None}  # fmt: skip
+    level = math.sqrt((1 - abar) / abar)
+    assert a.settings() == {"t": 259, "alpha_bar": abar, "noise_level": level, "classifier_size": None,
+                            "noise": "exact", "smoothing_sigma": 0.5, "format": "diffusers"}  # fmt: skip
 
 
 def test_classifier_size_upsamples_before_the_classifier(ddpm_dir):

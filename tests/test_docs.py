@@ -182,7 +182,7 @@ def test_shell_snippets_are_commands_the_cli_accepts(snippet, capsys):
                     assert hasattr(importlib.import_module(module), attr), f"{snippet}: no such model {name}"
         data = getattr(parsed, "data", None)
         if data is not None and not data.endswith((".pt", ".npz")):
-            forms = {form.split(":")[0] for form in DATA_FORMS}
+            forms = {re.split(r"\[?:", form)[0] for form in DATA_FORMS}
             assert data.split(":")[0] in forms, f"{snippet}: --data {data} is not a built-in form"
 
 
@@ -238,7 +238,8 @@ def test_plugin_tutorial_installs_as_written_and_certifies_l1(tmp_path):
 PARSE_ONLY = {  # pattern (re.search on the command line) -> why it is only parsed; each has a CPU-sized neighbour
     r"cifar_resnet110 .*--data cifar10:data": "ResNet-110 on CIFAR-10 at the papers' budget (hours on a GPU); each "
     "page gives the same recipe on digits, which runs",
-    r"--n 100000": "N = 100 000 (GPU-sized); the CPU-sized command beside it runs",
+    r"--n 100000|imagenet:data .*--n 10000 |^rs-plugins zoo certify \S+( --every \d+)?$": "N = 100 000, ImageNet at "
+    "N = 10 000, or a zoo entry with its authors' protocol (GPU-sized); the CPU-sized command beside it runs",
     r"train-denoiser --data cifar10:data": "Salman et al.'s DnCNN schedule on CIFAR-10 (GPU-sized); the page's digits "
     "train-denoiser commands run",
     r"^torchrun ": "several processes or machines: tests/test_distributed.py runs torchrun on a small model",
@@ -319,6 +320,72 @@ def _robustbench(models: Path, dataset: str, threat: str, name: str) -> torch.nn
     return model
 
 
+def _zoo_cache(text: str) -> None:
+    """The zoo entries a page names (``zoo:NAME``, ``zoo certify NAME``) in the cache, as their first download
+    leaves them, with random weights in the authors' layouts (tests/helpers/authors_layouts.py)."""
+    sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+    from authors_layouts import bearpaw_state, cohen_checkpoint
+
+    from rs_plugins.sources import zoo
+    from rs_plugins.train.denoiser import DnCNN
+
+    names = set(re.findall(r"zoo:([\w.-]+)", text)) | set(re.findall(r"zoo certify ([\w.-]+)", text))
+    names |= {e.classifier for e in zoo.ENTRIES if e.name in names and e.classifier}
+    for entry in [e for e in zoo.ENTRIES if e.name in names and e.downloadable and not e.needs]:
+        path = zoo.cache_path(entry)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if entry.architecture == "dncnn":
+            state = {k.replace("layers.", "dncnn.", 1): v for k, v in DnCNN().state_dict().items()}
+            torch.save({"arch": "cifar_dncnn", "state_dict": state}, path)
+        elif entry.architecture == "cifar_resnet110":
+            torch.save(cohen_checkpoint(bearpaw_state(110)), path)
+
+
+def _diffusion_denoised_smoothing(folder: Path, monkeypatch) -> None:
+    """The paper's files under their names, as tiny random models: the two diffusion checkpoints (their presets
+    pointed at the tiny architectures), the hub classifiers in a Hugging Face cache read offline, ImageNet val."""
+    from huggingface_hub import constants
+    from PIL import Image
+    from safetensors.torch import save_file
+    from timm import create_model
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    from rs_plugins.builtin.denoisers import adm_files
+    from rs_plugins.builtin.denoisers.adm import AdmConfig, AdmUNet
+
+    tiny = {"CIFAR-10": ("cifar10_uncond_50M_500K.pt", AdmConfig(3, 32, 6, 1, (2,), (1, 1), True, False, num_heads=4)),
+            "ImageNet 256x256": ("256x256_diffusion_uncond.pt", AdmConfig(3, 32, 6, 1, (32,), (1,) * 6, True, True,
+                                                                          num_head_channels=16))}  # fmt: skip
+    for key, (file, config) in tiny.items():
+        name = next(n for n in adm_files.PRESETS if key in n)
+        torch.save(AdmUNet(config).state_dict(), folder / file)
+        monkeypatch.setitem(adm_files.PRESETS, name, (config, adm_files.PRESETS[name][1]))
+    cache = folder / "hf-cache"
+
+    def snapshot(repo: str) -> Path:
+        path = cache / f"models--{repo.replace('/', '--')}"
+        (path / "refs").mkdir(parents=True)
+        (path / "refs" / "main").write_text("0")
+        (path / "snapshots" / "0").mkdir(parents=True)
+        return path / "snapshots" / "0"
+
+    vit = snapshot("aaraki/vit-base-patch16-224-in21k-finetuned-cifar10")
+    config = ViTConfig(image_size=224, patch_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32, num_labels=10)  # fmt: skip
+    ViTForImageClassification(config).save_pretrained(vit)
+    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        vit
+    )
+    save_file(create_model("test_vit").state_dict(), snapshot("timm/test_vit.r160_in1k") / "model.safetensors")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("RS_PLUGINS_OFFLINE", "1")
+    for synset in ("n01440764", "n01443537"):
+        (folder / "data" / "val" / synset).mkdir(parents=True)
+        Image.fromarray(torch.randint(0, 256, (64, 64, 3), dtype=torch.uint8).numpy()).save(
+            folder / "data" / "val" / synset / "a.png"
+        )
+
+
 def _prepare(page: Path, folder: Path, monkeypatch) -> None:
     """What the page's commands read and no earlier command of the page writes."""
     import torchvision
@@ -337,6 +404,10 @@ def _prepare(page: Path, folder: Path, monkeypatch) -> None:
     torch.manual_seed(0)
     small = SmallCNN().eval()
     text = page.read_text(encoding="utf-8")
+    monkeypatch.setenv("RS_PLUGINS_HOME", str(folder / "cache"))  # what a first run would have downloaded is there
+    if re.search(r"--data cifar10(\s|$)|zoo certify|zoo:", text):
+        _cifar10(folder / "cache" / "data", {"train": 4, "test": 2})
+    _zoo_cache(text)
     if "cifar10:data" in text:
         label = None
         if "robustbench:Rice2020Overfitting" in text:  # labels it gets wrong: AutoAttack attacks correct points only
@@ -359,6 +430,8 @@ def _prepare(page: Path, folder: Path, monkeypatch) -> None:
                     down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                     layers_per_block=1, norm_num_groups=4).save_pretrained(folder / "ddpm-cifar10-32")  # fmt: skip
         DDPMScheduler(num_train_timesteps=1000).save_pretrained(folder / "ddpm-cifar10-32")
+    if "cifar10_uncond_50M_500K.pt" in text:
+        _diffusion_denoised_smoothing(folder, monkeypatch)
     for name in ("mine.ts", "a.pt", "b.pt"):
         if f"torchscript:{name}" in text:
             torch.jit.script(small).save(str(folder / name))

@@ -187,7 +187,7 @@ def test_source_hooks_plugins_run_before_builtins_and_failures_name_the_plugin()
     assert len(host.load_data(DataRequest("digits", "test"))) == 360
     with pytest.raises(PluginBuildError, match="plugin hub failed on --model 'broken:x': RuntimeError: hub offline"):
         host.load_model("broken:x")
-    with pytest.raises(SourceError, match=r"--model 'nonsense' is not a form .*accepted: robustbench:<name>"):
+    with pytest.raises(SourceError, match=r"--model 'nonsense' is not a form .*accepted: zoo:<name>, robustbench"):
         host.load_model("nonsense")
     with pytest.raises(SourceError, match=r"--data 'nonsense' is not a form .*accepted: digits"):
         host.load_data("nonsense")

@@ -17,11 +17,12 @@ import rs_plugins as rs
 ROOT = Path(__file__).resolve().parents[1]
 
 TOP_LEVEL = [
-    "ABSTAIN", "AttackResult", "Certificate", "Certifier", "CertifierSpec", "ComponentConflictError", "DataRequest",
-    "DenoisedClassifier", "Denoiser", "DenoiserSpec", "Host", "IncompatibleComponentsError", "LossOutput", "LossSpec",
-    "MissingDependencyError", "MixerSpec", "ModelRequest", "NoiseSampler", "NoiseSpec", "PluginBuildError",
-    "RsPluginError", "SmoothedClassifier", "SourceError", "TrainingLoss", "UnknownComponentError", "__version__",
-    "attack", "cohen_certify", "cohen_predict", "hookimpl",
+    "ABSTAIN", "AttackResult", "Certificate", "Certifier", "CertifierSpec", "ComponentConflictError", "Counts",
+    "DataRequest", "DenoisedClassifier", "Denoiser", "DenoiserSpec", "Host", "IncompatibleComponentsError",
+    "LossOutput", "LossSpec", "MissingDependencyError", "MixerSpec", "ModelRequest", "NeedsFreshSamplesError",
+    "NoiseSampler", "NoiseSpec", "PluginBuildError", "RsPluginError", "SmoothedClassifier", "SourceError",
+    "TrainingLoss", "UnknownComponentError", "__version__", "attack", "cohen_certify", "cohen_predict", "hookimpl",
+    "recertify",
 ]  # fmt: skip
 
 DOCUMENTED = {
@@ -31,6 +32,10 @@ DOCUMENTED = {
     "rs_plugins.attacks.summary": ["allowed_breaks", "certified_breaks", "certified_targets", "check_certified",
                                    "format_attack_table", "plot_robust_accuracy", "read_certified", "report_attack",
                                    "summarize_attack"],
+    "rs_plugins.certify.from_counts": ["choose_classes", "cohen_from_counts", "predict_from_counts", "records"],
+    "rs_plugins.certify.recertify": ["certify_rows", "check_can_recertify", "recertify"],
+    "rs_plugins.certify.soundness": ["IntervalClassifier", "SoundnessCase", "SoundnessReport",
+                                     "check_certifier_soundness", "exact_radius", "standard_cases"],
     "rs_plugins.certify.runner": ["certify_dataset", "check_dataset", "confidence_dataset", "image_generator",
                                   "predict_dataset", "read_confidence_targets", "resolve_device"],
     "rs_plugins.certify.sampling": ["call_model", "chunked", "count_pass", "eval_mode", "noise_input",
@@ -38,9 +43,10 @@ DOCUMENTED = {
     "rs_plugins.certify.sharding": ["merge_results", "partial_path", "run_sharded"],
     "rs_plugins.certify.smoothing": ["SmoothedClassifier", "check_class_selection", "check_compatible", "check_images",
                                      "check_sampling", "check_smoothing", "cohen_certify", "cohen_predict",
-                                     "select_classes"],
+                                     "select_classes", "selection_counts"],
     "rs_plugins.errors": ["ComponentConflictError", "IncompatibleComponentsError", "MissingDependencyError",
-                          "PluginBuildError", "ResultsFileError", "RsPluginError", "SourceError",
+                          "NeedsFreshSamplesError", "PluginBuildError", "ResultsFileError", "RsPluginError",
+                          "SourceError",
                           "TrainingDivergedError", "UnknownComponentError"],
     "rs_plugins.hookspecs": ["rs_certifiers", "rs_denoisers", "rs_load_data", "rs_load_model", "rs_mixers",
                              "rs_noise_samplers", "rs_training_losses"],
@@ -54,6 +60,9 @@ DOCUMENTED = {
     "rs_plugins.results.figures": ["describe_classifier", "place_legend", "save"],
     "rs_plugins.results.predictions": ["format_predictions", "prediction_table", "results_kind",
                                        "summarize_predictions"],
+    "rs_plugins.results.counts": ["CountsLog", "CountsRow", "counts_path", "merge_counts", "read_counts",
+                                  "results_path"],
+    "rs_plugins.results.metrics": ["ACR_CAVEAT", "p_lower_bounds", "provenance_cells", "quantiles", "run_counts"],
     "rs_plugins.results.files": ["AttackRow", "ConfidenceRow", "ResultsFile", "Row", "check_rows", "planned_images",
                                  "read_attack_results", "read_confidence", "read_results", "read_sidecar", "recorded",
                                  "sidecar_path"],
@@ -63,14 +72,16 @@ DOCUMENTED = {
     "rs_plugins.sources.data": ["data_identity", "labels_of", "load_cifar10", "load_cifar100", "load_data",
                                 "load_digits", "load_imagenet", "load_mnist", "load_tensor_file", "select_indices"],
     "rs_plugins.testing": ["CoordinateClassifier", "IdentityDenoiser", "LinearClassifier", "check_certifier",
-                           "check_denoiser", "check_loss", "check_mixer", "check_noise", "tiny_classifier"],
+                           "check_certifier_soundness", "check_denoiser", "check_loss", "check_mixer", "check_noise",
+                           "tiny_classifier"],
     "rs_plugins.train.config": ["TrainConfig", "crop_flip"],
     "rs_plugins.train.estimate": ["EpochClock"],
     "rs_plugins.train.held_out": ["held_out_accuracy", "hold_out", "spread_indices"],
     "rs_plugins.train.loop": ["base_indices", "example_targets", "train"],
     "rs_plugins.train.losses": ["EpochAware", "check_bool", "check_choice", "check_float", "check_int", "draw_deltas",
                                 "noisy_logits", "soft_smoothed", "warmup_factor"],
-    "rs_plugins.types": ["Certificate", "Certifier", "CertifierSpec", "ComponentSpec", "DataRequest", "Denoiser",
+    "rs_plugins.types": ["Certificate", "Certifier", "CertifierSpec", "ComponentSpec", "Counts", "DataRequest",
+                         "Denoiser",
                          "DenoiserSpec", "LossOutput", "LossSpec", "MixerSpec", "ModelRequest", "NoiseSampler",
                          "NoiseSpec", "TrainingLoss"],
 }  # fmt: skip
@@ -107,8 +118,8 @@ def test_api_page_documents_every_pinned_module():
     assert set(DOCUMENTED) <= set(documented), f"not on docs/api.md: {sorted(set(DOCUMENTED) - set(documented))}"
 
 
-ENTRY_POINTS = ["adaptive", "catrs", "consistency", "denoisers", "feng", "gaussian", "laplace", "macer", "sequential",
-                "smoothadv", "smoothmix", "sources", "standard", "uniform"]  # fmt: skip
+ENTRY_POINTS = ["adaptive", "catrs", "consistency", "cpm", "denoisers", "feng", "gaussian", "laplace", "macer",
+                "sequential", "smoothadv", "smoothmix", "sources", "standard", "uniform", "zoo"]  # fmt: skip
 
 
 def test_entry_point_names_are_pinned():

@@ -17,6 +17,7 @@ from rs_plugins.certify.runner import certify_dataset, predict_dataset
 from rs_plugins.certify.sharding import partial_path
 from rs_plugins.cli import main
 from rs_plugins.errors import ResultsFileError
+from rs_plugins.results.counts import CountsLog, counts_path
 from rs_plugins.results.files import CERTIFY_COLUMNS, PREDICT_COLUMNS, RECORD_KEYS, ResultsFile, read_results
 from rs_plugins.sources.data import load_digits
 
@@ -101,7 +102,8 @@ def test_killed_two_process_run_resumes_to_the_one_process_rows(root, reference)
     done = torchrun(root, out)
     assert done.returncode == 0, done.stdout + done.stderr
     assert cells(out) == cells(reference)  # every image once, in index order, same certificates
-    assert not any(p.exists() for p in parts) and not list(root.glob("two.tsv.part-*"))
+    assert not any(p.exists() for p in parts) and not list(root.glob("two.tsv.part-*"))  # the counts parts too
+    assert counts_path(out).read_text() == counts_path(reference).read_text()  # each part's counts log, merged
     assert settings_of(root / "two.tsv") == settings_of(root / "one.tsv")
     assert done.stdout.count("ACR:") == 1  # only the main process reports
 
@@ -121,7 +123,8 @@ def _certify_share(root, out, rank, size, count):
     digits = load_digits("test")
     share = shard(list(range(IMAGES)), World(rank, size))[:count]
     settings = settings_of(root / "one.tsv")
-    with ResultsFile(partial_path(out, World(rank, size)), CERTIFY_COLUMNS, settings) as results:
+    part = partial_path(out, World(rank, size))
+    with ResultsFile(part, CERTIFY_COLUMNS, settings) as results, CountsLog(counts_path(part), []) as log:
         certify_dataset(
             net(),
             digits,
@@ -135,6 +138,7 @@ def _certify_share(root, out, rank, size, count):
             batch_size=40,
             seed=3,
             progress=False,
+            counts_log=log,
         )
 
 
@@ -145,6 +149,7 @@ def test_one_process_finishes_what_a_killed_three_process_run_left(root, referen
     monkeypatch.setattr(sys, "path", [str(root), *sys.path])
     assert main(args(root, out)) == 0
     assert cells(out) == cells(reference)
+    assert counts_path(out).read_text() == counts_path(reference).read_text()
     assert not list(root.glob("three.tsv.part-*"))
 
 

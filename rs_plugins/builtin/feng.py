@@ -27,8 +27,9 @@ from torch import Tensor, nn
 
 import rs_plugins
 from rs_plugins.builtin.gaussian import GaussianNoise
+from rs_plugins.certify.from_counts import choose_classes, records, selection_spent
 from rs_plugins.certify.sampling import eval_mode, per_image_generators, sample_counts
-from rs_plugins.certify.smoothing import check_class_selection, check_images, check_sampling, select_classes
+from rs_plugins.certify.smoothing import check_class_selection, check_images, check_sampling, selection_counts
 from rs_plugins.certify.stats import clopper_pearson_lower, clopper_pearson_upper
 from rs_plugins.train.losses import (
     EpochAware,
@@ -159,28 +160,39 @@ class FengCertifier:
         generator=None,
         labels: Tensor | None = None,
     ) -> list[Certificate]:
-        if not isinstance(noise, GaussianNoise):
-            raise ValueError(f"certifier 'feng' supports noise ['gaussian'] (its radius is Gaussian); got {noise!r}")
+        self._check_noise(noise)
         check_images(x)
         check_sampling(n0=n0, n=n, alpha=alpha, batch_size=batch_size)
         generators = per_image_generators(generator, len(x))
         with eval_mode(model):
-            top, spent = select_classes(
-                model,
-                x,
-                noise,
-                n0=n0,
-                batch_size=batch_size,
-                generators=generators,
-                class_selection=self.class_selection,
-                labels=labels,
-            )
+            selection = selection_counts(model, x, noise, n0=n0, batch_size=batch_size, generators=generators,
+                                         class_selection=self.class_selection)  # fmt: skip
+            top = choose_classes(selection, self.class_selection, labels, len(x))
             counts = sample_counts(model, x, noise, n, batch_size=batch_size, generator=generators)
+        spent = selection_spent(selection, self.class_selection, len(x))
+        return self._decide(top, counts, noise, alpha, spent, records(counts, selection))
+
+    def certify_counts(
+        self, counts_n0: Tensor | None, counts_n: Tensor, noise: NoiseSampler, *, alpha: float, labels=None
+    ) -> list[Certificate]:
+        """The same certificates from stored counts (``rs-plugins recertify``)."""
+        self._check_noise(noise)
+        top = choose_classes(counts_n0, self.class_selection, labels, len(counts_n))
+        return self._decide(top, counts_n, noise, alpha, selection_spent(counts_n0, self.class_selection, len(top)))
+
+    def _decide(self, top, counts, noise, alpha, spent, counts_records=None) -> list[Certificate]:
         radii, p_a = feng_radius(counts, top, sigma=noise.sigma, alpha=alpha, split=self.split)
+        drawn = [s + int(m) for s, m in zip(spent, counts.sum(1).tolist())]
+        counts_records = counts_records or [None] * len(top)
         return [
-            Certificate(ABSTAIN, 0.0, p, spent + n) if math.isnan(r) else Certificate(c, r, p, spent + n)
-            for c, r, p in zip(top.tolist(), radii.tolist(), p_a.tolist())
+            Certificate(ABSTAIN, 0.0, p, d, rec) if math.isnan(r) else Certificate(c, r, p, d, rec)
+            for c, r, p, d, rec in zip(top.tolist(), radii.tolist(), p_a.tolist(), drawn, counts_records)
         ]
+
+    @staticmethod
+    def _check_noise(noise: NoiseSampler) -> None:
+        if not isinstance(noise, GaussianNoise):
+            raise ValueError(f"certifier 'feng' supports noise ['gaussian'] (its radius is Gaussian); got {noise!r}")
 
 
 @rs_plugins.hookimpl

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import rs_plugins
+from rs_plugins.certify.from_counts import choose_classes, cohen_from_counts, selection_spent
 from rs_plugins.certify.smoothing import check_class_selection, cohen_certify
 from rs_plugins.types import Certificate, CertifierSpec, LossOutput, LossSpec, NoiseSampler, NoiseSpec
 from rs_plugins.validation import check_number
@@ -60,6 +61,14 @@ class CohenCertifier:
         self, model: nn.Module, x: Tensor, noise: NoiseSampler, *, labels: Tensor | None = None, **sampling
     ) -> list[Certificate]:
         return cohen_certify(model, x, noise, class_selection=self.class_selection, labels=labels, **sampling)
+
+    def certify_counts(
+        self, counts_n0: Tensor | None, counts_n: Tensor, noise: NoiseSampler, *, alpha: float, labels=None
+    ) -> list[Certificate]:
+        """CERTIFY's decision on stored counts (``rs-plugins recertify``): the same rows at the same alpha."""
+        top = choose_classes(counts_n0, self.class_selection, labels, len(counts_n))
+        spent = selection_spent(counts_n0, self.class_selection, len(counts_n))
+        return cohen_from_counts(top, counts_n, noise, alpha, spent)
 
 
 @rs_plugins.hookimpl

@@ -31,9 +31,11 @@ from scipy.stats import beta as beta_distribution
 from torch import Tensor, nn
 
 import rs_plugins
+from rs_plugins.certify.from_counts import choose_classes, records, selection_spent
 from rs_plugins.certify.sampling import chunked, count_pass, eval_mode, per_image_generators
-from rs_plugins.certify.smoothing import check_class_selection, check_images, check_sampling, select_classes
+from rs_plugins.certify.smoothing import check_class_selection, check_images, check_sampling, selection_counts
 from rs_plugins.certify.stats import clopper_pearson_lower, clopper_pearson_upper, min_samples_to_certify
+from rs_plugins.errors import NeedsFreshSamplesError
 from rs_plugins.types import ABSTAIN, Certificate, CertifierSpec, NoiseSampler
 from rs_plugins.validation import check_integer, check_number
 
@@ -143,49 +145,94 @@ class SequentialCertifier:
         check_images(x)
         check_sampling(n0=n0, n=n, alpha=alpha, batch_size=batch_size)
         looks = look_schedule(n, batch_size, self.first, self.growth)
-        alphas, betas = spending(len(looks), alpha, self.beta)
-        if n < min_samples_to_certify(alphas[-1]):
+        if n < min_samples_to_certify(spending(len(looks), alpha, self.beta)[0][-1]):
             warnings.warn(f"n={n} is too small for alpha={alpha}: every input will abstain", stacklevel=2)
-        best = alphas[-1] ** (1 / n)  # the largest bound a full run can reach
-        targets = thresholds(noise, self.radii)
-        targets = targets[targets < best]  # radii a full run could certify; the rest are out of reach anyway
+        targets = self._targets(noise, n, len(looks), alpha)
         generators = per_image_generators(generator, len(x))
         with eval_mode(model):
-            top, spent = select_classes(
-                model,
-                x,
-                noise,
-                n0=n0,
-                batch_size=batch_size,
-                generators=generators,
-                class_selection=self.class_selection,
-                labels=labels,
-            )
+            selection = selection_counts(model, x, noise, n0=n0, batch_size=batch_size, generators=generators,
+                                         class_selection=self.class_selection)  # fmt: skip
+            top = choose_classes(selection, self.class_selection, labels, len(x))
+            spent = 0 if selection is None else n0
             state = _Queue(len(x), looks, batch_size)
             first = spent == 0  # without an n0 pass, the first estimation pass is where inputs are checked
             while state.pending:
                 segments = state.next_pass()
                 counts = count_pass(model, x, noise, segments, generators, first=first)
                 first = False
-                hits = counts.gather(1, top[[i for i, _ in segments], None]).squeeze(1).tolist()
-                for (i, size), hit in zip(segments, hits):
-                    if state.add(i, size, hit):  # image i reached its next look
+                for (i, size), votes in zip(segments, counts):
+                    if state.add(i, size, votes):  # image i reached its next look
                         k = state.look[i]
-                        drawn = looks[k]
-                        lower = float(clopper_pearson_lower(state.hits[i], drawn, alphas[k]))
-                        upper = float(clopper_pearson_upper(state.hits[i], drawn, betas[k]))
-                        state.lower[i] = max(state.lower[i], lower)
-                        state.upper[i] = min(state.upper[i], upper)
-                        last = k == len(looks) - 1
-                        if last or self._decided(state.lower[i], state.upper[i], noise, n, alphas[-1], targets):
+                        state.lower[i], state.upper[i], stop = self._look(
+                            int(state.votes[i][top[i]]), looks[k], k, len(looks), alpha, noise, n,
+                            state.lower[i], state.upper[i], targets,
+                        )  # fmt: skip
+                        if stop:
                             state.finish(i)
                         else:
                             state.advance(i)
-        p_lower = torch.tensor(state.lower, dtype=torch.float64)
-        radii = noise.radius(p_lower).tolist()
+        extra = {"looks_planned": len(looks), "n_max": n}
+        counts = records(torch.stack(state.votes), selection, state.recorded, extra)
+        return self._certificates(top, state.lower, [spent + d for d in state.drawn], noise, counts)
+
+    def certify_counts(
+        self,
+        counts_n0: Tensor | None,
+        counts_n: Tensor,
+        noise: NoiseSampler,
+        *,
+        alpha: float,
+        labels: Tensor | None = None,
+        looks=None,
+        extra=None,
+    ) -> list[Certificate]:
+        """Replay the looks a sequential run recorded (``rs-plugins recertify``): each image stops at the first look
+        this certifier's rule decides, or at the last recorded one. The bounds form a confidence sequence, valid at
+        any look, so stopping where the recorded samples end keeps the certificate sound."""
+        planned = ("looks_planned", "n_max")
+        if looks is None or not all(looks) or extra is None or not all(set(planned) <= e.keys() for e in extra):
+            raise NeedsFreshSamplesError(
+                "sequential recertifies the counts log of a sequential run, replaying its looks; these counts have "
+                "one fixed-n estimation pass and no looks: recertify them with cohen (or feng, cpm)"
+            )
+        top = choose_classes(counts_n0, self.class_selection, labels, len(counts_n))
+        spent = selection_spent(counts_n0, self.class_selection, len(counts_n))
+        lowers, drawn = [], []
+        for c, image_looks, record in zip(top.tolist(), looks, extra):
+            planned, n_max = int(record["looks_planned"]), int(record["n_max"])
+            targets = self._targets(noise, n_max, planned, alpha)
+            lower, upper = 0.0, 1.0
+            for k, (size, votes) in enumerate(image_looks):
+                lower, upper, stop = self._look(
+                    int(votes[c]), size, k, planned, alpha, noise, n_max, lower, upper, targets
+                )
+                if stop:
+                    break
+            lowers.append(lower)
+            drawn.append(size)
+        return self._certificates(top, lowers, [s + d for s, d in zip(spent, drawn)], noise)
+
+    def _targets(self, noise: NoiseSampler, n_max: int, planned: int, alpha: float) -> np.ndarray:
+        """The table radii's thresholds on the bound that a full run could reach (the rest are out of reach)."""
+        last = spending(planned, alpha, self.beta)[0][-1]
+        targets = thresholds(noise, self.radii)
+        return targets[targets < last ** (1 / n_max)]
+
+    def _look(self, hits, drawn, k, planned, alpha, noise, n_max, lower, upper, targets) -> tuple[float, float, bool]:
+        """The running bounds after look k (``hits`` of ``drawn``), and whether the image stops there."""
+        alphas, betas = spending(planned, alpha, self.beta)
+        lower = max(lower, float(clopper_pearson_lower(hits, drawn, alphas[k])))
+        upper = min(upper, float(clopper_pearson_upper(hits, drawn, betas[k])))
+        stop = k == planned - 1 or self._decided(lower, upper, noise, n_max, alphas[-1], targets)
+        return lower, upper, stop
+
+    @staticmethod
+    def _certificates(top: Tensor, lowers, samples, noise: NoiseSampler, counts=None) -> list[Certificate]:
+        radii = noise.radius(torch.tensor(lowers, dtype=torch.float64)).tolist()
+        counts = counts or [None] * len(top)
         return [
-            Certificate(int(c), float(r), p, spent + d) if p >= 0.5 else Certificate(ABSTAIN, 0.0, p, spent + d)
-            for c, r, p, d in zip(top.tolist(), radii, state.lower, state.drawn)
+            Certificate(int(c), float(r), p, d, rec) if p >= 0.5 else Certificate(ABSTAIN, 0.0, p, d, rec)
+            for c, r, p, d, rec in zip(top.tolist(), radii, lowers, samples, counts)
         ]
 
     @property
@@ -231,11 +278,12 @@ class _Queue:
     def __init__(self, images: int, looks: list[int], batch_size: int) -> None:
         self.looks, self.batch_size = looks, batch_size
         self.look = [0] * images  # index of the look each image is heading for
-        self.hits = [0] * images
         self.drawn = [0] * images
         self.owed = [looks[0]] * images  # samples still to count before the next look
         self.lower = [0.0] * images
         self.upper = [1.0] * images
+        self.votes: list[Tensor] = [None] * images  # cumulative counts over all classes
+        self.recorded: list[list[tuple[int, tuple[int, ...]]]] = [[] for _ in range(images)]  # (drawn, votes)
         self.pending: deque[tuple[int, int]] = deque(c for i in range(images) for c in chunked(i, looks[0], batch_size))
 
     def next_pass(self) -> list[tuple[int, int]]:
@@ -245,10 +293,13 @@ class _Queue:
             size += segments[-1][1]
         return segments
 
-    def add(self, image: int, size: int, hits: int) -> bool:
-        self.hits[image] += hits
+    def add(self, image: int, size: int, votes: Tensor) -> bool:
+        """Count a chunk's votes; True when the image reached its next look (which is then recorded)."""
+        self.votes[image] = votes.clone() if self.votes[image] is None else self.votes[image] + votes
         self.drawn[image] += size
         self.owed[image] -= size
+        if self.owed[image] == 0:
+            self.recorded[image].append((self.drawn[image], tuple(self.votes[image].tolist())))
         return self.owed[image] == 0
 
     def advance(self, image: int) -> None:

@@ -54,6 +54,13 @@ def parse_denoiser(text: str) -> tuple[str, str | None]:
     return name, path or None
 
 
+def smoothing_noise(noise: Any, model: nn.Module) -> Any:
+    """The noise to draw for ``model``: its denoiser's ``smoothing_noise(noise)`` where it has one (the diffusion
+    denoiser's own level under ``noise=authors``), else ``noise``; the radii stay those of ``noise``."""
+    hook = getattr(getattr(model, "denoiser", None), "smoothing_noise", None)
+    return hook(noise) if callable(hook) and noise is not None else noise
+
+
 def denoiser_settings(name: str, path: str | None, options: dict[str, Any], denoiser: nn.Module) -> dict[str, Any]:
     """What the results depend on: the denoiser's name, path, options, weights' hash and own ``settings()``."""
     settings = {"name": name, "path": path, "options": options, "sha256": weights_sha256(denoiser)}

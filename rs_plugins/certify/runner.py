@@ -11,6 +11,7 @@ import inspect
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,13 +31,16 @@ from ..results.files import (
     sidecar_path,
 )
 from ..validation import MAX_SEED, check_certificates, check_input_shape, check_integer, check_labels, check_logits
+from .from_counts import predict_from_counts, records
 from .sampling import call_model, count_pass, eval_mode, reporting_passes, sample_counts
-from .smoothing import check_images, check_sampling, cohen_predict
+from .smoothing import check_images, check_sampling, check_smoothing
+from .stats import min_samples_to_predict
 
 if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import Dataset
 
+    from ..results.counts import CountsLog
     from ..types import Certifier, NoiseSampler
 
 MAX_IMAGES_PER_CALL = 64
@@ -162,11 +166,13 @@ def announced(announce, desc: str, model, noise, **plan):
     return lambda x, images: announce(f"{desc}: " + cost_plan(model, x, noise, images=images, **plan))
 
 
-def _run(decide, model, dataset, results, indices, *, group, per_image, desc, seed, device, progress, plan=None):
-    """Apply ``decide(x, generators, labels, num_classes) -> [(prediction, radius, samples)]`` to pending images
-    in groups, appending rows. The bar counts samples (``per_image`` planned per image) and moves per forward pass.
-    ``plan(x, images)``, when given, is called once before any sampling with the first pending image and the
-    number of pending images (``announced``)."""
+def _run(decide, model, dataset, results, indices, *, group, per_image, desc, seed, device, progress, plan=None,
+         counts_log=None):
+    """Apply ``decide(x, generators, labels, num_classes) -> [(prediction, radius, samples, counts)]`` to pending
+    images in groups, appending rows. The bar counts samples (``per_image`` planned per image) and moves per forward
+    pass. ``plan(x, images)``, when given, is called once before any sampling with the first pending image and the
+    number of pending images (``announced``). Each image's ``counts`` (when not None) go to ``counts_log`` before
+    its row, so a row never lacks the counts it was computed from."""
     check_integer("seed", seed, minimum=0, maximum=MAX_SEED)
     if not indices:
         return results.rows  # e.g. a process's empty share of a sharded run
@@ -191,7 +197,9 @@ def _run(decide, model, dataset, results, indices, *, group, per_image, desc, se
             start = time.perf_counter()
             outcomes = decide(x, generators, labels, num_classes)
             seconds = (time.perf_counter() - start) / len(chunk)
-            for i, label, (prediction, radius, samples) in zip(chunk, labels, outcomes):
+            for i, label, (prediction, radius, samples, counts) in zip(chunk, labels, outcomes):
+                if counts_log is not None and counts is not None:
+                    counts_log.append(i, label, counts)
                 results.append(Row(i, label, prediction, radius, prediction == label, seconds, samples))
             done += len(chunk)
             bar.n = done * per_image  # a certifier may draw fewer than planned (early stopping) or more (checks)
@@ -215,6 +223,7 @@ def certify_dataset(
     device: torch.device | str = "cpu",
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
+    counts_log: CountsLog | None = None,
 ) -> list[Row]:
     """Certify ``dataset[i]`` for each i in ``indices`` not already in ``results``; returns all finished rows.
 
@@ -224,7 +233,8 @@ def certify_dataset(
     the data set's labels (for evaluation-only class selection); one whose certificates leave ``samples`` unset
     is recorded as drawing n0 + n per image, as CERTIFY does. ``announce`` (e.g. ``print``) gets one line before
     sampling: the samples and passes per image and the time per image and for the run (``cost_plan``); a
-    certifier that stops early (a ``stopping`` attribute, e.g. sequential) is announced at its most.
+    certifier that stops early (a ``stopping`` attribute, e.g. sequential) is announced at its most. Each
+    certificate's votes (``Certificate.counts``) go to ``counts_log`` (``results.counts.CountsLog``) when given.
     """
     device = torch.device(device)
     model = model.to(device)
@@ -238,13 +248,16 @@ def certify_dataset(
             model, x, noise, n0=n0, n=n, alpha=alpha, batch_size=batch_size, generator=generators, **extra
         )
         check_certificates(certificates, len(x), num_classes, certifier)
-        return [(c.prediction, c.radius, n0 + n if c.samples is None else c.samples) for c in certificates]
+        return [
+            (c.prediction, c.radius, n0 + n if c.samples is None else c.samples, getattr(c, "counts", None))
+            for c in certificates
+        ]
 
     group = getattr(certifier, "images_per_call", None) or max(1, min(MAX_IMAGES_PER_CALL, batch_size // n0))
     options = dict(group=group, per_image=n0 + n, desc="certify", seed=seed, device=device, progress=progress)
     upto = hasattr(certifier, "stopping")
     plan = announced(announce, "certify", model, noise, parts=(n0, n), batch_size=batch_size, device=device, upto=upto)
-    return _run(decide, model, dataset, results, indices, plan=plan, **options)
+    return _run(decide, model, dataset, results, indices, plan=plan, counts_log=counts_log, **options)
 
 
 def predict_dataset(
@@ -261,20 +274,27 @@ def predict_dataset(
     device: torch.device | str = "cpu",
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
+    counts_log: CountsLog | None = None,
 ) -> list[Row]:
-    """Cohen's PREDICT for each pending index, with the same resumable bookkeeping (and ``announce``) as
-    ``certify_dataset``."""
+    """Cohen's PREDICT for each pending index, with the same resumable bookkeeping (``announce``, ``counts_log``:
+    the n votes of each image, as estimation counts) as ``certify_dataset``."""
     device = torch.device(device)
     model = model.to(device)
 
     def decide(x, generators, labels, num_classes):
-        predictions = cohen_predict(model, x, noise, n=n, alpha=alpha, batch_size=batch_size, generator=generators)
-        return [(p, 0.0, n) for p in predictions]
+        check_smoothing(model, noise)
+        check_sampling(n=n, alpha=alpha, batch_size=batch_size)
+        if n < min_samples_to_predict(alpha):
+            warnings.warn(f"n={n} is too small for alpha={alpha}: every input will abstain", stacklevel=2)
+        with eval_mode(model):
+            counts = sample_counts(model, x, noise, n, batch_size=batch_size, generator=generators)
+        predictions = predict_from_counts(counts, alpha)
+        return [(p, 0.0, n, record) for p, record in zip(predictions, records(counts))]
 
     group = max(1, min(MAX_IMAGES_PER_CALL, batch_size // n))
     options = dict(group=group, per_image=n, desc="predict", seed=seed, device=device, progress=progress)
     plan = announced(announce, "predict", model, noise, parts=(n,), batch_size=batch_size, device=device)
-    return _run(decide, model, dataset, results, indices, plan=plan, **options)
+    return _run(decide, model, dataset, results, indices, plan=plan, counts_log=counts_log, **options)
 
 
 def confidence_dataset(

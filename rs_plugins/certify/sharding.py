@@ -9,8 +9,8 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from ..results.counts import CountsLog, counts_path, merge_counts
 from ..results.files import (
     ATTACK_COLUMNS,
     CONFIDENCE_COLUMNS,
@@ -27,10 +27,6 @@ from ..results.files import (
     sidecar_path,
 )
 from .distributed import World, barrier, shard
-
-if TYPE_CHECKING:
-
-    pass
 
 
 def partial_path(out: str | os.PathLike, world: World) -> Path:
@@ -101,6 +97,7 @@ def run_sharded(
     world: World | None = None,
     provenance: dict | None = None,
     group: int = 1,
+    counts: bool = False,
 ) -> list[Row] | list[AttackRow]:
     """Run ``work(results, indices)`` on this process's share of ``indices`` and gather every share in ``out``.
 
@@ -112,6 +109,9 @@ def run_sharded(
 
     ``provenance`` (versions, device, date) goes into the sidecar of ``out`` and of each partial file; it is
     recorded, never compared.
+
+    ``counts``: each file gets its counts log beside it (``results.counts``), handed to ``work(results, indices,
+    counts_log)``; the parts' logs are merged into ``<out>.counts`` with the results.
 
     Attack rows (``ATTACK_COLUMNS``) are keyed by (index, eps), and an attack's random starts are seeded per group
     of ``group`` consecutive ``indices``: the processes then share out whole groups, each with all its images
@@ -132,12 +132,21 @@ def run_sharded(
     mine = [i for share in shard(groups, world) for i in share if i not in done]  # (index, eps) keys drop no image
     target = out if world.size == 1 else partial_path(out, world)
     with ResultsFile(target, columns, settings, None if target == out else provenance) as results:
+        log = CountsLog(counts_path(target), {row.key for row in results.rows}) if counts else None
         results.done.update(done)  # finished in another file: skipped as this file's own rows are
-        if mine:  # nothing left here (a finished run resumed, or more processes than images): no work to start
-            work(results, mine)
+        try:
+            if mine:  # nothing left here (a finished run resumed, or more processes than images): no work to start
+                work(results, mine, log) if counts else work(results, mine)
+        finally:
+            if log is not None:
+                log.close()
         rows = results.rows
     barrier(world)
     if not world.main:
         return []
     attack = tuple(columns) == ATTACK_COLUMNS  # written group by group, eps by eps: sorted as a merge sorts them
-    return merge_results(out, columns, settings) if world.size > 1 or left or attack else rows
+    count_parts = merge_counts(out, lambda path: {row.key for row in load_rows(path)[1]})  # before their results
+    merged = merge_results(out, columns, settings) if world.size > 1 or left or attack else rows
+    for part in count_parts:
+        part.unlink()
+    return merged

@@ -15,14 +15,15 @@ import torch
 
 from ..errors import IncompatibleComponentsError
 from ..results.provenance import built_from, describe
-from ..types import ABSTAIN, Certificate
+from ..types import Certificate
 from ..validation import (
     check_integer,
     check_number,
     check_tensor,
 )
+from .from_counts import choose_classes, cohen_from_counts, predict_from_counts, records
 from .sampling import eval_mode, per_image_generators, sample_counts
-from .stats import binomial_pvalue, clopper_pearson_lower, min_samples_to_certify, min_samples_to_predict
+from .stats import min_samples_to_certify, min_samples_to_predict
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -89,12 +90,34 @@ CLASS_SELECTIONS = ("n0", "label")
 (evaluation only: it certifies "g(x) = y and robust", saves the n0 pass, and is no deployable prediction)."""
 
 
+LABEL_CLAIM = (
+    "class_selection=label: certifies g(x) = y and robust (evaluation only, no n0 pass; not a deployable prediction)"
+)
+"""What a results file made with ``class_selection=label`` certifies: its sidecar, table and summary say it."""
+
+
 def check_class_selection(class_selection: str) -> str:
     """Return ``class_selection`` if it is one of ``CLASS_SELECTIONS``, else raise ValueError naming it."""
     if class_selection not in CLASS_SELECTIONS:
         msg = f"class_selection must be one of {', '.join(CLASS_SELECTIONS)}; got {class_selection!r}"
         raise ValueError(msg)
     return class_selection
+
+
+def selection_counts(
+    model: nn.Module,
+    x: Tensor,
+    noise: NoiseSampler,
+    *,
+    n0: int,
+    batch_size: int,
+    generators,
+    class_selection: str,
+) -> Tensor | None:
+    """The n0 class-selection pass: (B, K) int64 counts on the CPU, or None with ``class_selection="label"``."""
+    if check_class_selection(class_selection) == "label":
+        return None
+    return sample_counts(model, x, noise, n0, batch_size=batch_size, generator=generators)
 
 
 def select_classes(
@@ -114,14 +137,11 @@ def select_classes(
         x: (B, C, H, W); labels: (B,) or None. returns: (B,) int64 classes on the CPU, and an int.
     """
     if check_class_selection(class_selection) == "label":
-        if labels is None:
-            raise ValueError("class_selection='label' needs the labels: pass labels=(B,) tensor to certify()")
-        labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
-        if labels.shape != (len(x),):
-            raise ValueError(f"labels must have shape ({len(x)},), one per image; got {tuple(labels.shape)}")
-        return labels, 0
-    selection = sample_counts(model, x, noise, n0, batch_size=batch_size, generator=generators)
-    return selection.argmax(1), n0
+        return choose_classes(None, class_selection, labels, len(x)), 0
+    counts = selection_counts(
+        model, x, noise, n0=n0, batch_size=batch_size, generators=generators, class_selection=class_selection
+    )
+    return choose_classes(counts, class_selection, labels, len(x)), n0
 
 
 def cohen_certify(
@@ -140,6 +160,7 @@ def cohen_certify(
     """CERTIFY of Cohen et al. for each image of ``x`` (B, C, H, W); abstains below a bound of 1/2.
 
     ``class_selection="label"`` certifies ``labels`` instead of the n0 sample's top class (see ``CLASS_SELECTIONS``).
+    Each certificate carries its votes (``Certificate.counts``) for the counts log.
     """
     check_smoothing(model, noise)
     check_images(x)
@@ -148,25 +169,13 @@ def cohen_certify(
         warnings.warn(f"n={n} is too small for alpha={alpha}: every input will abstain", stacklevel=2)
     generator = per_image_generators(generator, len(x))
     with eval_mode(model):
-        top, spent = select_classes(
-            model,
-            x,
-            noise,
-            n0=n0,
-            batch_size=batch_size,
-            generators=generator,
-            class_selection=class_selection,
-            labels=labels,
+        selection = selection_counts(
+            model, x, noise, n0=n0, batch_size=batch_size, generators=generator, class_selection=class_selection
         )
+        top = choose_classes(selection, class_selection, labels, len(x))
         estimation = sample_counts(model, x, noise, n, batch_size=batch_size, generator=generator)
-    n_top = estimation.gather(1, top[:, None]).squeeze(1)
-    p_lower = torch.as_tensor(clopper_pearson_lower(n_top.numpy(), n, alpha), dtype=torch.float64)
-    radii = noise.radius(p_lower)
-    samples = spent + n
-    return [
-        Certificate(int(c), float(r), float(p), samples) if p >= 0.5 else Certificate(ABSTAIN, 0.0, float(p), samples)
-        for c, r, p in zip(top.tolist(), radii.tolist(), p_lower.tolist())
-    ]
+    spent = 0 if selection is None else n0
+    return cohen_from_counts(top, estimation, noise, alpha, spent, records(estimation, selection))
 
 
 def cohen_predict(
@@ -187,11 +196,7 @@ def cohen_predict(
         warnings.warn(f"n={n} is too small for alpha={alpha}: every input will abstain", stacklevel=2)
     with eval_mode(model):
         counts = sample_counts(model, x, noise, n, batch_size=batch_size, generator=generator)
-    top2_counts, top2 = counts.topk(2, dim=1)
-    return [
-        int(c) if binomial_pvalue(n_a, n_a + n_b) <= alpha else ABSTAIN
-        for c, (n_a, n_b) in zip(top2[:, 0].tolist(), top2_counts.tolist())
-    ]
+    return predict_from_counts(counts, alpha)
 
 
 class SmoothedClassifier:

@@ -1,8 +1,10 @@
-"""``rs-plugins``: list plugins, train (classifiers, denoisers), certify, predict, attack, report, and a demo."""
+"""``rs-plugins``: list plugins, train (classifiers, denoisers), certify, predict, recertify, check a certifier, attack,
+report, and a demo."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 import warnings
@@ -10,7 +12,9 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import RsPluginError
-from . import adaptive, attack, certify, confidence, denoiser, plugins, report, train
+from ..sources import fetch
+from ..sources.zoo import ZOO_DIR_ENV
+from . import adaptive, attack, certify, confidence, denoiser, plugins, recertify, report, train, zoo
 from .attack import cmd_attack
 from .certify import cmd_certify
 from .plugins import cmd_demo, cmd_plugins
@@ -37,12 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins.add_plugins(sub)
     certify.add_certify(sub)
+    recertify.add_commands(sub)  # recertify (from a counts log) and check-certifier (the soundness bench)
     attack.add_attack(sub)
     train.add_train(sub)
     confidence.add_confidence(sub)  # predict-confidence (CAT-RS's p_b)
     adaptive.add_commands(sub)  # train-mixer and tradeoff (adaptive smoothing)
     denoiser.add_train_denoiser(sub)  # train-denoiser (denoised smoothing's DnCNN)
     report.add_report(sub)
+    zoo.add_zoo(sub)  # the papers' released models
     plugins.add_demo(sub)
     return parser
 
@@ -58,6 +64,9 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
     return _PYTHON_FORMAT(message, category, filename, lineno, line)
 
 
+SWITCHES = (fetch.OFFLINE_ENV, "HF_HUB_OFFLINE", ZOO_DIR_ENV)
+"""The environment variables through which --offline and --zoo-dir reach every loader, plugins' included."""
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command. Mistakes in the input (RsPluginError, ValueError, OSError such as a missing or unwritable
@@ -69,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     shown_as = warnings.formatwarning
     warnings.formatwarning = one_line_warning  # how a warning shows, not whether: recording (pytest.warns) still works
+    fetch.forget()  # the downloads this command records in its results' provenance
+    saved = {name: os.environ.get(name) for name in SWITCHES}  # --offline and --zoo-dir hold for this command only
+    if getattr(args, "offline", False):
+        fetch.go_offline()
+    if getattr(args, "zoo_dir", None):
+        os.environ[ZOO_DIR_ENV] = args.zoo_dir
     try:
         return args.func(args)
     except (RsPluginError, ValueError, OSError) as err:
@@ -87,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     finally:
         warnings.formatwarning = shown_as
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
 
 
 if __name__ == "__main__":

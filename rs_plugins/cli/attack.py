@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import file_checks, validation
+from ..certify.denoising import smoothing_noise
 from ..certify.execution import add_execution_arguments, execution_from_args
 from ..results import provenance
 from ..results.figures import describe_classifier
@@ -91,6 +92,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
     settings["model_sha256"] = provenance.weights_sha256(model)  # the weights as loaded; others change the rows
     model = shared.with_denoiser(host, args, model, settings)  # after the hash: the classifier's weights alone
+    noise = smoothing_noise(noise, model)  # noise=authors: drawn at the diffusion's own level
     model = prepare_model(model, device, execution)
     record = shared.record_run(host, args, settings, model, dataset, indices, device, execution.precision)
     record["norm"] = adversary.norm  # of eps and the perturbations; the smoothing noise's is noise_norm

@@ -5,19 +5,19 @@ from __future__ import annotations
 import argparse
 
 from .. import file_checks
+from ..certify.denoising import smoothing_noise
 from ..certify.execution import add_execution_arguments, execution_from_args
+from ..certify.smoothing import LABEL_CLAIM
 from ..results import provenance
+from ..results.counts import COUNTS_LOG_CHOICES
 from ..results.figures import describe_classifier
-from ..results.files import CERTIFY_COLUMNS, PREDICT_COLUMNS, read_sidecar
+from ..results.files import CERTIFY_COLUMNS, PREDICT_COLUMNS, read_sidecar, recorded
+from ..results.metrics import format_quantiles, p_lower_bounds, quantiles
 from ..results.report import format_table, largest_radius, plot_certified_accuracy, radius_formula, write_summary
 from ..sources.data import select_indices
 from ..types import ABSTAIN, DataRequest
 from . import shared
 from .shared import positive_int, probability_arg
-
-LABEL_CLAIM = (
-    "class_selection=label: certifies g(x) = y and robust (evaluation only, no n0 pass; not a deployable prediction)"
-)
 
 
 def add_certify(sub) -> None:
@@ -42,6 +42,9 @@ def add_certify(sub) -> None:
         p.add_argument("--n", type=positive_int, default=100_000, help="estimation samples (default 100000)")
         p.add_argument("--alpha", type=probability_arg, default=0.001, help="failure probability (default 0.001)")
         p.add_argument("--out", default=f"{name}.tsv", help="results TSV; rerunning resumes it")
+        p.add_argument("--counts-log", choices=COUNTS_LOG_CHOICES, default="counts", help="counts (default): write "
+                       "every image's votes beside --out as <out>.counts, for rs-plugins recertify and report's "
+                       "p_A; none: do not")  # fmt: skip
         p.add_argument(
             "--plot", help="write certified accuracy vs radius as a PNG" if name == "certify" else argparse.SUPPRESS
         )
@@ -103,6 +106,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     indices = select_indices(len(dataset), start=args.start, stop=args.max, every=args.every, limit=args.limit)
     settings["model_sha256"] = provenance.weights_sha256(model)  # the weights as loaded; others change the rows
     model = shared.with_denoiser(host, args, model, settings)  # after the hash: the classifier's weights alone
+    noise = smoothing_noise(noise, model)  # noise=authors: drawn at the diffusion's own level
     model = prepare_model(model, device, execution)
     batch_size = args.batch_size
     if batch_size == "auto":
@@ -129,45 +133,69 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if certify:
         columns = CERTIFY_COLUMNS
 
-        def work(results, share):
-            certify_dataset(model, dataset, noise, certifier, results, indices=share, n0=args.n0, **common)
+        def work(results, share, counts_log=None):
+            certify_dataset(model, dataset, noise, certifier, results, indices=share, n0=args.n0,
+                            counts_log=counts_log, **common)  # fmt: skip
     else:
         columns = PREDICT_COLUMNS
 
-        def work(results, share):
-            predict_dataset(model, dataset, noise, results, indices=share, **common)
+        def work(results, share, counts_log=None):
+            predict_dataset(model, dataset, noise, results, indices=share, counts_log=counts_log, **common)
 
-    rows = run_sharded(work, args.out, columns, settings, indices, world, provenance=record)
+    logged = args.counts_log != "none"
+    rows = run_sharded(work, args.out, columns, settings, indices, world, provenance=record, counts=logged)
     leave_world(world)
     if not world.main:
         return 0  # the main process merged the shares into --out and reports them
     norm = noise.norm
     extra = {"norm": norm}
-    if certify:
-        extra |= {"certifier": args.certifier, "certifies": settings.get("certifies", "g(x) and its robustness")}
-        if hasattr(certifier, "stopping"):  # e.g. sequential: when images stop sampling, and its cost
-            extra["stopping"] = certifier.stopping
-        title = f"certify {args.out} ({args.certifier}, {norm} radius, sigma={args.sigma}, n={args.n})"
-        if "certifies" in settings:
-            title += f"\n{LABEL_CLAIM}"
-        if "stopping" in extra:
-            title += f"\nstopping: {extra['stopping']}"
-        print(format_table(rows, title=title))
-    else:
+    if not certify:
         abstained = sum(row.predict == ABSTAIN for row in rows)
         accuracy = sum(row.correct for row in rows) / len(rows)
         print(f"predict {args.out} (sigma={args.sigma}, n={args.n}, alpha={args.alpha})")
         print(f"accuracy {100 * accuracy:.1f}%, abstained {abstained} of {len(rows)}")
-    if certify and args.plot:  # the title says what was certified: the model, mixture (and its alpha), denoiser
-        model = describe_classifier(settings)
-        title = f"{args.data} {args.split}, {model}\n{args.certifier}, N = {args.n:,}, α = {args.alpha:g}, "
-        label = f"{args.noise} σ = {args.sigma:g}" + (f" + {settings['denoiser']['name']}" if args.denoiser else "")
-        own = radius_formula(noise, certifier) != radius_formula(noise)  # e.g. mixed: not the noise's radius
-        largest = {} if own else {label: largest_radius(noise, args.n, args.alpha)}
-        plot_certified_accuracy({label: rows}, args.plot, title=title + f"{len(rows)} images", norm=norm,
-                                largest=largest)  # fmt: skip
+        if args.summary:
+            write_summary(rows, args.summary, record=read_sidecar(args.out), extra=extra)
+            print(f"summary: {args.summary}")
+        return 0
+    extra |= {"certifier": args.certifier, "certifies": settings.get("certifies", "g(x) and its robustness")}
+    if hasattr(certifier, "stopping"):  # e.g. sequential: when images stop sampling, and its cost
+        extra["stopping"] = certifier.stopping
+    own = radius_formula(noise, certifier) != radius_formula(noise)  # e.g. mixed: not the noise's radius
+    finish_report(args, rows, read_sidecar(args.out) or {}, title=f"certify {args.out}", extra=extra,
+                  largest=None if own else largest_radius(noise, args.n, args.alpha))  # fmt: skip
+    return 0
+
+
+def finish_report(args, rows, sidecar: dict, *, title: str, extra: dict | None = None, largest=None) -> None:
+    """What certify and recertify print and write after a run: the table (certified accuracy at the table radii,
+    ACR, the p_A lower bounds' quantiles from the counts log), then ``--plot`` (with the p_A histogram) and
+    ``--summary``. ``largest``: the largest radius the run's N can certify, a dotted line in the plot."""
+    settings = {k: v for k, v in sidecar.items() if k not in ("provenance", "resumed")}
+    extra = {"norm": recorded(sidecar, "norm") or "l2"} | (extra or {})
+    if "certifies" in settings:
+        extra["certifies"] = settings["certifies"]
+    extra.setdefault("certifier", settings.get("certifier"))
+    sigma, n, alpha = settings.get("sigma"), settings.get("n"), settings.get("alpha")
+    heading = f"{title} ({extra['certifier']}, {extra['norm']} radius, sigma={sigma}, n={n}, alpha={alpha})"
+    if "certifies" in settings:
+        heading += f"\n{LABEL_CLAIM}"
+    if "stopping" in extra:
+        heading += f"\nstopping: {extra['stopping']}"
+    p_lower = p_lower_bounds(args.out, sidecar)
+    print(format_table(rows, title=heading) + (format_quantiles(p_lower) + "\n" if p_lower else ""))
+    if p_lower:
+        extra["p_a_lower"] = quantiles(p_lower)
+    if args.plot:  # the title says what was certified: the model, a mixture (and its alpha), a denoiser
+        plot_title = f"{settings.get('data')} {settings.get('split')}, {describe_classifier(settings)}\n"
+        plot_title += f"{extra['certifier']}, N = {n:,}, α = {alpha:g}, {len(rows)} images"
+        denoiser = settings.get("denoiser")
+        label = f"{settings.get('noise')} σ = {sigma:g}"
+        label += f" + {denoiser['name']}" if isinstance(denoiser, dict) else ""  # what the legend names: the run
+        plot_certified_accuracy({label: rows}, args.plot, title=plot_title, norm=extra["norm"],
+                                largest={label: largest} if largest else {},
+                                p_lower={label: p_lower} if p_lower else None)  # fmt: skip
         print(f"plot: {args.plot}")
     if args.summary:
-        write_summary(rows, args.summary, record=read_sidecar(args.out), extra=extra)
+        write_summary(rows, args.summary, record=sidecar or None, extra=extra)
         print(f"summary: {args.summary}")
-    return 0

@@ -9,9 +9,10 @@ import argparse
 from pathlib import Path
 
 from .. import file_checks, validation
-from ..train.config import PRECISIONS
-from ..train.denoiser import OBJECTIVES, OPTIMIZERS, DenoiserTrainConfig
+from ..train.config import AUGMENTATIONS, PRECISIONS
+from ..train.denoiser import NEEDS_CLASSIFIER, OBJECTIVES, OPTIMIZERS, DenoiserTrainConfig
 from ..train.held_out import VAL_IMAGES
+from ..train.schedules import LR_SCHEDULES
 from ..types import DataRequest
 from . import shared, train
 
@@ -19,9 +20,10 @@ from . import shared, train
 def add_train_denoiser(sub) -> None:
     """Add ``train-denoiser`` to the ``rs-plugins`` sub-parsers."""
     d = DenoiserTrainConfig()
-    p = sub.add_parser("train-denoiser", help="train a DnCNN denoiser (mse or stability) for --denoiser dncnn:")
-    shared.add_model(p, several=False, required=False, role="frozen classifier (needed by --objective stability; "
-                      "adds its accuracy to the log): ")  # fmt: skip
+    p = sub.add_parser("train-denoiser", help="train a DnCNN denoiser (mse, stability, classification) for "
+                       "--denoiser dncnn:")  # fmt: skip
+    shared.add_model(p, several=False, required=False, role="frozen classifier (needed by --objective stability "
+                      "and classification; adds its accuracy to the log): ")  # fmt: skip
     p.add_argument("--random-weights", action="store_true", help="allow a factory --model without --checkpoint")
     shared.add_data(p, "train")
     p.add_argument("--sigma", type=shared.positive_float, required=True, help="noise level in [0, 1] pixel units")
@@ -29,7 +31,8 @@ def add_train_denoiser(sub) -> None:
     p.add_argument("--noise-option", action="append", default=[], metavar="KEY=VALUE")
     g = p.add_argument_group("denoiser (the authors' DnCNN: depth 17, width 64)")
     g.add_argument("--objective", default=d.objective, choices=OBJECTIVES,
-                   help="mse: ||D(x+delta) - x||^2; stability: CE(f(D(x+delta)), argmax f(x)) (mse)")  # fmt: skip
+                   help="mse: ||D(x+delta) - x||^2; stability: CE(f(D(x+delta)), argmax f(x)); classification: "
+                   "CE(f(D(x+delta)), y) (mse)")  # fmt: skip
     g.add_argument("--depth", type=shared.positive_int, default=17, help="convolutions (default 17)")
     g.add_argument("--width", type=shared.positive_int, default=64, help="channels of the hidden layers (default 64)")
     g.add_argument("--init", metavar="DENOISER_PT", help="start from these weights (e.g. an mse denoiser, to "
@@ -43,7 +46,11 @@ def add_train_denoiser(sub) -> None:
     g.add_argument("--weight-decay", type=validation.nonnegative_float, default=d.weight_decay, help="default 1e-4")
     g.add_argument("--lr-step", type=shared.positive_int, default=d.lr_step, help="decay every this many epochs (30)")
     g.add_argument("--lr-gamma", type=shared.positive_float, default=d.lr_gamma, help="decay factor (0.1)")
+    g.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES, help="standard (default), or "
+                   "step-epoch: each decay one epoch later, as the authors' scheduler.step(epoch) ran it")  # fmt: skip
     g = p.add_argument_group("execution")
+    g.add_argument("--augment", default=d.augment, choices=list(AUGMENTATIONS),
+                   help="per-batch augmentation (default none; the authors crop-flip CIFAR-10)")  # fmt: skip
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast dtype (default fp32)")
     g.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     g.add_argument("--seed", type=validation.seed, default=0, help="seed of the initial weights, shuffling, noise")
@@ -67,9 +74,10 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
     from ..train.denoiser import FILE, DnCNN, load_dncnn, train_denoiser
 
     schedule = ("objective", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "lr_step")
-    config = DenoiserTrainConfig(**{k: getattr(args, k) for k in (*schedule, "lr_gamma", "seed", "precision")})
-    if config.objective == "stability" and not args.model:
-        raise ValueError("--objective stability needs --model: the frozen classifier whose predictions D must keep")
+    execution = ("lr_gamma", "lr_schedule", "augment", "seed", "precision")
+    config = DenoiserTrainConfig(**{k: getattr(args, k) for k in (*schedule, *execution)})
+    if config.objective in NEEDS_CLASSIFIER and not args.model:
+        raise ValueError(f"--objective {config.objective} needs --model: the frozen classifier D is trained for")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("train-denoiser runs in one process; start it without torchrun (it uses one device)")
     file_checks.check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
@@ -79,8 +87,9 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
     noise = host.noise(args.noise, sigma=args.sigma, **noise_options)
     classifier = shared.load_model(host, args, args.model) if args.model else None
     dataset = host.load_data(DataRequest(args.data, args.split))
-    if classifier is not None:
-        check_dataset(classifier, dataset, [0], device)
+    if classifier is not None:  # classification trains on the labels: all are checked where the data holds them
+        every = list(range(len(dataset))) if config.objective == "classification" else [0]
+        check_dataset(classifier, dataset, every, device)
     channels = torch.as_tensor(dataset[0][0]).shape[0]
     if args.init:
         denoiser, _ = load_dncnn(args.init, "--init")

@@ -8,7 +8,11 @@ from pathlib import Path
 
 from .. import file_checks
 from ..results.differences import denoiser_sigma_note
+from ..results.metrics import ACR_CAVEAT, format_quantiles, p_lower_bounds, quantiles
+from ..results.published import format_published, published_for
 from ..results.report import format_provenance, format_table, write_summary
+from ..sources import zoo
+from ..sources.zoo.compare import format_comparison
 from .shared import positive_float, radius_arg
 
 
@@ -26,9 +30,23 @@ def add_report(sub) -> None:
     p.add_argument("--fractions", action="store_true", help="certified accuracy as fractions (0.6120), not percent")
     p.add_argument("--format", choices=["text", "markdown", "latex", "csv"], help="comparison table format")
     p.add_argument("--table", help="write the comparison table here; .txt .md .tex .csv pick the format")
+    p.add_argument("--provenance", action="store_true", help="add each run's provenance to the comparison table as "
+                   "columns: certifier, n0, N, alpha, seed, subset, model hash, recertified_from")  # fmt: skip
     p.add_argument("--plot", help="certified accuracy vs radius, a curve per file; .pdf/.svg: vector, .png: 200 dpi")
     p.add_argument("--summary", help="JSON summary (several files: one entry per label)")
     p.set_defaults(func=cmd_report)
+
+
+def published_rows(settings: dict) -> list[dict]:
+    """The zoo entries a results file was certified from, with their published rows: as its sidecar recorded them,
+    else from the zoo's table."""
+    recorded = (settings.get("provenance") or {}).get("zoo")
+    if recorded:
+        return [e for e in recorded if e.get("published")]
+    models = settings.get("model") or []
+    names = [m.removeprefix("zoo:") for m in ([models] if isinstance(models, str) else models) if m.startswith("zoo:")]
+    found = [zoo.describe(e) for e in zoo.ENTRIES if e.name in names]
+    return [e for e in found if e["published"]]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -42,31 +60,45 @@ def cmd_report(args: argparse.Namespace) -> int:
     percent = not args.fractions
     if runs[0].kind == "predict":  # every run is: load_runs refuses a mixture
         return report_predictions(args, runs, fmt, percent)
+    p_lower = {run.label: found for run in runs if (found := p_lower_bounds(run.path, run.settings))}  # counts logs
     for run in runs:
         claim = f"\n{run.settings['certifies']}" if "certifies" in run.settings else ""
         sigma = "" if run.settings or run.sigma is None else f", sigma={run.sigma:g} (--sigma)"
         title = f"{run.path} ({run.norm} radius{sigma}){claim}"
         notes = [note for note in (compare.shortfall(run), denoiser_sigma_note(run)) if note]
-        print(format_table(run.rows, args.radii, title, percent=percent) + "".join(f"note: {n}\n" for n in notes))
+        spread = p_lower.get(run.label)
+        print(format_table(run.rows, args.radii, title, percent=percent) + "".join(f"note: {n}\n" for n in notes)
+              + (format_quantiles(spread) + "\n" if spread else ""))  # fmt: skip
         print(format_provenance(run.settings) if run.settings else f"provenance: none ({run.path}.json is missing)\n")
-    notes = compare.comparison_notes(runs)
+        for entry in published_rows(run.settings):  # a zoo entry's results: the authors' row as one more run
+            print(format_comparison(run.rows, entry["published"], title=f"{run.label}: {entry['entry']} beside its "
+                                    f"published row ({entry['paper']})"))  # fmt: skip
+        published = published_for(run.settings)  # e.g. Carlini et al.'s row beside a run with their diffusion model
+        if published is not None:
+            print(format_published(published, run.rows, run.settings))
+    notes = [*compare.comparison_notes(runs), ACR_CAVEAT]
+    if len(runs) == 1 and not (args.table or args.format):
+        print(f"note: {ACR_CAVEAT}")
     if len(runs) > 1 or args.table or args.format:
-        table = compare.format_comparison(runs, fmt, args.radii, notes, percent=percent)
-        text = table if fmt == "text" else compare.format_comparison(runs, "text", args.radii, notes, percent=percent)
+        options = dict(percent=percent, provenance=args.provenance)
+        table = compare.format_comparison(runs, fmt, args.radii, notes, **options)
+        text = table if fmt == "text" else compare.format_comparison(runs, "text", args.radii, notes, **options)
         print(text if args.table else table)
         if args.table:
             Path(args.table).parent.mkdir(parents=True, exist_ok=True)
             Path(args.table).write_text(table, encoding="utf-8")
             print(f"table ({fmt}): {args.table}")
     if args.plot:
-        compare.plot_comparison(runs, args.plot)
+        compare.plot_comparison(runs, args.plot, p_lower=p_lower)
         print(f"plot: {args.plot}")
     if args.summary and len(runs) == 1:
         (run,) = runs
         extra = {"norm": run.norm} | ({"certifies": run.settings["certifies"]} if "certifies" in run.settings else {})
+        extra |= {"p_a_lower": quantiles(p_lower[run.label])} if run.label in p_lower else {}
         write_summary(run.rows, args.summary, radii=args.radii, record=run.settings or None, extra=extra)
     elif args.summary:
         compare.write_comparison_summary(runs, args.summary, args.radii)
+        add_p_lower(args.summary, p_lower)
     if args.summary:
         print(f"summary: {args.summary}")
     return 0
@@ -88,8 +120,9 @@ def report_predictions(args: argparse.Namespace, runs, fmt: str, percent: bool) 
         print(format_provenance(run.settings) if run.settings else f"provenance: none ({run.path}.json is missing)\n")
     notes = compare.comparison_notes(runs)
     if len(runs) > 1 or args.table or args.format:
-        table = predictions.prediction_table(runs, fmt, notes, percent=percent)
-        shown = table if fmt == "text" else predictions.prediction_table(runs, "text", notes, percent=percent)
+        options = dict(percent=percent, provenance=args.provenance)
+        table = predictions.prediction_table(runs, fmt, notes, **options)
+        shown = table if fmt == "text" else predictions.prediction_table(runs, "text", notes, **options)
         print(shown if args.table else table)
         if args.table:
             Path(args.table).parent.mkdir(parents=True, exist_ok=True)
@@ -103,3 +136,13 @@ def report_predictions(args: argparse.Namespace, runs, fmt: str, percent: bool) 
         Path(args.summary).write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
         print(f"summary: {args.summary}")
     return 0
+
+
+def add_p_lower(path: str, p_lower: dict) -> None:
+    """Add each run's p_A lower-bound quantiles (``p_a_lower``) to a comparison summary written at ``path``."""
+    import json
+
+    found = json.loads(Path(path).read_text(encoding="utf-8"))
+    for label, values in p_lower.items():
+        found[label]["p_a_lower"] = quantiles(values)
+    Path(path).write_text(json.dumps(found, indent=2, default=str) + "\n", encoding="utf-8")

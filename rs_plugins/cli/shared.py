@@ -50,7 +50,8 @@ def parse_options(pairs: list[str], flag: str) -> dict:
 
 def add_model(p: argparse.ArgumentParser, *, several: bool, required: bool = True, role: str = "") -> None:
     g = p.add_argument_group("model")
-    help_ = role + "robustbench:<name> | package.module:factory | torchscript:<file> | <file>.pt2"
+    help_ = role + "zoo:<name> | robustbench:<name> | package.module:factory | torchscript:<file> | <file>.pt2 | "
+    help_ += "timm:<name> | hf:<owner>/<name>"
     if several:
         g.add_argument("--model", action="append", required=True, help=help_ + " (repeat to combine with --mixer)")
         g.add_argument("--mixer", help="mixer that combines several --model classifiers")
@@ -64,7 +65,8 @@ def add_model(p: argparse.ArgumentParser, *, several: bool, required: bool = Tru
                        "all --model, or once per --model in order")  # fmt: skip
     else:
         g.add_argument(
-            "--checkpoint", help="state dict (loaded with weights_only=True) for a package.module:factory model"
+            "--checkpoint", help="state dict (loaded with weights_only=True) for a package.module:factory model, "
+            "or a zoo: entry's file in its authors' layout"
         )
         g.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for the factory")
     if several:  # the evaluating commands: a factory without --checkpoint would evaluate random weights
@@ -76,7 +78,9 @@ def add_model(p: argparse.ArgumentParser, *, several: bool, required: bool = Tru
         )
     g.add_argument("--dataset", default="cifar10", help="RobustBench data set (default cifar10)")
     g.add_argument("--threat-model", default="L2", help="RobustBench threat model (default L2)")
-    g.add_argument("--model-dir", default="./models", help="RobustBench checkpoint folder (default ./models)")
+    g.add_argument("--model-dir", default="./models", help="RobustBench checkpoint folder, downloaded into when a "
+                   "checkpoint is missing (default ./models)")  # fmt: skip
+    g.add_argument("--zoo-dir", help="the authors' archive, unpacked, for --model zoo:NAME: nothing is downloaded")
     g.add_argument(
         file_checks.TRUST_FLAG,
         action="store_true",
@@ -88,7 +92,8 @@ def add_model(p: argparse.ArgumentParser, *, several: bool, required: bool = Tru
 def add_denoiser(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("denoised smoothing")
     g.add_argument("--denoiser", metavar="NAME[:PATH]", help="classify denoiser(x + delta): e.g. diffusion:DIR "
-                   "(a diffusers UNet2DModel + DDPMScheduler folder); see rs-plugins plugins")  # fmt: skip
+                   "(a diffusers UNet2DModel + DDPMScheduler folder, or a hub id such as google/ddpm-cifar10-32), "
+                   "dncnn:zoo:NAME (rs-plugins zoo); see rs-plugins plugins")  # fmt: skip
     g.add_argument("--denoiser-option", action="append", default=[], metavar="KEY=VALUE")
 
 
@@ -121,9 +126,16 @@ def with_denoiser(host: Host, args: argparse.Namespace, model, settings: dict):
 
 def add_data(p: argparse.ArgumentParser, split: str) -> None:
     g = p.add_argument_group("data")
-    forms = "digits | mnist:<root> | cifar10:<root> | cifar100:<root> | imagenet:<root> | <file>.pt | <file>.npz"
-    g.add_argument("--data", required=True, help=forms)
+    forms = "digits | mnist[:<root>] | cifar10[:<root>] | cifar100[:<root>] | imagenet:<root> | <file>.pt | <file>.npz"
+    g.add_argument("--data", required=True, help=forms + " (without a root: the cache, downloaded into on first use)")
     g.add_argument("--split", default=split, choices=["train", "test"], help=f"default {split}")
+    add_offline(g)
+
+
+def add_offline(g) -> None:
+    """``--offline``: nothing is downloaded (also RS_PLUGINS_OFFLINE=1 or HF_HUB_OFFLINE=1); ``cli.main`` applies it."""
+    g.add_argument("--offline", action="store_true", help="download nothing: data sets, RobustBench and zoo models, "
+                   "diffusers hub ids must already be on disk or in their caches (also RS_PLUGINS_OFFLINE=1)")
 
 
 def add_subset(p: argparse.ArgumentParser) -> None:
@@ -203,7 +215,7 @@ def _check_trained(args: argparse.Namespace, source: str, checkpoint: str | None
     TorchScript files and RobustBench models carry their weights (their forms match the factory pattern too)."""
     from ..sources.models import FACTORY_PATTERN
 
-    factory = FACTORY_PATTERN.match(source) and not source.startswith(("robustbench:", "torchscript:"))
+    factory = FACTORY_PATTERN.match(source) and not source.startswith(("robustbench:", "torchscript:", "timm:", "hf:"))
     if checkpoint is None and getattr(args, "random_weights", True) is False and factory:
         raise ValueError(
             f"--model {source} has no --checkpoint, so it would be evaluated with random initial weights; give "
@@ -251,6 +263,8 @@ def record_run(
     from ..certify.runner import check_dataset
 
     num_classes = check_dataset(model, dataset, indices, device)
+    from ..sources import fetch, zoo
+
     record = provenance.environment(device) | {
         "models": args.model,
         "num_classes": num_classes,
@@ -265,4 +279,9 @@ def record_run(
     if settings.get("denoiser"):
         record["denoiser"] = provenance.component(host, "denoiser", settings["denoiser"]["name"],
                                                   settings["denoiser"]["options"])  # fmt: skip
+    if fetch.fetched():  # what was downloaded or taken from a cache, with its SHA-256 (the first download's, if
+        record["downloads"] = fetch.fetched()  # the authors publish none)
+    entries = zoo.provenance(args.model, getattr(args, "denoiser", None))
+    if entries:
+        record["zoo"] = entries
     return record

@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import file_checks, validation
 from ..train.config import AUGMENTATIONS, PRECISIONS, RECIPES, TrainConfig
 from ..train.held_out import VAL_IMAGES
+from ..train.schedules import LR_SCHEDULES
 from ..types import DataRequest
 from . import shared
 from .shared import epoch_list, positive_float, positive_int
@@ -31,6 +32,8 @@ def add_train(sub) -> None:
     g.add_argument("--lr-step", type=positive_int, help="decay the learning rate every this many epochs (default 50)")
     g.add_argument("--lr-milestones", type=epoch_list, help="comma-separated epochs to decay at, instead of --lr-step")
     g.add_argument("--lr-gamma", type=positive_float, help="decay factor (default 0.1)")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="standard (default), or step-epoch: each decay one "
+                   "epoch later, as the Jeong et al. scripts' scheduler.step(epoch) ran it")  # fmt: skip
     g = p.add_argument_group("execution")
     g.add_argument("--augment", default="none", choices=list(AUGMENTATIONS), help="per-batch augmentation")
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast dtype (default fp32)")
@@ -49,7 +52,8 @@ def add_train(sub) -> None:
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The --recipe's schedule, overridden by every schedule flag given explicitly."""
-    schedule = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_milestones", "lr_gamma")
+    schedule = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_milestones", "lr_gamma",
+                "lr_schedule")  # fmt: skip
     chosen = {k: getattr(args, k) for k in schedule if getattr(args, k) is not None}
     execution = {k: getattr(args, k) for k in ("seed", "augment", "precision", "channels_last", "deterministic")}
     return TrainConfig(**(RECIPES[args.recipe] | chosen | execution))

@@ -23,6 +23,7 @@ from typing import Any
 from .differences import check_comparable, denoiser_sigma_note, setting_differences
 from .figures import describe_classifier
 from .files import Row, StrPath, planned_images, read_results, read_sidecar, recorded
+from .metrics import PROVENANCE_COLUMNS, provenance_cells
 from .predictions import results_kind
 from .report import (
     average_certified_radius,
@@ -255,23 +256,28 @@ def format_comparison(
     notes: Sequence[str] = (),
     *,
     percent: bool = True,
+    provenance: bool = False,
 ) -> str:
     """The comparison table in ``fmt`` (see ``FORMATS``), accuracies in percent (61.2) or as fractions (0.6120);
     ``notes`` go under the table (LaTeX: in the caption as comments; CSV: left out, so that the file stays plain
-    CSV)."""
+    CSV). ``provenance`` adds each run's ``metrics.PROVENANCE_COLUMNS`` after ACR."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     header, table = comparison_rows(runs, radii, percent=percent)
     norm = runs[0].norm
     digits = 1 if percent else 4  # as report.format_accuracy
     cells = [[row[0], row[1], *(f"{v:.{digits}f}" for v in row[2:-1]), f"{row[-1]:.3f}"] for row in table]
+    origin = [provenance_cells(run.settings) for run in runs] if provenance else [[] for _ in runs]
+    columns = list(PROVENANCE_COLUMNS) if provenance else []
+    cells = [row + more for row, more in zip(cells, origin)]
     unit = "Certified accuracy (%)" if percent else "Certified accuracy (fraction)"
     title = f"{unit} at {norm} radius r" + (f"; {caption(runs)}" if caption(runs) else "")
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["run", "sigma", *(f"acc@{h}" for h in header[2:-1]), "acr"])
-        writer.writerows([[row[0], row[1], *(f"{v:.4f}" for v in row[2:-1]), f"{row[-1]:.4f}"] for row in table])
+        writer.writerow(["run", "sigma", *(f"acc@{h}" for h in header[2:-1]), "acr", *columns])
+        writer.writerows([[row[0], row[1], *(f"{v:.4f}" for v in row[2:-1]), f"{row[-1]:.4f}", *more]
+                          for row, more in zip(table, origin)])  # fmt: skip
         return out.getvalue()
     if fmt == "latex":
         escape = str.maketrans({c: f"\\{c}" for c in "&%$#_{}"})
@@ -280,17 +286,19 @@ def format_comparison(
             "\\begin{table}[t]",
             "\\centering",
             f"\\caption{{{latex_title}.}}",
-            "\\begin{tabular}{l" + "c" * (len(header) - 1) + "}",
+            "\\begin{tabular}{l" + "c" * (len(header) - 1 + len(columns)) + "}",
             "\\toprule",
-            " & ".join(["Run", "$\\sigma$", *(f"${h}$" for h in header[2:-1]), "ACR"]) + " \\\\",
+            " & ".join(["Run", "$\\sigma$", *(f"${h}$" for h in header[2:-1]), "ACR",
+                        *(c.translate(escape) for c in columns)]) + " \\\\",  # fmt: skip
             "\\midrule",
-            *(" & ".join([row[0].translate(escape).replace("σ", "$\\sigma$"), *row[1:]]) + " \\\\" for row in cells),
+            *(" & ".join([row[0].translate(escape).replace("σ", "$\\sigma$"), *(c.translate(escape) for c in row[1:])])
+              + " \\\\" for row in cells),  # fmt: skip
             "\\bottomrule",
             "\\end{tabular}",
             "\\end{table}",
         ]
         return "\n".join(lines + [f"% note: {note}" for note in notes]) + "\n"
-    head = ["run", "σ", *(f"r={h}" for h in header[2:-1]), "ACR"]
+    head = ["run", "σ", *(f"r={h}" for h in header[2:-1]), "ACR", *columns]
     if fmt == "markdown":
         lines = [f"**{title}**", "", "| " + " | ".join(head) + " |"]
         lines.append("|" + "|".join([":---", *["---:"] * (len(head) - 1)]) + "|")
@@ -331,22 +339,24 @@ def shared_setup(runs: Sequence[Run]) -> str:
     return ", ".join(parts)
 
 
-def plot_comparison(runs: Sequence[Run], path: StrPath) -> Any:
+def plot_comparison(runs: Sequence[Run], path: StrPath, p_lower: dict[str, Sequence[float]] | None = None) -> Any:
     """Certified accuracy against radius, one step curve per run (label, sigma and ACR in the legend), the norm on
     the x axis, the data set and model and what the runs share (N, alpha, images) as the title, and a dotted line
-    at the largest radius each run's N can certify. The extension picks the format: PDF or SVG give vector figures
-    for a paper, PNG a 200 dpi image. The legend covers no curve (inside where there is room, else outside).
-    Returns the matplotlib Figure."""
+    at the largest radius each run's N can certify; ``p_lower`` (label -> p_A lower bounds) adds their histogram.
+    The extension picks the format: PDF or SVG give vector figures for a paper, PNG a 200 dpi image. The legend
+    covers no curve (inside where there is room, else outside). Returns the matplotlib Figure."""
     curves, largest = {}, largest_radii(runs)
-    marks = {}
+    marks, spread = {}, {}
     for run in runs:
         sigma = "" if run.sigma is None or "σ" in run.label else f", σ = {run.sigma:g}"
         curves[run.label + sigma] = run.rows
         if run.label in largest:
             marks[run.label + sigma] = largest[run.label]
+        if run.label in (p_lower or {}):
+            spread[run.label + sigma] = p_lower[run.label]
     title = "\n".join(part for part in (shared_setup(runs), caption(runs)) if part)
     return plot_certified_accuracy(curves, path, title=title, norm=runs[0].norm, largest=marks, size=(5, 3.4),
-                                   dpi=200)  # fmt: skip
+                                   dpi=200, p_lower=spread)  # fmt: skip
 
 
 def write_comparison_summary(runs: Sequence[Run], path: StrPath, radii: Sequence[float] | None = None) -> None:

@@ -27,7 +27,13 @@ def drawn_points(line: Any, step: float = 2.0) -> np.ndarray:
     if x.size == 0:
         return np.zeros((0, 2))
     x, y = STEP_LOOKUP_MAP[line.get_drawstyle()](x, y)
-    points = line.get_transform().transform(np.column_stack([x, y]))
+    return densified(line.get_transform().transform(np.column_stack([x, y])), step)
+
+
+def densified(points: np.ndarray, step: float = 2.0) -> np.ndarray:
+    """The polyline through ``points`` (display pixels) sampled at most ``step`` pixels apart."""
+    if len(points) == 0:
+        return np.zeros((0, 2))
     dense = [points[:1]]
     for a, b in zip(points[:-1], points[1:]):
         count = max(1, int(np.ceil(np.hypot(*(b - a)) / step)))
@@ -36,8 +42,9 @@ def drawn_points(line: Any, step: float = 2.0) -> np.ndarray:
 
 
 def covers_data(ax: Any, box: Any, pad: float = 2.0) -> bool:
-    """Whether the display-space ``box`` (a legend's window extent) covers a drawn point of a line of ``ax``, a
-    point of a collection (scatter markers), or a text (annotations), with ``pad`` pixels of margin."""
+    """Whether the display-space ``box`` (a legend's window extent) covers a drawn point of a line of ``ax``, of a
+    patch's outline (a step histogram), a point of a collection (scatter markers), or a text (annotations), with
+    ``pad`` pixels of margin."""
     renderer = ax.figure.canvas.get_renderer()
     x0, y0, x1, y1 = box.x0 - pad, box.y0 - pad, box.x1 + pad, box.y1 + pad
 
@@ -46,6 +53,9 @@ def covers_data(ax: Any, box: Any, pad: float = 2.0) -> bool:
 
     if any(inside(drawn_points(line)) for line in ax.get_lines()):
         return True
+    for patch in ax.patches:  # e.g. a step histogram's outline
+        if inside(densified(patch.get_transform().transform(patch.get_path().vertices))):
+            return True
     for collection in ax.collections:
         offsets = collection.get_offsets()
         if len(offsets) and inside(collection.get_offset_transform().transform(offsets)):

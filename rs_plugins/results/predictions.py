@@ -14,6 +14,7 @@ from typing import Any
 
 from ..types import ABSTAIN
 from .files import PREDICT_COLUMNS, Row, StrPath, load_rows
+from .metrics import PROVENANCE_COLUMNS, provenance_cells
 
 PREDICT_KIND = "predict"
 CERTIFY_KIND = "certify"
@@ -55,37 +56,44 @@ def format_predictions(rows: Sequence[Row], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def prediction_table(runs: Sequence[Any], fmt: str, notes: Sequence[str] = (), *, percent: bool = True) -> str:
-    """One row per PREDICT run (``compare.Run``): label, σ, N, accuracy, abstained, wrong, images; in ``fmt``
-    (text, markdown, latex, csv), notes under it as ``compare.format_comparison`` puts them."""
+def prediction_table(
+    runs: Sequence[Any], fmt: str, notes: Sequence[str] = (), *, percent: bool = True, provenance: bool = False
+) -> str:
+    """One row per PREDICT run (``compare.Run``): label, σ, N, accuracy, abstained, wrong, images, and with
+    ``provenance`` the ``metrics.PROVENANCE_COLUMNS``; in ``fmt`` (text, markdown, latex, csv), notes under it as
+    ``compare.format_comparison`` puts them."""
     scale, digits = (100, 1) if percent else (1, 4)
-    head = ["run", "σ", "N", "accuracy", "abstained", "wrong", "images"]
+    extra = list(PROVENANCE_COLUMNS) if provenance else []
+    head = ["run", "σ", "N", "accuracy", "abstained", "wrong", "images", *extra]
     cells = []
     for run in runs:
         s = summarize_predictions(run.rows)
         shares = (s["accuracy"], s["abstention_rate"], s["wrong"] / s["images"])
         sigma = "" if run.sigma is None else f"{run.sigma:g}"
         n = run.settings.get("n")
+        origin = [str(c) for c in provenance_cells(run.settings)] if provenance else []
         cells.append([run.label, sigma, "" if n is None else f"{n:,}", *(f"{scale * v:.{digits}f}" for v in shares),
-                      str(s["images"])])  # fmt: skip
+                      str(s["images"]), *origin])  # fmt: skip
     unit = "%" if percent else "fraction"
     title = f"Smoothed classifier's PREDICT: accuracy, abstained and wrong ({unit}); no radii"
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["run", "sigma", "n", "accuracy", "abstained", "wrong", "images"])
+        writer.writerow(["run", "sigma", "n", "accuracy", "abstained", "wrong", "images", *extra])
         writer.writerows([[c[0], c[1], c[2].replace(",", ""), *c[3:]] for c in cells])
         return out.getvalue()
     if fmt == "latex":
         escape = str.maketrans({c: f"\\{c}" for c in "&%$#_{}"})
         lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{title.replace('%', chr(92) + '%')}.}}",
                  "\\begin{tabular}{l" + "c" * (len(head) - 1) + "}", "\\toprule",
-                 " & ".join(["Run", "$\\sigma$", "$N$", "Accuracy", "Abstained", "Wrong", "Images"]) + " \\\\",
+                 " & ".join(["Run", "$\\sigma$", "$N$", "Accuracy", "Abstained", "Wrong", "Images",
+                             *(c.replace("_", "\\_") for c in extra)]) + " \\\\",
                  "\\midrule", *(" & ".join([c[0].translate(escape).replace("σ", "$\\sigma$"), *c[1:]]) + " \\\\"
                                 for c in cells), "\\bottomrule", "\\end{tabular}", "\\end{table}"]  # fmt: skip
         return "\n".join(lines + [f"% note: {note}" for note in notes]) + "\n"
     if fmt == "markdown":
-        lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "|".join([":---", *["---:"] * 6]) + "|"]
+        rule = "|" + "|".join([":---", *["---:"] * (len(head) - 1)]) + "|"
+        lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", rule]
         lines += ["| " + " | ".join(c) + " |" for c in cells]
         return "\n".join(lines + ([""] if notes else []) + [f"- note: {note}" for note in notes]) + "\n"
     widths = [max(len(r[i]) for r in [head, *cells]) for i in range(len(head))]

@@ -128,15 +128,16 @@ def mean_samples(rows: Sequence[Row]) -> float | None:
 
 
 def summarize(rows: Sequence[Row], radii: Sequence[float] | None = None) -> dict[str, Any]:
-    """Headline numbers as a JSON-serialisable dict; radii default to ``default_radii(rows)``."""
+    """Headline numbers as a JSON-serialisable dict, certified accuracy at the table radii first; radii default to
+    ``default_radii(rows)``."""
     radii = default_radii(rows) if radii is None else list(radii)
     return {
-        "mean_samples": mean_samples(rows),
+        "certified_accuracy": dict(zip(map(_key, radii), certified_accuracy(rows, radii), strict=True)),
+        "certified_accuracy_at_0": certified_accuracy(rows, [0.0])[0],
         "images": len(rows),
         "abstained": sum(row.predict == ABSTAIN for row in rows),
-        "certified_accuracy_at_0": certified_accuracy(rows, [0.0])[0],
         "acr": average_certified_radius(rows),
-        "certified_accuracy": dict(zip(map(_key, radii), certified_accuracy(rows, radii), strict=True)),
+        "mean_samples": mean_samples(rows),
         "mean_seconds": sum(row.seconds for row in rows) / len(rows),
     }
 
@@ -173,12 +174,14 @@ def plot_certified_accuracy(
     largest: dict[str, float] | None = None,
     size: tuple[float, float] = (6, 4),
     dpi: int = 120,
+    p_lower: dict[str, Sequence[float]] | None = None,
 ) -> Any:
     """Plot certified accuracy against radius, one step curve per label, ACR in the legend; ``largest`` (label ->
     the largest radius the run's N can certify, see ``largest_radius``) adds a dotted line for each, in its
-    curve's colour (grey where runs share it). The legend goes where it covers no curve, else outside the axes
-    (``figures.place_legend``). The extension of ``path`` picks the format (PDF/SVG: vector; PNG at ``dpi``).
-    Returns the matplotlib Figure."""
+    curve's colour (grey where runs share it). ``p_lower`` (label -> each image's p_A lower bound, from the
+    counts log) adds a histogram panel to the right. Each legend goes where it covers no data, else outside the
+    axes (``figures.place_legend``). The extension of ``path`` picks the format (PDF/SVG: vector; PNG at
+    ``dpi``). Returns the matplotlib Figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: leave global state alone
     from matplotlib.figure import Figure
 
@@ -188,9 +191,10 @@ def plot_certified_accuracy(
     largest = {label: r for label, r in (largest or {}).items() if label in curves and math.isfinite(r) and r > 0}
     tops = [row.radius for rows in curves.values() for row in rows if row.correct]
     end = 1.05 * max([*tops, *largest.values()], default=0.0) or 1.0
-    fig = Figure(figsize=size, dpi=dpi)
+    p_lower = {label: v for label, v in (p_lower or {}).items() if label in curves and len(v)}
+    fig = Figure(figsize=(size[0] * (1.8 if p_lower else 1), size[1]), dpi=dpi)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax = fig.add_subplot(1, 2 if p_lower else 1, 1)
     for label, rows in curves.items():
         _nonempty(rows, f"plot_certified_accuracy() curve {label!r}")
         # Accuracy holds its value up to and including each certified radius, then drops: step "pre".
@@ -207,8 +211,13 @@ def plot_certified_accuracy(
     ax.set(xlim=(0, end), ylim=(0, 1), xlabel=f"{norm} radius", ylabel="certified accuracy")
     ax.set_title(title, fontsize="medium")
     ax.grid(True, alpha=0.3)
+    if p_lower:
+        from .metrics import draw_histogram
+
+        draw_histogram(fig.add_subplot(1, 2, 2), p_lower)
     fig.tight_layout()
-    place_legend(ax, fontsize="small")
+    for panel in [ax, *(other for other in fig.axes[1:] if other.get_legend())]:
+        place_legend(panel, fontsize="small")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save(fig, path)
     return fig

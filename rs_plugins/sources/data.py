@@ -20,6 +20,7 @@ from torch.utils.data import TensorDataset
 from rs_plugins.certify.smoothing import check_images
 from rs_plugins.errors import MissingDependencyError, SourceError
 from rs_plugins.file_checks import load_weights_only
+from rs_plugins.sources import downloads, fetch, locations
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -28,9 +29,9 @@ if TYPE_CHECKING:
 
 DATA_FORMS = (
     "digits",
-    "mnist:<root>",
-    "cifar10:<root>",
-    "cifar100:<root>",
+    "mnist[:<root>]",
+    "cifar10[:<root>]",
+    "cifar100[:<root>]",
     "imagenet:<root>",
     "<file>.pt",
     "<file>.npz",
@@ -128,17 +129,41 @@ def _torchvision(form: str):
     return datasets, transforms
 
 
-def _not_on_disk(form: str, root: str, what: str, err: Exception, fetch: str) -> SourceError:
+def _not_on_disk(form: str, root: str, what: str, err: Exception, fetch_hint: str) -> SourceError:
     found = re.sub(r"\.?\s*You can use download=True to download it\.?", "", str(err))  # torchvision's advice
     msg = (
         f"--data {form}:{root}: {what} is missing or corrupt ({found}). It must already be there: nothing is "
-        f"downloaded at run time. On a machine with internet, {fetch} and copy the folder here."
+        f"downloaded at run time. On a machine with internet, {fetch_hint} and copy the folder here."
     )
     return SourceError(msg)
 
 
+def _torchvision_set(name: str, root: str, split: str, holds: str, errors: tuple) -> Dataset:
+    """A torchvision data set from ``root``, downloaded into it first (torchvision's downloader and MD5 checks)
+    when its folder is missing and downloads are on; offline, or with a damaged folder, the message says why."""
+    _check_split(split)
+    _, transforms = _torchvision(name)
+    cls = downloads.torchvision_class(name)
+
+    def load() -> Dataset:
+        return cls(root, train=(split == "train"), download=False, transform=transforms.ToTensor())
+
+    try:
+        return load()
+    except errors as err:
+        folder = Path(root) / downloads.TORCHVISION[name][1]
+        hint = f"run torchvision.datasets.{cls.__name__}({root!r}, download=True)"
+        if fetch.offline():
+            raise _not_on_disk(name, root, f"{root}/{holds}", err, hint) from err
+        if folder.exists():
+            msg = f" Remove {folder} and rerun to download a fresh copy."
+            raise SourceError(str(_not_on_disk(name, root, f"{root}/{holds}", err, hint)) + msg) from err
+    downloads.download_dataset(name, root)
+    return load()
+
+
 def load_cifar10(root: str, split: str) -> Dataset:
-    """CIFAR-10 from ``root/cifar-10-batches-py`` through torchvision; never downloads.
+    """CIFAR-10 from ``root/cifar-10-batches-py`` through torchvision, downloaded there first if missing.
 
     torchvision unpickles the batch files, but only after checking each file's MD5 against the published
     data set's, so a crafted file is refused before it is unpickled.
@@ -147,49 +172,34 @@ def load_cifar10(root: str, split: str) -> Dataset:
         root: the folder that holds ``cifar-10-batches-py``.
         split: ``"train"`` or ``"test"``.
     """
-    _check_split(split)
-    datasets, transforms = _torchvision("cifar10")
-    try:
-        return datasets.CIFAR10(root, train=(split == "train"), download=False, transform=transforms.ToTensor())
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
-        fetch = f"run torchvision.datasets.CIFAR10({root!r}, download=True)"
-        raise _not_on_disk("cifar10", root, f"{root}/cifar-10-batches-py", err, fetch) from err
+    return _torchvision_set("cifar10", root, split, "cifar-10-batches-py", (RuntimeError, OSError, EOFError,
+                            pickle.UnpicklingError))  # fmt: skip
 
 
 def load_cifar100(root: str, split: str) -> Dataset:
-    """CIFAR-100 (100 fine labels) from ``root/cifar-100-python`` through torchvision; never downloads.
-
-    As for CIFAR-10, torchvision checks the files' MD5 against the published data set's before unpickling them.
+    """CIFAR-100 (100 fine labels) from ``root/cifar-100-python`` through torchvision, downloaded there first if
+    missing. As for CIFAR-10, torchvision checks the files' MD5 against the published data set's before unpickling.
 
     Args:
         root: the folder that holds ``cifar-100-python`` (files ``train``, ``test``, ``meta``).
         split: ``"train"`` or ``"test"``.
     """
-    _check_split(split)
-    datasets, transforms = _torchvision("cifar100")
-    try:
-        return datasets.CIFAR100(root, train=(split == "train"), download=False, transform=transforms.ToTensor())
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
-        fetch = f"run torchvision.datasets.CIFAR100({root!r}, download=True)"
-        raise _not_on_disk("cifar100", root, f"{root}/cifar-100-python", err, fetch) from err
+    return _torchvision_set("cifar100", root, split, "cifar-100-python", (RuntimeError, OSError, EOFError,
+                            pickle.UnpicklingError))  # fmt: skip
 
 
 def load_mnist(root: str, split: str) -> Dataset:
     """MNIST (1x28x28) from torchvision's layout ``root/MNIST/raw`` (the four uncompressed idx files
     ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
-    ``t10k-labels-idx1-ubyte``); never downloads. The idx format holds raw bytes: nothing is unpickled.
+    ``t10k-labels-idx1-ubyte``), downloaded there first if missing. The idx format holds raw bytes: nothing is
+    unpickled.
 
     Args:
         root: the folder that holds ``MNIST/raw``.
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
     """
-    _check_split(split)
-    datasets, transforms = _torchvision("mnist")
-    try:
-        return datasets.MNIST(root, train=(split == "train"), download=False, transform=transforms.ToTensor())
-    except (RuntimeError, OSError, ValueError, AssertionError) as err:
-        fetch = f"run torchvision.datasets.MNIST({root!r}, download=True)"
-        raise _not_on_disk("mnist", root, f"{root}/MNIST/raw (the four idx files)", err, fetch) from err
+    return _torchvision_set("mnist", root, split, "MNIST/raw (the four idx files)", (RuntimeError, OSError,
+                            ValueError, AssertionError))  # fmt: skip
 
 
 def load_imagenet(root: str, split: str) -> Dataset:
@@ -234,12 +244,19 @@ FOLDER_SOURCES = {
 def load_data(request: DataRequest) -> Dataset | None:
     """Load ``request.source`` if it has a built-in form (see ``DATA_FORMS``), else return None for other plugins.
 
-    A tensor file is its own split, so ``request.split`` is ignored for it.
+    ``cifar10``, ``cifar100`` and ``mnist`` without a root use the cache (``fetch.home()/data``). A tensor file
+    is its own split, so ``request.split`` is ignored for it.
     """
     source = request.source
     if source == "digits":
         return load_digits(request.split)
     name, sep, root = source.partition(":")
+    if name == "imagenet" and not sep:
+        msg = (f"--data imagenet needs the folder that holds val/ (and train/), e.g. imagenet:/data/imagenet: its "
+               f"licence forbids redistribution, so nothing downloads it; request it at {locations.IMAGENET}")
+        raise SourceError(msg)
+    if name in FOLDER_SOURCES and not sep:  # the cache, downloaded into on first use
+        return FOLDER_SOURCES[name][0](str(fetch.home() / "data"), request.split)
     if sep and name in FOLDER_SOURCES:
         loader, holds = FOLDER_SOURCES[name]
         if not root:

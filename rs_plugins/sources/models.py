@@ -26,6 +26,7 @@ from torch import nn
 
 from rs_plugins.errors import MissingDependencyError, SourceError
 from rs_plugins.file_checks import STATE_DICT_HINT, load_weights_only, untrusted
+from rs_plugins.sources import downloads, fetch
 from rs_plugins.validation import check_option_keys
 
 if TYPE_CHECKING:
@@ -33,8 +34,9 @@ if TYPE_CHECKING:
 
     from rs_plugins.types import ModelRequest
 
-MODEL_FORMS = ("robustbench:<name>", "package.module:factory", "torchscript:<file>", "<file>.pt2")
-"""The ``--model`` forms the built-in sources accept, for error messages."""
+MODEL_FORMS = ("zoo:<name>", "robustbench:<name>", "package.module:factory", "torchscript:<file>", "<file>.pt2",
+               "timm:<name>", "hf:<owner>/<name>")
+"""The ``--model`` forms the built-in sources accept (``zoo:`` through ``rs_plugins.builtin.zoo``), for messages."""
 
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 LOAD_ERRORS = (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
@@ -86,7 +88,7 @@ def import_robustbench() -> types.ModuleType:
 
 
 def load_robustbench(name: str, *, dataset: str, threat_model: str, model_dir: str, trust: bool = False) -> nn.Module:
-    """A RobustBench model-zoo model from a checkpoint already in ``model_dir``; never downloads.
+    """A RobustBench model-zoo model from its checkpoint in ``model_dir``, downloaded there first if missing.
 
     Args:
         name: the model-zoo name, e.g. ``"Sehwag2021Proxy_R18"``.
@@ -96,7 +98,9 @@ def load_robustbench(name: str, *, dataset: str, threat_model: str, model_dir: s
         trust: let robustbench unpickle a checkpoint that does not load with ``weights_only=True``.
 
     robustbench calls ``torch.load`` without ``weights_only``; every checkpoint file is therefore first read
-    here with ``weights_only=True``, and one that needs full unpickling is refused unless ``trust``.
+    here with ``weights_only=True``, and one that needs full unpickling is refused unless ``trust``. A missing
+    file is fetched by RobustBench's Google Drive id through ``fetch`` (complete and in place, or nothing; a
+    Drive quota page reported as such), unless offline, which keeps the message that says how to copy it.
     """
     utils = import_robustbench()
     from robustbench.model_zoo import model_dicts
@@ -123,6 +127,10 @@ def load_robustbench(name: str, *, dataset: str, threat_model: str, model_dir: s
     files = [Path(f"{path}_m{i}.pt") for i in range(len(gdrive_id))] if isinstance(gdrive_id, list) else [path]
     # without a gdrive_id, robustbench takes the weights from timm's Hugging Face hub cache instead
     missing = [str(f) for f in files if not f.is_file()] if gdrive_id is not None else []
+    ids = gdrive_id if isinstance(gdrive_id, list) else [gdrive_id]
+    if missing and all(ids) and not fetch.offline():  # RobustBench's own Drive ids, each file complete or absent
+        downloads.download_robustbench(name, ids, files, what=f"--model robustbench:{name}")
+        missing = []
     if missing:
         msg = (
             f"robustbench model {name!r}: no checkpoint at {', '.join(missing)}, and this environment cannot "

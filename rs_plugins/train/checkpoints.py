@@ -24,8 +24,11 @@ def derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-def resume(directory: Path, recorded: dict, model, optimizer, scheduler, scaler, device) -> int:
-    """Restore ``directory``'s checkpoint and return its epoch count (0 without one); refuse other settings."""
+def resume(directory: Path, recorded: dict, model, optimizer, scheduler, scaler, device, defaults=None) -> int:
+    """Restore ``directory``'s checkpoint and return its epoch count (0 without one); refuse other settings.
+
+    A setting the checkpoint does not record (one added since it was written) matches its value in ``defaults``.
+    """
     path = directory / CHECKPOINT
     if not path.exists():
         return 0
@@ -33,7 +36,7 @@ def resume(directory: Path, recorded: dict, model, optimizer, scheduler, scaler,
     state = load_weights_only(path, "--checkpoint-dir", f"a training checkpoint ({damaged})")
     if not isinstance(state, dict) or not {"config", "model", "optimizer", "scheduler", "epoch"} <= state.keys():
         raise ValueError(f"--checkpoint-dir: {path} holds no training state; {damaged}")
-    saved = {k: v for k, v in state["config"].items() if k != "epochs"}
+    saved = {k: v for k, v in ((defaults or {}) | state["config"]).items() if k != "epochs"}
     wanted = {k: v for k, v in recorded.items() if k != "epochs"}
     if saved != wanted:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k])

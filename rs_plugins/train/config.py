@@ -14,6 +14,7 @@ from ..validation import (
     check_integer,
     check_number,
 )
+from .schedules import LR_SCHEDULES
 
 if TYPE_CHECKING:
 
@@ -42,11 +43,21 @@ def crop_flip(x: torch.Tensor, padding: int = 4, generator: torch.Generator | No
     return padded[batch, channel, rows, cols]
 
 
+def check_schedule(schedule: str, drop_once: int | None) -> None:
+    """``lr_schedule`` is a known schedule and ``lr_drop_once`` a number of finished epochs (or None)."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}; got {schedule!r}")
+    if drop_once is not None:
+        check_integer("lr_drop_once", drop_once, minimum=0)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings; the defaults are the CIFAR-10 schedule of the papers' shared harness.
 
     ``lr_milestones`` (epochs) replaces the every-``lr_step`` decay when given, e.g. MACER's (200, 400).
+    ``lr_schedule="step-epoch"`` decays one epoch later, as the Jeong et al. scripts' ``scheduler.step(epoch)``
+    did, and ``lr_drop_once`` lowers the rate of one epoch only (CAT-RS's ImageNet run); see ``train.schedules``.
     ``augment="crop-flip"`` applies the papers' CIFAR-10 augmentation to every batch (see ``crop_flip``).
     ``precision`` bf16/fp16 runs the loss under autocast (fp16 with a gradient scaler); ``channels_last``
     stores the model and inputs in NHWC; ``deterministic`` makes torch refuse non-deterministic kernels.
@@ -61,6 +72,8 @@ class TrainConfig:
     lr_gamma: float = 0.1
     seed: int = 0
     lr_milestones: tuple[int, ...] = ()
+    lr_schedule: str = "standard"
+    lr_drop_once: int | None = None
     augment: str = "none"
     precision: str = "fp32"
     channels_last: bool = False
@@ -80,6 +93,7 @@ class TrainConfig:
         if any(not isinstance(e, int) or e < 1 for e in milestones) or list(milestones) != sorted(set(milestones)):
             raise ValueError(f"--lr-milestones must be increasing positive epochs; got {self.lr_milestones!r}")
         object.__setattr__(self, "lr_milestones", milestones)
+        check_schedule(self.lr_schedule, self.lr_drop_once)
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"--augment must be one of {', '.join(AUGMENTATIONS)}; got {self.augment!r}")
         if self.precision not in PRECISIONS:
@@ -91,6 +105,10 @@ RECIPES: dict[str, dict] = {
     "mnist": dict(epochs=90, lr=0.01, lr_step=30),
     "imagenet": dict(epochs=90, lr_step=30),
     "macer": dict(epochs=440, batch_size=64, lr=0.01, weight_decay=5e-4, lr_milestones=(200, 400)),
+    "catrs-cifar10": dict(lr_schedule="step-epoch"),
+    "catrs-imagenet": dict(epochs=90, lr_step=30, lr_schedule="step-epoch", lr_drop_once=85),
 }
 """The papers' schedules by name: the shared harness for CIFAR-10, MNIST and ImageNet (Jeong & Shin 2020 and
-the repos that reuse it), and MACER's own CIFAR-10 recipe (Zhai et al. 2020). Explicit settings override them."""
+the repos that reuse it), MACER's own CIFAR-10 recipe (Zhai et al. 2020), and the CAT-RS runs' rates exactly as
+their scripts ran them (``step-epoch``: each decay one epoch later; ImageNet's ``--lr_drop 85`` for one epoch).
+Explicit settings override them."""

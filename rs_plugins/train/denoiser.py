@@ -2,19 +2,23 @@
 
 The DnCNN network and its ``denoiser.pt`` format are here too, shared with the ``dncnn`` denoiser plugin that runs it.
 
-Two objectives, as in the authors' ``code/train_denoiser.py``:
+The three objectives of the authors' ``code/train_denoiser.py`` (microsoft/denoised-smoothing):
 
-- ``mse``: the mean over pixels of (D(x + delta) - x)^2, i.e. ||D(x + delta) - x||^2 / (C H W);
+- ``mse`` (their ``denoising``): the mean over pixels of (D(x + delta) - x)^2, i.e. ||D(x + delta) - x||^2 / (C H W);
 - ``stability``: cross-entropy of a frozen classifier f on D(x + delta) against its own prediction on x,
-  CE(f(D(x + delta)), argmax f(x)), which needs no labels.
+  CE(f(D(x + delta)), argmax f(x)), which needs no labels;
+- ``classification``: cross-entropy of f on D(x + delta) against the label, CE(f(D(x + delta)), y).
 
 The loss is taken on D(x + delta) clipped to [0, 1], the function ``--denoiser dncnn:`` certifies (the hook's
 contract); the authors train and certify the unclipped output. Clipping never increases the squared error, and
-under ``stability`` it keeps the classifier from being trained on inputs it never sees at certification.
+under ``stability`` and ``classification`` it keeps the classifier from being trained on inputs it never sees at
+certification.
 
 Defaults are the authors': Adam, learning rate 1e-3, weight decay 1e-4, batch 256, 90 epochs, the learning rate
-times 0.1 every 30 epochs; the DnCNN has depth 17 and width 64. Checkpoints, exact resume and ``train_log.csv``
-go through ``rs_plugins.train.checkpoints`` as for every trainer; each epoch ends with held-out metrics: the PSNR of
+times 0.1 every 30 epochs; the DnCNN has depth 17 and width 64. Their run's schedule, each decay one epoch later
+(``scheduler.step(epoch)``), is ``lr_schedule="step-epoch"``; their CIFAR-10 training images are randomly cropped
+and flipped, ``augment="crop-flip"``. Checkpoints, exact resume and ``train_log.csv`` go through
+``rs_plugins.train.checkpoints`` as for every trainer; each epoch ends with held-out metrics: the PSNR of
 D(x + delta) (and of x + delta, for comparison) and, with a classifier, its accuracy on x, x + delta and
 D(x + delta).
 """
@@ -40,11 +44,12 @@ from ..certify.sampling import eval_mode
 from ..certify.smoothing import check_images
 from ..errors import TrainingDivergedError
 from ..file_checks import load_weights_only
-from ..validation import MAX_SEED, CheckedNoise, check_integer, check_number
+from ..validation import MAX_SEED, CheckedNoise, check_integer, check_labels, check_number
 from .checkpoints import CHECKPOINT, derived_seed, read_log, resume, save_checkpoint, write_log
-from .config import PRECISIONS
+from .config import AUGMENTATIONS, PRECISIONS, check_schedule, crop_flip
 from .estimate import EpochClock
 from .held_out import VAL_IMAGES, spread_indices
+from .schedules import build_scheduler
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -138,7 +143,8 @@ def _state_dict(path: Path, option: str) -> tuple[dict[str, Tensor], dict[str, A
     return state, meta
 
 
-OBJECTIVES = ("mse", "stability")
+OBJECTIVES = ("mse", "stability", "classification")
+NEEDS_CLASSIFIER = ("stability", "classification")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -147,6 +153,8 @@ class DenoiserTrainConfig:
     """Objective and optimisation settings; the defaults are those of the authors' ``train_denoiser.py``.
 
     ``momentum`` applies to ``optimizer="sgd"`` only (Adam keeps its default betas, as the authors do).
+    ``lr_schedule`` and ``augment`` default to plain step decay and no augmentation; the authors' runs are
+    ``"step-epoch"`` and (CIFAR-10) ``"crop-flip"``.
     """
 
     objective: str = "mse"
@@ -158,6 +166,8 @@ class DenoiserTrainConfig:
     weight_decay: float = 1e-4
     lr_step: int = 30
     lr_gamma: float = 0.1
+    lr_schedule: str = "standard"
+    augment: str = "none"
     seed: int = 0
     precision: str = "fp32"
 
@@ -175,6 +185,9 @@ class DenoiserTrainConfig:
         check_integer("--seed", self.seed, minimum=0, maximum=MAX_SEED)
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        check_schedule(self.lr_schedule, None)
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"--augment must be one of {', '.join(AUGMENTATIONS)}; got {self.augment!r}")
 
 
 def mse_loss(denoised: Tensor, x: Tensor) -> Tensor:
@@ -191,6 +204,15 @@ def stability_loss(classifier: nn.Module, denoised: Tensor, x: Tensor) -> Tensor
     with torch.no_grad():
         target = classifier(x).argmax(1)  # (B,)
     return F.cross_entropy(classifier(denoised), target)
+
+
+def classification_loss(classifier: nn.Module, denoised: Tensor, y: Tensor) -> Tensor:
+    """Mean over images of CE(f(D(x + delta)), y); f is frozen, its gradient flows to D only.
+
+    Shape:
+        denoised: (B, C, H, W); y: (B,) labels; returns a scalar.
+    """
+    return F.cross_entropy(classifier(denoised), y)
 
 
 def psnr(estimate: Tensor, x: Tensor) -> Tensor:
@@ -252,13 +274,13 @@ def train_denoiser(
 ) -> list[dict[str, float]]:
     """Train ``denoiser`` in place; resume from ``checkpoint_dir`` when it holds a checkpoint of the same settings.
 
-    Shuffling and noise are seeded from (seed, epoch), so a run resumed after epoch k ends with the same weights
-    as one that never stopped. ``classifier`` (needed by ``stability``) is frozen and kept in eval mode. Writes
-    ``checkpoint.pt`` and ``train_log.csv`` each epoch and finally ``denoiser.pt`` (for ``--denoiser dncnn:``).
-    Returns the per-epoch log.
+    Shuffling, crops and noise are seeded from (seed, epoch), so a run resumed after epoch k ends with the same
+    weights as one that never stopped. ``classifier`` (needed by ``stability`` and ``classification``) is frozen
+    and kept in eval mode. Writes ``checkpoint.pt`` and ``train_log.csv`` each epoch and finally ``denoiser.pt``
+    (for ``--denoiser dncnn:``). Returns the per-epoch log.
     """
-    if config.objective == "stability" and classifier is None:
-        raise ValueError("--objective stability needs --model: the frozen classifier whose predictions D must keep")
+    if config.objective in NEEDS_CLASSIFIER and classifier is None:
+        raise ValueError(f"--objective {config.objective} needs --model: the frozen classifier D is trained for")
     device = torch.device(device)
     noise = CheckedNoise(noise)  # a broken noise plugin is named, not crashed on
     directory = Path(checkpoint_dir)
@@ -271,11 +293,12 @@ def train_denoiser(
         optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     else:
         optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    scheduler = build_scheduler(optimizer, step=config.lr_step, gamma=config.lr_gamma, schedule=config.lr_schedule)
     autocast_dtype = PRECISIONS[config.precision]
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     recorded = dataclasses.asdict(config) | (settings or {})
-    start_epoch = resume(directory, recorded, denoiser, optimizer, scheduler, scaler, device)
+    defaults = dataclasses.asdict(type(config)())  # for settings added since a checkpoint was written
+    start_epoch = resume(directory, recorded, denoiser, optimizer, scheduler, scaler, device, defaults)
     if start_epoch > config.epochs:
         msg = f"--epochs {config.epochs}: {directory / CHECKPOINT} already holds {start_epoch} epochs; give "
         raise ValueError(msg + f"--epochs {start_epoch} or more, or another --checkpoint-dir")
@@ -284,27 +307,37 @@ def train_denoiser(
         tqdm.write(f"{directory / CHECKPOINT}: {done} ({config.epochs} epochs)")
     log = read_log(directory)[:start_epoch]
     val = None if val_data is None or val_images < 1 else spread_indices(len(val_data), val_images)
+    if config.objective == "classification":  # labels outside the classifier's classes are refused, not crashed on
+        with torch.no_grad():
+            classes = classifier(torch.as_tensor(dataset[0][0])[None].to(device)).shape[1]
 
     for epoch in range(start_epoch, config.epochs):
         shuffle = torch.Generator().manual_seed(derived_seed(config.seed, epoch))
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=shuffle)
         draws = torch.Generator(device).manual_seed(derived_seed(config.seed, epoch, 1))
+        crops = torch.Generator(device).manual_seed(derived_seed(config.seed, epoch, 2))
         total, images, started = torch.zeros((), device=device), 0, time.perf_counter()
         denoiser.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
         if epoch == start_epoch:  # the cost line, printed with or without bars
             clock = EpochClock("train-denoiser", len(loader), config.epochs - start_epoch, device, evaluates=bool(val))
-        for step, (x, _) in enumerate(bar):
+        for step, (x, y) in enumerate(bar):
             x = x.to(device)
             if epoch == start_epoch and step == 0:
                 check_images(x, "--data images")
+            if config.augment == "crop-flip":  # as the authors' CIFAR-10 training split: RandomCrop(32, 4) + flip
+                x = crop_flip(x, generator=crops)
+            if config.objective == "classification":
+                check_labels(y, classes, "--data")
             noisy = noise.sample(x, generator=draws)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 denoised = denoiser(noisy).clamp(0, 1)  # trained as certify runs it: clipped to [0, 1]
                 if config.objective == "mse":
                     loss = mse_loss(denoised, x)
-                else:
+                elif config.objective == "stability":
                     loss = stability_loss(classifier, denoised, x)
+                else:
+                    loss = classification_loss(classifier, denoised, torch.as_tensor(y).to(device))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

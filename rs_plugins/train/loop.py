@@ -51,6 +51,7 @@ from .checkpoints import (
 from .config import FINAL_MODEL, PRECISIONS, TrainConfig, crop_flip
 from .estimate import EpochClock
 from .held_out import VAL_IMAGES, held_out_accuracy, spread_indices
+from .schedules import build_scheduler
 
 if TYPE_CHECKING:
     from torch import nn
@@ -165,10 +166,10 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    if config.lr_milestones:
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.lr_milestones), config.lr_gamma)
-    else:
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    scheduler = build_scheduler(
+        optimizer, step=config.lr_step, gamma=config.lr_gamma, milestones=config.lr_milestones,
+        schedule=config.lr_schedule, drop_once=config.lr_drop_once,
+    )  # fmt: skip
     autocast_dtype = PRECISIONS[config.precision]
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     barrier(world)
@@ -176,7 +177,8 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
     num_classes = _check_data_fits_model(model, dataset, device, memory_format)
     targets = example_targets(loss, dataset, num_classes)
     positions = base_indices(dataset)[1]
-    start_epoch = resume(directory, recorded, model, optimizer, scheduler, scaler, device)
+    defaults = dataclasses.asdict(type(config)())  # for settings added since a checkpoint was written
+    start_epoch = resume(directory, recorded, model, optimizer, scheduler, scaler, device, defaults)
     if start_epoch > config.epochs:  # the checkpoint is past the requested epoch: its weights are not those
         msg = (
             f"--epochs {config.epochs}: {directory / CHECKPOINT} already holds {start_epoch} epochs, and the weights "

@@ -24,9 +24,10 @@ import torch
 from scipy.stats import norm
 from torch import Tensor, nn
 
+from ...certify.from_counts import NO_SELECTION, records
 from ...certify.sampling import noise_input, per_image_generators, sample_counts
 from ...certify.stats import clopper_pearson_lower, clopper_pearson_upper
-from ...errors import IncompatibleComponentsError
+from ...errors import IncompatibleComponentsError, NeedsFreshSamplesError
 from ...results.provenance import describe
 from ...types import ABSTAIN, Certificate, NoiseSampler
 
@@ -145,21 +146,15 @@ class MixedCertifier:
         batch_size: int,
         generator=None,
     ) -> list[Certificate]:
-        from ..gaussian import GaussianNoise
-
-        if not isinstance(noise, GaussianNoise):
-            raise IncompatibleComponentsError(
-                "certifier 'mixed' supports noise ['gaussian'] (its robust member is Gaussian-smoothed); "
-                f"got {describe(noise, type(noise).__name__)}"
-            )
+        _check_noise(noise)
         robust, alpha_mix, scale = _robust_member(model)
         generators = per_image_generators(generator, len(x))
+        counts = None
         if self.votes == "hard":
-            top = sample_counts(robust, x, noise, n0, batch_size=batch_size, generator=generators).argmax(1)
-            counts = sample_counts(robust, x, noise, n, batch_size=batch_size, generator=generators).numpy()
-            top = top.numpy()
-            p1 = clopper_pearson_lower(counts[np.arange(len(x)), top], n, alpha / 2)
-            others = clopper_pearson_upper(counts, n, alpha / 2)
+            selection = sample_counts(robust, x, noise, n0, batch_size=batch_size, generator=generators)
+            estimation = sample_counts(robust, x, noise, n, batch_size=batch_size, generator=generators)
+            counts = records(estimation, selection, extra={"member": "robust", "alpha_mix": alpha_mix})
+            top, p1, others = _hard_bounds(selection, estimation, alpha)
         else:
             top = _soft_sums(robust, x, noise, n0, batch_size, generators, scale)[0].argmax(1).numpy()
             sums, squares = _soft_sums(robust, x, noise, n, batch_size, generators, scale)
@@ -172,15 +167,68 @@ class MixedCertifier:
                 idx = (np.arange(len(x)), top)
                 p1 = mean[idx] - bernstein_margin(variance[idx], n, alpha / 2)
                 others = mean + bernstein_margin(variance, n, alpha / 2)
+        return self._certificates(top, p1, others, [alpha_mix] * len(x), noise.sigma, counts=counts)
+
+    def certify_counts(
+        self, counts_n0: Tensor | None, counts_n: Tensor, noise: NoiseSampler, *, alpha: float, extra=None
+    ) -> list[Certificate]:
+        """The hard-vote certificate from a ``mixed`` run's counts log: the robust member's votes and the
+        mixture's weight it recorded (``rs-plugins recertify``)."""
+        if self.votes != "hard":
+            raise NeedsFreshSamplesError(
+                "votes=soft averages the robust member's softmax outputs, which no counts log holds: it needs fresh "
+                "samples; votes=hard certifies from counts"
+            )
+        _check_noise(noise)
+        if extra is None or any(e.get("member") != "robust" or "alpha_mix" not in e for e in extra):
+            raise NeedsFreshSamplesError(
+                "the mixed certificate needs the robust member's votes and the mixture's weight, which only the counts "
+                "log of a run with --certifier mixed (votes=hard) records; these counts are of another certifier"
+            )
+        if counts_n0 is None:
+            raise NeedsFreshSamplesError(NO_SELECTION)
+        top, p1, others = _hard_bounds(counts_n0, counts_n, alpha)
+        samples = (counts_n0.sum(1) + counts_n.sum(1)).tolist()
+        return self._certificates(top, p1, others, [float(e["alpha_mix"]) for e in extra], noise.sigma, samples)
+
+    def _certificates(self, top, p1, others, weights, sigma, samples=None, counts=None) -> list[Certificate]:
+        """Certificates from p₁'s lower bounds and every class's upper bounds (B, K), at each image's weight."""
         p1 = np.clip(p1, 0, 1 - 1e-12)  # bounds of soft votes can reach 0 or 1; keep Phi^-1 finite
-        others[np.arange(len(x)), top] = -np.inf
+        others[np.arange(len(top)), top] = -np.inf
         p2 = np.clip(np.minimum(others.max(1), 1 - p1), 1e-12, 1)
         radius = tight_mixed_radius if self.radius == "tight" else mixed_radius
-        radii = radius(p1, p2, alpha_mix, noise.sigma)
+        weights = np.asarray(weights, dtype=np.float64)
+        radii = np.zeros(len(top))
+        for weight in np.unique(weights):  # one weight per run: one vectorised call
+            where = weights == weight
+            radii[where] = radius(p1[where], p2[where], float(weight), sigma)
+        radii = radii.tolist()
+        samples = samples or [None] * len(top)
+        counts = counts or [None] * len(top)
         return [
-            Certificate(int(c), float(r), float(p)) if r > 0 else Certificate(ABSTAIN, 0.0, float(p))
-            for c, r, p in zip(top, radii, p1)
+            Certificate(int(c), r, float(p), s, rec) if r > 0 else Certificate(ABSTAIN, 0.0, float(p), s, rec)
+            for c, r, p, s, rec in zip(top, radii, p1, samples, counts)
         ]
+
+
+def _check_noise(noise: NoiseSampler) -> None:
+    from ..gaussian import GaussianNoise
+
+    if not isinstance(noise, GaussianNoise):
+        raise IncompatibleComponentsError(
+            "certifier 'mixed' supports noise ['gaussian'] (its robust member is Gaussian-smoothed); "
+            f"got {describe(noise, type(noise).__name__)}"
+        )
+
+
+def _hard_bounds(selection: Tensor, estimation: Tensor, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hard votes: the top class of the n0 pass, p₁'s Clopper-Pearson lower bound and every class's upper bound
+    from the n pass, each at alpha/2."""
+    top = selection.argmax(1).numpy()
+    counts, n = estimation.numpy(), estimation.sum(1).numpy()
+    p1 = clopper_pearson_lower(counts[np.arange(len(top)), top], n, alpha / 2)
+    others = clopper_pearson_upper(counts, n[:, None], alpha / 2)
+    return top, p1, others
 
 
 def _unwrap(model: nn.Module) -> tuple[nn.Module, Any]:

@@ -7,8 +7,9 @@ D(x) = x - net(x). Convolutions start orthogonal and the last one at zero, so an
 With depth 17, width 64 and 3 channels it has 558,400 parameters, as the authors' ``cifar_dncnn``.
 
 Trained by ``rs-plugins train-denoiser``; ``--denoiser dncnn:PATH`` loads the ``denoiser.pt`` it writes (or its
-directory), or one of the authors' own ``cifar_dncnn`` checkpoints. The network and that file's format live in
-``rs_plugins.train.denoiser``, beside the trainer that writes it (this plugin is the part that runs it).
+directory), or one of the authors' own ``cifar_dncnn`` checkpoints (``dncnn:zoo:NAME`` fetches theirs). The network
+and that file's format live in ``rs_plugins.train.denoiser``, beside the trainer that writes it (this plugin is the
+part that runs it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from rs_plugins.sources import zoo
 from rs_plugins.train.denoiser import FILE, OPTION, load_dncnn
 from rs_plugins.validation import check_number
 
@@ -56,6 +58,9 @@ class DnCNNDenoiser(nn.Module):
 
 
 def build(sigma: float, path: str | None = None) -> DnCNNDenoiser:
+    """``path``: a file or folder, or ``zoo:NAME``, one of the authors' released DnCNNs (``rs-plugins zoo``)."""
     if path is None:
         raise ValueError(f"{OPTION}: give the trained weights, e.g. --denoiser dncnn:checkpoints/{FILE}")
+    if path.startswith(zoo.PREFIX):
+        path = str(zoo.denoiser_file(path.removeprefix(zoo.PREFIX), "dncnn"))
     return DnCNNDenoiser(sigma, path)

@@ -209,3 +209,21 @@ def test_the_tradeoff_plot_shows_the_certified_accuracies_and_labels_alphas_apar
         xs = [x for line in ax.get_lines() for x in line.get_xdata()]
         assert ax.get_xlim()[0] <= min(xs) and max(xs) <= ax.get_xlim()[1]
     assert covered_points(fig) == []
+
+
+def test_the_p_a_histogram_panel_keeps_its_legend_off_its_bars(tmp_path):
+    g = np.random.default_rng(0)
+    curves = {"A": _rows(80, 0.5, 1), "B": _rows(80, 0.8, 2)}
+    spread = {"A": list(g.beta(8, 2, 80)), "B": list(g.beta(5, 2, 80))}
+    fig = plot_certified_accuracy(curves, tmp_path / "h.png", p_lower=spread)
+    histogram = fig.axes[1]
+    fig.canvas.draw()
+    box = histogram.get_legend().get_window_extent()
+    for patch in histogram.patches:
+        outline = patch.get_transform().transform(patch.get_path().vertices)
+        for a, b in zip(outline[:-1], outline[1:]):
+            sample = a + np.linspace(0, 1, int(np.hypot(*(b - a))) + 2)[:, None] * (b - a)
+            inside = (sample[:, 0] > box.x0) & (sample[:, 0] < box.x1) & (sample[:, 1] > box.y0) & (
+                sample[:, 1] < box.y1)
+            assert not inside.any(), patch.get_label()
+    assert covered_points(fig) == []

@@ -134,7 +134,8 @@ class TrainingLoss(Protocol):
     is called at the start of every epoch (from 0) for warm-up schedules (see ``rs_plugins.train.losses.EpochAware``).
     A third, ``example_targets(dataset, num_classes) -> {name: (N, ...) tensor}``, asks for per-example data by
     data set index (e.g. CAT-RS's p_b); the runner then calls the loss with ``targets={name: rows of this batch}``
-    (see ``rs_plugins.train.loop.example_targets``).
+    (see ``rs_plugins.train.loop.example_targets``). A loss with ``uses_noise = False`` (e.g. ``standard``)
+    trains without noise: the runner may then pass ``noise=None`` and ``train`` needs no ``--sigma``.
     """
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, noise: NoiseSampler, *, progress: float) -> LossOutput:

@@ -23,7 +23,7 @@ from torch import nn
 
 import rs_plugins
 from rs_plugins import NoiseSpec, SmoothedClassifier, cli, cohen_certify, cohen_predict, file_checks
-from rs_plugins.builtin import adaptive, catrs, consistency, denoisers, gaussian, sources, zoo
+from rs_plugins.builtin import adaptive, catrs, consistency, denoisers, gaussian, sources, standard, zoo
 from rs_plugins.builtin.gaussian import GaussianNoise
 from rs_plugins.certify import execution
 from rs_plugins.certify.runner import certify_dataset
@@ -117,7 +117,8 @@ class BadDenoiser(nn.Module):
 
 
 def host() -> rs_plugins.Host:
-    plugins = [gaussian, consistency, sources, zoo, adaptive, catrs, denoisers, BrokenPlugin(), BrokenDenoiserPlugin()]
+    plugins = [gaussian, consistency, standard, sources, zoo, adaptive, catrs, denoisers, BrokenPlugin(),
+               BrokenDenoiserPlugin()]  # fmt: skip
     return rs_plugins.Host(entry_points=False, plugins=plugins)
 
 
@@ -504,6 +505,12 @@ CASES: list[Case] = [
     cli_case("noise-option-sigma", "train", "`--noise-option sigma=0.5`",
              "--noise-option sigma=0.5: give the noise level with --sigma", *TRAIN, "--noise-option", "sigma=0.5",
              "--checkpoint-dir", lambda f: f.root / "train_sigma"),
+    cli_case("train-no-sigma", "train", "`--loss gaussian` without `--sigma`",
+             "--loss gaussian trains under noise: give --sigma", *MODEL, "--data", "digits", "--loss", "gaussian",
+             "--epochs", "1", "--checkpoint-dir", lambda f: f.root / "train_no_sigma"),
+    cli_case("train-noise-option-no-sigma", "train", "`--loss standard --noise-option scale=2`, no `--sigma`",
+             "--noise-option given without --sigma", *MODEL, "--data", "digits", "--loss", "standard",
+             "--noise-option", "scale=2", "--epochs", "1", "--checkpoint-dir", lambda f: f.root / "train_no_sigma2"),
     cli_case("train-mixer-flag", "train", "`--mixer mix` (a mixture has nothing to train there)",
              "`train` trains one base classifier. Train the adaptive mixer's network with `rs-plugins train-mixer",
              *TRAIN, "--mixer", "mix"),
@@ -639,6 +646,15 @@ CASES: list[Case] = [
     cli_case("catrs-other-data", "train", "`--loss-option confidence=` a votes file made on other data",
              "was made on other data (1 images, labels sha256 000000000000...) than the training data (1437 images",
              *TRAIN, "--loss", "catrs", "--loss-option", lambda f: f"confidence={votes_file(f)}"),
+    cli_case("catrs-confidence-sidecar", "train", "`--loss-option confidence=p_b.tsv.json` (the sidecar, not the TSV)",
+             "confidence: p_b.tsv.json is the settings file that sits next to a results file; give the results "
+             "file itself, p_b.tsv", *TRAIN, "--loss", "catrs", "--loss-option", "confidence=p_b.tsv.json"),
+    cli_case("report-sidecar", "report", "`foreign.tsv.json` (a sidecar) as a results file",
+             "is the settings file that sits next to a results file; give the results file itself",
+             lambda f: f"{f.foreign}.json"),
+    cli_case("denoiser-bare-path", "certify", "`--denoiser stab/denoiser.pt` (no `NAME:`)",
+             "--denoiser stab/denoiser.pt: looks like a path, but --denoiser takes NAME or NAME:PATH, e.g. --denoiser "
+             "dncnn:stab/denoiser.pt", *certify_args_lazy(), "--denoiser", "stab/denoiser.pt"),
     cli_case("compile-mode-without-compile", "certify", "`--compile-mode max-autotune` without `--compile`",
              "--compile-mode max-autotune needs --compile", *CERTIFY, "--compile-mode", "max-autotune"),
     api_case("api-compile-mode", "`Execution`", "`Execution(compile=True, compile_mode='fast')`",

@@ -246,3 +246,101 @@ def test_no_largest_radius_mark_where_the_certifier_has_its_own_radius(tmp_path)
     b = _write(tmp_path / "b.tsv", B, **(GAUSS | {"sigma": 0.5, "provenance": own}))
     c = _write(tmp_path / "c.tsv", B)  # no sidecar: no N, no mark
     assert set(compare.largest_radii(compare.load_runs([a, b, c], ["a", "b", "c"]))) == {"a"}
+
+
+# -- PREDICT files: accuracy and abstentions, never radii -----------------------------------------------------------
+
+PREDICT_HEADER = "idx\tlabel\tpredict\tcorrect\ttime\n"
+
+
+def _write_predict(path, rows, **settings):
+    """A PREDICT TSV of (idx, label, predict) rows (-1: abstain), and its sidecar when settings are given."""
+    lines = [f"{i}\t{y}\t{p}\t{int(p == y)}\t0:00:01\n" for i, y, p in rows]
+    path.write_text(PREDICT_HEADER + "".join(lines), encoding="utf-8")
+    if settings:
+        path.with_name(path.name + ".json").write_text(json.dumps(settings), encoding="utf-8")
+    return path
+
+
+PREDICTED = [(0, 1, 1), (1, 2, 2), (2, 3, -1), (3, 4, 5), (4, 0, 0), (5, 6, -1), (6, 7, 7), (7, 8, 8), (8, 9, 9)]
+
+
+def test_a_predict_file_is_reported_as_accuracy_and_abstentions_not_radii(tmp_path, capsys):
+    p = _write_predict(tmp_path / "predict.tsv", PREDICTED, **{k: v for k, v in GAUSS.items() if k != "n"}, n=1000)
+    summary = tmp_path / "s.json"
+    assert main(["report", str(p), "--summary", str(summary)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy 66.7% (6 of 9), abstained 22.2% (2), wrong 11.1% (1)" in out
+    assert "radius" not in out.replace("no radii", "") and "ACR" not in out and "cert. acc" not in out
+    found = json.loads(summary.read_text())
+    assert found["kind"] == "predict" and found["accuracy"] == pytest.approx(6 / 9) and found["abstained"] == 2
+    assert "acr" not in found and "certified_accuracy" not in found
+
+
+def test_predict_files_compare_in_a_table_of_their_own(tmp_path, capsys):
+    a = _write_predict(tmp_path / "a.tsv", PREDICTED, **GAUSS)
+    b = _write_predict(tmp_path / "b.tsv", [(i, y, y) for i, y, _ in PREDICTED], **(GAUSS | {"sigma": 0.5}))
+    table = tmp_path / "t.csv"
+    assert main(["report", str(a), str(b), "--label", "A", "--label", "B", "--table", str(table)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert ["A", "0.25", "1,000", "66.7", "22.2", "11.1", "9"] in [line.split() for line in lines]
+    rows = list(csv.DictReader(io.StringIO(table.read_text())))
+    assert rows[1] == {"run": "B", "sigma": "0.5", "n": "1000", "accuracy": "100.0", "abstained": "0.0",
+                       "wrong": "0.0", "images": "9"}  # fmt: skip
+    for fmt, marker in (("markdown", "| A | 0.25 | 1,000 | 66.7 | 22.2 | 11.1 | 9 |"), ("latex", "\\toprule")):
+        assert main(["report", str(a), str(b), "--label", "A", "--label", "B", "--format", fmt]) == 0
+        assert marker in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", [["--plot", "p.png"], ["--radii", "0.5"]])
+def test_radius_options_are_refused_for_predict_files(tmp_path, capsys, flag):
+    p = _write_predict(tmp_path / "predict.tsv", PREDICTED, **GAUSS)
+    assert main(["report", str(p), *flag]) == 2
+    assert f"{flag[0]}: {p} is a PREDICT file (predictions and abstentions, no radii)" in capsys.readouterr().err
+
+
+def test_a_predict_file_is_not_compared_with_certify_files(tmp_path, capsys):
+    c = _write(tmp_path / "certify.tsv", A, **GAUSS)
+    p = _write_predict(tmp_path / "predict.tsv", PREDICTED, **GAUSS)
+    assert main(["report", str(c), str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "PREDICT and CERTIFY files cannot be compared" in err and "predict.tsv: predict" in err
+
+
+# -- what differs between compared runs --------------------------------------------------------------------------
+
+
+def test_every_setting_that_differs_is_noted(tmp_path):
+    cohen = GAUSS | {"certifier": "cohen", "certifier_option": {}, "n0": 100, "mixer": None, "mixer_option": {},
+                     "model": ["rs_plugins.nets:SmallCNN"], "precision": "fp32", "seed": 0, "checkpoint": "a.pt",
+                     "model_sha256": "aa",
+                     "provenance": {"norm": "l2", "radius": "rs_plugins.builtin.gaussian.GaussianNoise.radius"}}
+    mixed = cohen | {"certifier": "mixed", "noise_option": {"scale": 2}, "mixer": "mix",
+                     "mixer_option": {"alpha": 0.9}, "model": ["a:A", "b:B"], "precision": "bf16", "seed": 3,
+                     "checkpoint": "b.pt", "model_sha256": "bb", "sigma": 0.5,
+                     "certifies": "class_selection=label: certifies g(x) = y and robust",
+                     "provenance": {"norm": "l2",
+                                    "radius": "rs_plugins.builtin.adaptive.certificate.mixed_radius"}}  # fmt: skip
+    a, b = _write(tmp_path / "a.tsv", A, **cohen), _write(tmp_path / "b.tsv", A, **mixed)
+    notes = compare.comparison_notes(compare.load_runs([a, b], ["a", "b"]))
+    assert notes == [
+        "different certifier: a cohen, b mixed",
+        'different noise options: a {}, b {"scale": 2}',
+        "different model: a rs_plugins.nets:SmallCNN, b a:A + b:B",
+        "different mixer: a None, b mix",
+        'different mixer options: a {}, b {"alpha": 0.9}',
+        "different precision: a fp32, b bf16",
+        "different seed: a 0, b 3",
+        "different claims certified: a: g(x) and its robustness; b: class_selection=label: certifies g(x) = y and "
+        "robust",
+        "different radius formulas (the radii come from different certificates): a "
+        "rs_plugins.builtin.gaussian.GaussianNoise.radius, b rs_plugins.builtin.adaptive.certificate.mixed_radius",
+    ]  # the weights (checkpoint, hash) are what is compared, and sigma has its own column: no note
+
+
+def test_runs_of_models_with_other_numbers_of_classes_are_refused(tmp_path, capsys):
+    a = _write(tmp_path / "a.tsv", A, **(GAUSS | {"provenance": {"num_classes": 10}}))
+    b = _write(tmp_path / "b.tsv", B, **(GAUSS | {"provenance": {"num_classes": 100}}))
+    assert main(["report", str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert "different numbers of classes" in err and "a.tsv: 10 classes" in err and "b.tsv: 100 classes" in err

@@ -23,6 +23,8 @@ The rules, so that a new snippet is checked without a new test:
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import importlib
 import json
 import os
@@ -227,8 +229,9 @@ def test_plugin_tutorial_installs_as_written_and_certifies_l1(tmp_path):
 
 # -- every command runs as written ------------------------------------------------------------------------------
 # Each page's rs-plugins commands run in order, in-process, in one fresh folder per page (a later command reads an
-# earlier one's files), with what they need made here: a small digits set (24 training, 8 test images, so that the
-# pages' digits recipes take seconds as written), torchvision's CIFAR-10 and MNIST layouts with a few images, a
+# earlier one's files), with what they need made here: a small digits set (24 training, 8 test images) for the
+# commands that evaluate, the whole of digits for the training recipes (``LEARNS``), which must reach the accuracy
+# their page states (``CLAIM``), torchvision's CIFAR-10 and MNIST layouts with a few images, a
 # RobustBench checkpoint at models/<dataset>/<threat>/<name>.pt, a tiny diffusers folder, TorchScript files and
 # SmallCNN checkpoints for the names the pages use, results files a page compares without making them, and the
 # tutorial's plugins as installed distributions (their modules and entry points on sys.path).
@@ -250,6 +253,11 @@ PARSE_ONLY = {  # pattern (re.search on the command line) -> why it is only pars
     r"mypkg\.bit:": "a user's own BiT-152 with a WRN-70-16: the page's full-size recipe",
 }
 DIGITS = {"train": 24, "test": 8}
+TRAINERS = ("train", "train-denoiser", "train-mixer")
+LEARNS = (*TRAINERS, "predict-confidence")  # on all of digits: a recipe learns, and CAT-RS's p_b covers its data
+CLAIM = re.compile(r"about (\d+) s on one CPU core\b", re.I)
+FLOOR = re.compile(r"(\w+) ≥ (\d+(?:\.\d+)?)")
+TRAINED: dict[tuple, Path] = {}  # a recipe already trained this session (same arguments and input files): its folder
 
 
 def _parse_only(words: list[str]) -> str | None:
@@ -388,6 +396,8 @@ def _prepare(page: Path, folder: Path, monkeypatch) -> None:
     full = data.load_digits
 
     def digits(split):
+        if LEARNING[0]:
+            return full(split)
         return torch.utils.data.TensorDataset(*(t[: DIGITS[split]] for t in full(split).tensors))
 
     monkeypatch.setattr(data, "load_digits", digits)
@@ -461,21 +471,85 @@ def _expand(words: list[str]) -> list[str]:
     return [w for word in words for w in (sorted(glob.glob(word)) if any(c in word for c in "*?[") else []) or [word]]
 
 
+LEARNING = [False]  # whether digits is whole now (a command in LEARNS runs)
+
+
+def _commented_commands(snippet: Snippet) -> list[tuple[list[str], str]]:
+    """Each command of the snippet with the comment that goes with it: the ``#`` lines right above it and its own
+    trailing comment."""
+    found, above = [], []
+    for line in snippet.code.replace("\\\n", " ").splitlines():
+        if snippet.lang == "console" and not line.startswith("$ "):
+            above = []  # a command's output
+            continue
+        text = line[2:] if snippet.lang == "console" else line
+        if text.lstrip().startswith("#"):
+            above.append(text.strip())
+        elif text.strip():
+            trailing = text[text.index(" #") :] if " #" in text else ""
+            lone = Snippet(snippet.page, snippet.line, "bash", "", text, False)
+            found += [(words, " ".join([*above, trailing])) for words in _commands(lone)]
+            above = []
+        else:
+            above = []
+    return found
+
+
+def _option(args: list[str], flag: str, default: str) -> str:
+    return args[args.index(flag) + 1] if flag in args else default
+
+
+def _recipe_key(args: list[str]) -> tuple:
+    """A training command's arguments without its --checkpoint-dir, and the contents of the files it reads."""
+    rest = [a for i, a in enumerate(args) if a != "--checkpoint-dir" and args[i - 1 : i] != ["--checkpoint-dir"]]
+    files = [Path(v) for a in rest for v in {a, a.split("=", 1)[-1]} if Path(v).is_file()]
+    return (*rest, *sorted(hashlib.sha256(f.read_bytes()).hexdigest() for f in files))
+
+
+def _check_claim(snippet: Snippet, args: list[str], comment: str) -> None:
+    """A digits training recipe states its time on one CPU core and the accuracy it reaches; its last epoch
+    in train_log.csv must reach that floor."""
+    line = shlex.join(["rs-plugins", *args])
+    floors = FLOOR.findall(comment)
+    assert CLAIM.search(comment) and floors, (
+        f"{snippet}: {line} is a CPU-sized recipe: say above it how long it takes and what it reaches, e.g. "
+        "'# about 10 s on one CPU core: clean_acc ≥ 0.95'"
+    )
+    with open(Path(_option(args, "--checkpoint-dir", "checkpoints")) / "train_log.csv", newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    for column, floor in floors:
+        assert column in last, f"{snippet}: {line}: train_log.csv has no column {column}; it has {list(last)}"
+        assert float(last[column]) >= float(floor), f"{snippet}: {line} ends at {column} {last[column]} < {floor}"
+
+
 @pytest.mark.parametrize("page", RUN_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_shell_commands_run_as_written(page, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RS_PLUGINS_DISABLE", raising=False)
+    monkeypatch.setattr(sys.modules[__name__], "LEARNING", [False])
     _prepare(page, tmp_path, monkeypatch)
     ran = 0
     for snippet in SHELL:
         if snippet.page != page:
             continue
-        for words in _commands(snippet):
+        for words, comment in _commented_commands(snippet):
             args = _rs_plugins_args(words)
-            if _parse_only(words):
+            if args is None or "..." in args or _parse_only(words):
                 continue
-            code = cli_main(_expand(args))
-            assert code == 0, f"{snippet}: {shlex.join(words)} exited {code}: {capsys.readouterr().err[-2000:]}"
+            args = _expand(args)
+            LEARNING[0] = args[0] in LEARNS
+            recipe = args[0] in TRAINERS and _option(args, "--data", "") == "digits"
+            key = _recipe_key(args) if recipe else None
+            if key in TRAINED:  # the same recipe on another page: its folder, not the minutes again
+                shutil.copytree(TRAINED[key], _option(args, "--checkpoint-dir", "checkpoints"), dirs_exist_ok=True)
+            else:
+                code = cli_main(args)
+                assert code == 0, f"{snippet}: {shlex.join(words)} exited {code}: {capsys.readouterr().err[-2000:]}"
+            if recipe:
+                _check_claim(snippet, args, comment)
+            if recipe and key not in TRAINED:  # kept as trained, before later commands add files to the folder
+                TRAINED[key] = tmp_path / f".trained{len(TRAINED)}"
+                shutil.copytree(_option(args, "--checkpoint-dir", "checkpoints"), TRAINED[key])
             ran += 1
     assert ran, f"{page}: no command of the page runs; give a CPU-sized variant"
 
@@ -491,3 +565,31 @@ def test_parse_only_commands_are_few_named_and_exist():
         args = _rs_plugins_args(words)
         runs = args is not None and "..." not in args
         assert runs or _parse_only(words), f"{snippet}: {shlex.join(words)} neither runs nor is in PARSE_ONLY"
+
+
+def test_index_names_every_technique_page_and_built_in_loss():
+    """docs/index.md's table links every page of docs/techniques/ and names every built-in loss (`--loss NAME`)."""
+    from rs_plugins import Host
+
+    index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    pages = sorted(p.name for p in (ROOT / "docs" / "techniques").glob("*.md"))
+    assert [p for p in pages if f"(techniques/{p})" not in index] == []
+    built_in = [c.spec.name for c in Host().components("loss") if c.plugin.distribution == "rs-plugins"]
+    assert "standard" in built_in and [name for name in built_in if f"`--loss {name}`" not in index] == []
+
+
+def test_the_cli_page_states_the_settings_a_certify_file_keeps_once_and_whole(tmp_path, monkeypatch):
+    """docs/cli.md says once which settings `<out>.json` stores and compares on resume, naming each one a run stores
+    (a leftover second, shorter copy of the sentence once contradicted it)."""
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert text.count("settings that change results") == 1
+    start = text.index("settings that change results")
+    said = " ".join(text[start : text.index("`<out>.json`", start)].split())
+    monkeypatch.chdir(tmp_path)
+    argv = ["certify", "--random-weights", "--model", "rs_plugins.nets:SmallCNN", "--data", "digits", "--sigma",
+            "0.25", "--n0", "10", "--n", "20", "--limit", "1", "--no-progress", "--out", "c.tsv"]  # fmt: skip
+    assert cli_main(argv) == 0
+    stored = set(json.loads(Path("c.tsv.json").read_text())) - {"provenance"}
+    named = {"model_kwargs": "kwargs", "model_sha256": "SHA-256", "noise_option": "options", "mixer_option": "options",
+             "certifier_option": "options", "channels_last": "channels-last"}  # fmt: skip
+    assert [key for key in sorted(stored) if named.get(key, key) not in said] == []

@@ -57,6 +57,10 @@ DOCUMENTED = {
                                    "format_comparison", "largest_radii", "load_runs", "path_labels", "plot_comparison",
                                    "radius_norm", "shared_setup", "shortfall", "table_format",
                                    "write_comparison_summary"],
+    "rs_plugins.results.differences": ["check_comparable", "setting_differences"],
+    "rs_plugins.results.figures": ["describe_classifier", "place_legend", "save"],
+    "rs_plugins.results.predictions": ["format_predictions", "prediction_table", "results_kind",
+                                       "summarize_predictions"],
     "rs_plugins.results.counts": ["CountsLog", "CountsRow", "counts_path", "merge_counts", "read_counts",
                                   "results_path"],
     "rs_plugins.results.metrics": ["ACR_CAVEAT", "p_lower_bounds", "provenance_cells", "quantiles", "run_counts"],
@@ -75,6 +79,7 @@ DOCUMENTED = {
                            "check_certifier_soundness", "check_denoiser", "check_loss", "check_mixer", "check_noise",
                            "tiny_classifier"],
     "rs_plugins.train.config": ["TrainConfig", "crop_flip"],
+    "rs_plugins.train.estimate": ["EpochClock"],
     "rs_plugins.train.held_out": ["held_out_accuracy", "hold_out", "spread_indices"],
     "rs_plugins.train.loop": ["base_indices", "example_targets", "train"],
     "rs_plugins.train.losses": ["EpochAware", "check_bool", "check_choice", "check_float", "check_int", "draw_deltas",
@@ -118,7 +123,7 @@ def test_api_page_documents_every_pinned_module():
 
 
 ENTRY_POINTS = ["adaptive", "catrs", "consistency", "cpm", "denoisers", "feng", "gaussian", "laplace", "macer",
-                "sequential", "smoothadv", "smoothmix", "sources", "uniform", "zoo"]  # fmt: skip
+                "sequential", "smoothadv", "smoothmix", "sources", "standard", "uniform", "zoo"]  # fmt: skip
 
 
 def test_entry_point_names_are_pinned():

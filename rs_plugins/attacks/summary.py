@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..results.figures import place_legend, save
 from ..results.files import AttackRow, Row
 from ..types import ABSTAIN
 from .adversaries import Adversary
@@ -59,8 +60,9 @@ def format_attack_table(rows: Sequence[AttackRow], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_robust_accuracy(curves: dict[str, Sequence[AttackRow]], path, *, title: str = "", norm: str = "") -> None:
-    """Write a PNG of robust accuracy against eps, one line per label (eps = 0 is clean accuracy)."""
+def plot_robust_accuracy(curves: dict[str, Sequence[AttackRow]], path, *, title: str = "", norm: str = "") -> Any:
+    """Write a PNG of robust accuracy against eps, one line per label (eps = 0 is clean accuracy), the legend where
+    it covers no line (``figures.place_legend``); returns the matplotlib Figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: leave global state alone
     from matplotlib.figure import Figure
 
@@ -73,11 +75,14 @@ def plot_robust_accuracy(curves: dict[str, Sequence[AttackRow]], path, *, title:
         per_eps = summarize_attack(rows)["per_eps"].values()
         xs = [v["eps"] for v in per_eps]
         ax.plot(xs, [v["robust_accuracy"] for v in per_eps], marker="o", label=label)
-    ax.set(ylim=(0, 1.02), xlabel=f"eps ({norm})" if norm else "eps", ylabel="robust accuracy", title=title)
+    ax.set(ylim=(0, 1.02), xlabel=f"eps ({norm})" if norm else "eps", ylabel="robust accuracy")
+    ax.set_title(title, fontsize="medium")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    fig.tight_layout()
+    place_legend(ax)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save(fig, path)
+    return fig
 
 
 def allowed_breaks(rows: Sequence[AttackRow], certify_alpha: float, predict_alpha: float) -> float:
@@ -153,11 +158,13 @@ def report_attack(
     plot: str | Path | None = None,
     summary: str | Path | None = None,
     record: dict | None = None,
+    plot_title: str | None = None,
 ) -> str:
     """The table (and cross-check) text for a terminal; writes the plot and the JSON summary when given paths.
 
     ``alphas`` are the certify run's and PREDICT's levels, for the number of breaks chance allows; ``record``
-    (the results file's sidecar: settings and provenance) goes into the summary under ``"run"``.
+    (the results file's sidecar: settings and provenance) goes into the summary under ``"run"``. ``plot_title``
+    (default ``title``) titles the plot: what was attacked, not where the rows are.
     """
     lines = [format_attack_table(rows, title=title)]
     data = summarize_attack(rows) | {"attack": adversary.name, "norm": adversary.norm}
@@ -177,7 +184,8 @@ def report_attack(
             for b in breaks
         ]
     if plot and rows:
-        plot_robust_accuracy({adversary.name: rows}, plot, title=title, norm=adversary.norm)
+        plot_robust_accuracy({adversary.name: rows}, plot, title=title if plot_title is None else plot_title,
+                             norm=adversary.norm)  # fmt: skip
         lines.append(f"plot: {plot}")
     if summary:
         if record is not None:

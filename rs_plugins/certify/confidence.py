@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import ResultsFileError
-from ..results.files import read_confidence
+from ..results.files import check_not_sidecar, read_confidence
 from ..results.sidecars import load_sidecar, sidecar_path
 from ..schemas import ConfidenceSidecar
 
@@ -34,6 +34,7 @@ def read_confidence_targets(path: str | os.PathLike, dataset: Dataset, num_class
     from ..sources.data import data_identity, labels_of
 
     path = Path(path)
+    check_not_sidecar(path, option)
     if not path.is_file():
         what = "a folder" if path.is_dir() else "no such file"
         raise FileNotFoundError(f"{option}: {path} is {what}; give the votes file, {WRITE_IT}")

@@ -9,6 +9,8 @@ import os
 import sys
 import time
 import traceback
+import warnings
+from pathlib import Path
 
 from .. import __version__
 from ..errors import RsPluginError
@@ -53,6 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PACKAGE = str(Path(__file__).resolve().parents[1])
+_PYTHON_FORMAT = warnings.formatwarning
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning that rs-plugins raised as one line, ``rs-plugins: warning: ...``; any other as Python shows it."""
+    if str(Path(filename).resolve()).startswith(PACKAGE):
+        return f"rs-plugins: warning: {message}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
+
+
 SWITCHES = (fetch.OFFLINE_ENV, "HF_HUB_OFFLINE", ZOO_DIR_ENV)
 """The environment variables through which --offline and --zoo-dir reach every loader, plugins' included."""
 
@@ -65,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--"]:  # `torchrun ... -m rs_plugins -- certify --n ...`: the `--` keeps torchrun off our flags
         argv = argv[1:]
     args = build_parser().parse_args(argv)
+    shown_as = warnings.formatwarning
+    warnings.formatwarning = one_line_warning  # how a warning shows, not whether: recording (pytest.warns) still works
     fetch.forget()  # the downloads this command records in its results' provenance
     saved = {name: os.environ.get(name) for name in SWITCHES}  # --offline and --zoo-dir hold for this command only
     if getattr(args, "offline", False):
@@ -89,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 3
     finally:
+        warnings.formatwarning = shown_as
         for name, value in saved.items():
             os.environ.pop(name, None)
             if value is not None:

@@ -8,6 +8,7 @@ from .. import file_checks, validation
 from ..certify.denoising import smoothing_noise
 from ..certify.execution import add_execution_arguments, execution_from_args
 from ..results import provenance
+from ..results.figures import describe_classifier
 from ..results.files import ATTACK_COLUMNS, read_sidecar
 from ..sources.data import select_indices
 from ..types import DataRequest
@@ -126,7 +127,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
     target = "base classifier" if noise is None else f"smoothed classifier, sigma={args.sigma}, n={args.n}"
     title = f"attack {args.out} ({adversary.name}, {adversary.norm}; {target})"
     alphas = (0.001 if certify_alpha is None else certify_alpha, args.alpha)  # 0.001: certify's default
+    images = len({row.idx for row in rows})
+    plot_title = (f"{args.data} {args.split}, {describe_classifier(settings)}\n{adversary.name} ({adversary.norm}) "
+                  f"on the {target}, {images} images")  # fmt: skip
     print(summary.report_attack(rows, adversary, title=title, certified=certified, certified_path=args.certified,
                            alphas=alphas, plot=args.plot, summary=args.summary,
-                           record=read_sidecar(args.out)))  # fmt: skip
+                           record=read_sidecar(args.out), plot_title=plot_title))  # fmt: skip
     return 0

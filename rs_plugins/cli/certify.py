@@ -10,6 +10,7 @@ from ..certify.execution import add_execution_arguments, execution_from_args
 from ..certify.smoothing import LABEL_CLAIM
 from ..results import provenance
 from ..results.counts import COUNTS_LOG_CHOICES
+from ..results.figures import describe_classifier
 from ..results.files import CERTIFY_COLUMNS, PREDICT_COLUMNS, read_sidecar, recorded
 from ..results.metrics import format_quantiles, p_lower_bounds, quantiles
 from ..results.report import format_table, largest_radius, plot_certified_accuracy, radius_formula, write_summary
@@ -186,12 +187,12 @@ def finish_report(args, rows, sidecar: dict, *, title: str, extra: dict | None =
     print(format_table(rows, title=heading) + (format_quantiles(p_lower) + "\n" if p_lower else ""))
     if p_lower:
         extra["p_a_lower"] = quantiles(p_lower)
-    if args.plot:
-        models = settings.get("model") or []
-        model = f"{settings['mixer']} of {' + '.join(models)}" if settings.get("mixer") else " + ".join(models)
-        plot_title = f"{settings.get('data')} {settings.get('split')}, {model}\n{extra['certifier']}, "
-        plot_title += f"N = {n:,}, α = {alpha:g}, {len(rows)} images"
+    if args.plot:  # the title says what was certified: the model, a mixture (and its alpha), a denoiser
+        plot_title = f"{settings.get('data')} {settings.get('split')}, {describe_classifier(settings)}\n"
+        plot_title += f"{extra['certifier']}, N = {n:,}, α = {alpha:g}, {len(rows)} images"
+        denoiser = settings.get("denoiser")
         label = f"{settings.get('noise')} σ = {sigma:g}"
+        label += f" + {denoiser['name']}" if isinstance(denoiser, dict) else ""  # what the legend names: the run
         plot_certified_accuracy({label: rows}, args.plot, title=plot_title, norm=extra["norm"],
                                 largest={label: largest} if largest else {},
                                 p_lower={label: p_lower} if p_lower else None)  # fmt: skip

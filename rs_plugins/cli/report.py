@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from .. import file_checks
 from ..errors import ResultsFileError
+from ..results.differences import denoiser_sigma_note
 from ..results.metrics import ACR_CAVEAT, format_quantiles, p_lower_bounds, quantiles
 from ..results.published import format_published, published_for
 from ..results.report import format_provenance, format_table, write_summary
@@ -18,7 +20,8 @@ from .shared import positive_float, radius_arg
 def add_report(sub) -> None:
     """Add ``report`` to the ``rs-plugins`` sub-parsers."""
     p = sub.add_parser("report", help="tables, plot and summary from certification TSVs; several files: a comparison")
-    p.add_argument("results", nargs="+", help="TSV files written by certify (or the paper repos), radii in one norm")
+    p.add_argument("results", nargs="+", help="TSV files written by certify (or the paper repos), radii in one norm; "
+                   "or PREDICT files (accuracy and abstentions, no radii), not both")  # fmt: skip
     p.add_argument("--label", action="append", help="name of a run, once per file in order (default: noise and sigma, "
                    "else the shortest part of the paths that tells the files apart)")  # fmt: skip
     p.add_argument("--radii", type=radius_arg, nargs="+", help="table columns (default 0, 0.25, ... to the largest)")
@@ -59,15 +62,17 @@ def cmd_report(args: argparse.Namespace) -> int:
         if not run.rows:
             raise ResultsFileError(f"{run.path} has its header but no rows yet (a run that has not finished an "
                                    "image, or an empty file): nothing to report")  # fmt: skip
-    p_lower = {run.label: found for run in runs if (found := p_lower_bounds(run.path, run.settings))}  # counts logs
     percent = not args.fractions
+    if runs[0].kind == "predict":  # every run is: load_runs refuses a mixture
+        return report_predictions(args, runs, fmt, percent)
+    p_lower = {run.label: found for run in runs if (found := p_lower_bounds(run.path, run.settings))}  # counts logs
     for run in runs:
         claim = f"\n{run.settings['certifies']}" if "certifies" in run.settings else ""
         sigma = "" if run.settings or run.sigma is None else f", sigma={run.sigma:g} (--sigma)"
         title = f"{run.path} ({run.norm} radius{sigma}){claim}"
-        short = compare.shortfall(run)
+        notes = [note for note in (compare.shortfall(run), denoiser_sigma_note(run)) if note]
         spread = p_lower.get(run.label)
-        print(format_table(run.rows, args.radii, title, percent=percent) + (f"note: {short}\n" if short else "")
+        print(format_table(run.rows, args.radii, title, percent=percent) + "".join(f"note: {n}\n" for n in notes)
               + (format_quantiles(spread) + "\n" if spread else ""))  # fmt: skip
         print(format_provenance(run.settings) if run.settings else f"provenance: none ({run.path}.json is missing)\n")
         for entry in published_rows(run.settings):  # a zoo entry's results: the authors' row as one more run
@@ -100,6 +105,40 @@ def cmd_report(args: argparse.Namespace) -> int:
         compare.write_comparison_summary(runs, args.summary, args.radii)
         add_p_lower(args.summary, p_lower)
     if args.summary:
+        print(f"summary: {args.summary}")
+    return 0
+
+
+def report_predictions(args: argparse.Namespace, runs, fmt: str, percent: bool) -> int:
+    """``report`` of PREDICT files: accuracy, abstentions and wrong answers per run, never radii."""
+    from ..results import compare, predictions
+
+    for flag, given in (("--radii", args.radii), ("--plot", args.plot)):
+        if given:
+            raise ValueError(f"{flag}: {runs[0].path} is a PREDICT file (predictions and abstentions, no radii); "
+                             f"{flag} is for CERTIFY files")  # fmt: skip
+    for run in runs:
+        sigma = "" if run.settings or run.sigma is None else f", sigma={run.sigma:g} (--sigma)"
+        short = compare.shortfall(run)
+        text = predictions.format_predictions(run.rows, f"{run.path} (predict{sigma})")
+        print(text + (f"note: {short}\n" if short else ""))
+        print(format_provenance(run.settings) if run.settings else f"provenance: none ({run.path}.json is missing)\n")
+    notes = compare.comparison_notes(runs)
+    if len(runs) > 1 or args.table or args.format:
+        options = dict(percent=percent, provenance=args.provenance)
+        table = predictions.prediction_table(runs, fmt, notes, **options)
+        shown = table if fmt == "text" else predictions.prediction_table(runs, "text", notes, **options)
+        print(shown if args.table else table)
+        if args.table:
+            Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.table).write_text(table, encoding="utf-8")
+            print(f"table ({fmt}): {args.table}")
+    if args.summary:
+        about = {run.label: {"file": run.path, "run": run.settings or None} for run in runs}
+        found = {run.label: predictions.summarize_predictions(run.rows) | about[run.label] for run in runs}
+        out = next(iter(found.values())) if len(runs) == 1 else found
+        Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary).write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
         print(f"summary: {args.summary}")
     return 0
 

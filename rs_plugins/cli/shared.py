@@ -144,6 +144,10 @@ def with_denoiser(host: Host, args: argparse.Namespace, model, settings: dict):
     if args.sigma is None:
         raise ValueError("--denoiser denoises the smoothing noise: give --sigma")
     name, path = parse_denoiser(args.denoiser)
+    if path is None and name not in host.names("denoiser") and any(c in name for c in "/\\."):
+        installed = ", ".join(host.names("denoiser")) or "none installed"
+        raise ValueError(f"--denoiser {name}: looks like a path, but --denoiser takes NAME or NAME:PATH, e.g. "
+                         f"--denoiser dncnn:{name} for a denoiser.pt of train-denoiser (denoisers: {installed})")
     for key in ("sigma", "path"):
         if key in options:
             raise ValueError(f"--denoiser-option {key}=...: give it with --sigma / --denoiser NAME:PATH")
@@ -174,8 +178,10 @@ def add_subset(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit", type=positive_int, default=None, help="at most this many images")
 
 
-def add_run(p: argparse.ArgumentParser, *, batch_size: int | None) -> None:
-    p.add_argument("--sigma", type=positive_float, required=True, help="noise level in [0, 1] pixel units")
+def add_run(p: argparse.ArgumentParser, *, batch_size: int | None, sigma_help: str = "") -> None:
+    """--sigma (required unless ``sigma_help`` says when it may be left out), the noise, batch size, device, seed."""
+    p.add_argument("--sigma", type=positive_float, required=not sigma_help,
+                   help="noise level in [0, 1] pixel units" + (f"; {sigma_help}" if sigma_help else ""))  # fmt: skip
     p.add_argument("--noise", default="gaussian", help="noise sampler (default gaussian)")
     p.add_argument("--noise-option", action="append", default=[], metavar="KEY=VALUE")
     default = f"default {batch_size}" if batch_size else "default from --recipe (256; macer 64)"

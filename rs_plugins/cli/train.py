@@ -19,7 +19,7 @@ def add_train(sub) -> None:
     p = sub.add_parser("train", help="train a base classifier with a loss plugin")
     shared.add_model(p, several=False, evaluates=False)
     shared.add_data(p, "train")
-    shared.add_run(p, batch_size=None)
+    shared.add_run(p, batch_size=None, sigma_help="not needed by --loss standard (then it sets only noisy_acc's noise)")
     p.add_argument("--mixer", help=argparse.SUPPRESS)  # refused with a pointer to train-mixer, see cmd_train
     p.add_argument("--loss", default="gaussian", help="training loss (default gaussian); see `rs-plugins plugins`")
     p.add_argument("--loss-option", action="append", default=[], metavar="KEY=VALUE", help="technique option")
@@ -77,6 +77,18 @@ def held_out_data(host: shared.Host, args: argparse.Namespace, dataset):
     return dataset, None
 
 
+def noise_for(host: shared.Host, args: argparse.Namespace, loss, noise_options: dict):
+    """The --noise at --sigma; None without --sigma, which only a loss that trains without noise allows."""
+    if args.sigma is not None:
+        return host.noise(args.noise, sigma=args.sigma, **noise_options)
+    if getattr(loss, "uses_noise", True):
+        raise ValueError(f"--loss {args.loss} trains under noise: give --sigma (--loss standard trains a plain "
+                         "classifier on clean images without one)")  # fmt: skip
+    if noise_options:
+        raise ValueError("--noise-option given without --sigma: the options are of the noise at --sigma")
+    return None
+
+
 @shared.writes("checkpoint_dir", folder=True)
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
@@ -100,12 +112,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     host = shared.Host()
     loss_options = shared.parse_options(args.loss_option, "--loss-option")
     noise_options = shared.noise_options_of(args)
-    noise = host.noise(args.noise, sigma=args.sigma, **noise_options)
     loss = host.loss(args.loss, **loss_options)
+    noise = noise_for(host, args, loss, noise_options)
     torch.manual_seed(args.seed)  # the initial weights too depend on --seed alone, not on what ran before
     model = shared.load_model(host, args, args.model)
     dataset = host.load_data(DataRequest(args.data, args.split))
-    settings = {"loss": args.loss, "loss_option": loss_options, "noise": args.noise, "noise_option": noise_options}
+    noise_name = args.noise if noise is not None else None
+    settings = {"loss": args.loss, "loss_option": loss_options, "noise": noise_name, "noise_option": noise_options}
     settings |= {"sigma": args.sigma, "model": args.model, "data": args.data, "split": args.split}
     settings["processes"] = world.size  # noise is seeded per process: another count would not resume exactly
     dataset, val_data = held_out_data(host, args, dataset)

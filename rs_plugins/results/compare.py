@@ -2,9 +2,11 @@
 Markdown, LaTeX or CSV, one plot with a curve per run, and the checks that make such a comparison fair.
 
 Runs are compared only when their radii are in one norm (each file's norm comes from its sidecar; a file
-without one, e.g. a paper repository's log, has the norm of ``--noise``, else is taken as Gaussian, l2).
-Different N, alpha, data or images, and runs short of their planned images, are allowed but flagged in the
-table's notes, since they change what the numbers mean.
+without one, e.g. a paper repository's log, has the norm of ``--noise``, else is taken as Gaussian, l2), when
+they are all CERTIFY or all PREDICT files, and when their models have the same number of classes. Every other
+setting that differs (N, alpha, n0, data, certifier, noise, model, mixer, precision, denoiser, ...), different
+images, and runs short of their planned images are allowed but flagged in the table's notes, since they change
+what the numbers mean.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .differences import check_comparable, denoiser_sigma_note, setting_differences
+from .figures import describe_classifier
 from .files import Row, StrPath, planned_images, read_results, read_sidecar, recorded
 from .metrics import PROVENANCE_COLUMNS, provenance_cells
+from .predictions import results_kind
 from .report import (
     average_certified_radius,
     certified_accuracy,
@@ -46,6 +51,7 @@ class Run:
     norm: str = "l2"
     sigma: float | None = None
     noise: str | None = None
+    kind: str = "certify"  # or "predict": a PREDICT file, accuracy and abstentions, no radii (``predictions``)
 
 
 def _build_noise(name: str, sigma: float, options: dict[str, Any]) -> Any:
@@ -141,7 +147,9 @@ def load_runs(
             print(f"rs-plugins: warning: {path} has no settings file ({Path(path).name}.json) and no --noise was "
                   f"given: its radii are taken as {norm} (Gaussian noise); give --noise NAME if they are not",
                   file=sys.stderr)  # fmt: skip
-        runs.append(Run(label, path, read_results(path), sidecar, norm, seen.get("sigma"), seen.get("noise")))
+        runs.append(Run(label, path, read_results(path), sidecar, norm, seen.get("sigma"), seen.get("noise"),
+                        results_kind(path)))  # fmt: skip
+    check_comparable(runs)
     norms = {run.norm for run in runs}
     if len(norms) > 1:
         found = ", ".join(f"{run.path}: {run.norm}" for run in runs)
@@ -180,17 +188,16 @@ def largest_radii(runs: Sequence[Run]) -> dict[str, float]:
 
 
 def comparison_notes(runs: Sequence[Run]) -> list[str]:
-    """What differs between runs beyond the technique: N, alpha, n0, data, split, the images certified; files
-    with no sidecar, whose settings are unknown; runs that stopped short of the images they planned."""
+    """What differs between runs beyond the technique: every recorded setting (``setting_differences``), the
+    denoiser, the images certified; files with no sidecar, whose settings are unknown; runs that stopped short of
+    the images they planned."""
     notes = [f"{run.label}: no settings file ({run.path}.json), so N, alpha and data are unknown"
              + ("" if run.noise else f", and its radii are taken as {run.norm} (give --noise if not)")
              for run in runs if not run.settings]  # fmt: skip
     notes += [note for note in map(shortfall, runs) if note]
+    notes += [note for note in map(denoiser_sigma_note, runs) if note]
     known = [run for run in runs if run.settings]
-    for key, name in (("n", "N"), ("alpha", "alpha"), ("n0", "n0"), ("data", "data"), ("split", "split")):
-        values = {run.label: run.settings.get(key) for run in known}
-        if len({json.dumps(v) for v in values.values()}) > 1:
-            notes.append(f"different {name}: " + ", ".join(f"{label} {v}" for label, v in values.items()))
+    notes += setting_differences(runs)
     denoisers = {run.label: (run.settings.get("denoiser") or {}) for run in known}
     if len({json.dumps(v, sort_keys=True) for v in denoisers.values()}) > 1:
         described = [f"{label} {d.get('name', 'none')}" + (f":{d['path']}" if d.get("path") else "")
@@ -319,20 +326,25 @@ def table_format(path: StrPath | None, fmt: str | None) -> str:
 
 
 def shared_setup(runs: Sequence[Run]) -> str:
-    """The data set and model every run shares (from the sidecars), for a plot title; "" if they differ."""
+    """The data set and the classifier every run certified (from the sidecars: model, mixer and its options,
+    denoiser; ``figures.describe_classifier``), for a plot title; "" for what differs."""
     data, split, model, mixer = (_common(runs, key) for key in ("data", "split", "model", "mixer"))
     parts = [" ".join(str(x) for x in (data, split) if x)] if data else []
-    if model:
+    classifiers = {describe_classifier(run.settings) for run in runs}
+    if model and len(classifiers) == 1:
+        parts.append(classifiers.pop())
+    elif model:
         models = " + ".join(model) if isinstance(model, list) else str(model)
         parts.append(f"{mixer} of {models}" if mixer else models)
     return ", ".join(parts)
 
 
-def plot_comparison(runs: Sequence[Run], path: StrPath, p_lower: dict[str, Sequence[float]] | None = None) -> None:
+def plot_comparison(runs: Sequence[Run], path: StrPath, p_lower: dict[str, Sequence[float]] | None = None) -> Any:
     """Certified accuracy against radius, one step curve per run (label, sigma and ACR in the legend), the norm on
     the x axis, the data set and model and what the runs share (N, alpha, images) as the title, and a dotted line
     at the largest radius each run's N can certify; ``p_lower`` (label -> p_A lower bounds) adds their histogram.
-    The extension picks the format: PDF or SVG give vector figures for a paper, PNG a 200 dpi image."""
+    The extension picks the format: PDF or SVG give vector figures for a paper, PNG a 200 dpi image. The legend
+    covers no curve (inside where there is room, else outside). Returns the matplotlib Figure."""
     curves, largest = {}, largest_radii(runs)
     marks, spread = {}, {}
     for run in runs:
@@ -343,8 +355,8 @@ def plot_comparison(runs: Sequence[Run], path: StrPath, p_lower: dict[str, Seque
         if run.label in (p_lower or {}):
             spread[run.label + sigma] = p_lower[run.label]
     title = "\n".join(part for part in (shared_setup(runs), caption(runs)) if part)
-    plot_certified_accuracy(curves, path, title=title, norm=runs[0].norm, largest=marks, size=(5, 3.4), dpi=200,
-                            p_lower=spread)  # fmt: skip
+    return plot_certified_accuracy(curves, path, title=title, norm=runs[0].norm, largest=marks, size=(5, 3.4),
+                                   dpi=200, p_lower=spread)  # fmt: skip
 
 
 def write_comparison_summary(runs: Sequence[Run], path: StrPath, radii: Sequence[float] | None = None) -> None:

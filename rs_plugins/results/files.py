@@ -229,6 +229,7 @@ def read_results(path: StrPath) -> list[Row]:
 
     Rows that no certifier writes are refused rather than scored (see ``check_rows``).
     """
+    check_not_sidecar(path)
     header, rows, _ = load_rows(Path(path))  # a missing file raises FileNotFoundError naming the path
     if not header:
         msg = f"{path} has no header line; expected {CERTIFY_COLUMNS!r} or {PREDICT_COLUMNS!r}"
@@ -286,6 +287,15 @@ def check_rows(path: StrPath, rows: Sequence[Row], num_classes: int | None = Non
         if problem:
             msg = f"{path}, image {row.idx}: {problem}; the file was not written by a certifier, or was edited"
             raise ResultsFileError(msg)
+
+
+def check_not_sidecar(path: StrPath, option: str = "") -> None:
+    """Refuse a results file's settings sidecar (``x.tsv.json``) given where the results file belongs (``x.tsv``),
+    naming ``option`` and the file to give instead."""
+    if Path(path).suffix.lower() == ".json":
+        prefix = f"{option}: " if option else ""
+        msg = f"{prefix}{path} is the settings file that sits next to a results file; give the results file itself, "
+        raise ResultsFileError(msg + f"{Path(path).with_suffix('')}")
 
 
 class ResultsFile:

@@ -18,6 +18,7 @@ from typing import Any
 
 from rs_plugins.types import ABSTAIN
 
+from .figures import place_legend, save
 from .files import RECORD_KEYS, Row
 
 StrPath = str | os.PathLike[str]
@@ -174,12 +175,13 @@ def plot_certified_accuracy(
     size: tuple[float, float] = (6, 4),
     dpi: int = 120,
     p_lower: dict[str, Sequence[float]] | None = None,
-) -> None:
+) -> Any:
     """Plot certified accuracy against radius, one step curve per label, ACR in the legend; ``largest`` (label ->
     the largest radius the run's N can certify, see ``largest_radius``) adds a dotted line for each, in its
     curve's colour (grey where runs share it). ``p_lower`` (label -> each image's p_A lower bound, from the
-    counts log) adds a histogram panel to the right. The extension of ``path`` picks the format (PDF/SVG: vector;
-    PNG at ``dpi``)."""
+    counts log) adds a histogram panel to the right. Each legend goes where it covers no data, else outside the
+    axes (``figures.place_legend``). The extension of ``path`` picks the format (PDF/SVG: vector; PNG at
+    ``dpi``). Returns the matplotlib Figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: leave global state alone
     from matplotlib.figure import Figure
 
@@ -209,14 +211,16 @@ def plot_certified_accuracy(
     ax.set(xlim=(0, end), ylim=(0, 1), xlabel=f"{norm} radius", ylabel="certified accuracy")
     ax.set_title(title, fontsize="medium")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
     if p_lower:
         from .metrics import draw_histogram
 
         draw_histogram(fig.add_subplot(1, 2, 2), p_lower)
     fig.tight_layout()
+    for panel in [ax, *(other for other in fig.axes[1:] if other.get_legend())]:
+        place_legend(panel, fontsize="small")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save(fig, path)
+    return fig
 
 
 def write_summary(

@@ -171,6 +171,20 @@ def _torch_load_default(*, weights_only: bool):
                 os.environ[name] = value
 
 
+def note_training_checkpoint(path: str, found: Any) -> None:
+    """Warn, saying which epoch it holds, when ``--checkpoint`` is a trainer's ``checkpoint.pt`` (weights, optimiser
+    and epoch) rather than its final ``model.pt``: an unfinished run's weights are not the trained model."""
+    if not (isinstance(found, dict) and {"epoch", "model", "config"} <= found.keys()):
+        return
+    epoch, config = found["epoch"], found["config"] if isinstance(found["config"], dict) else {}
+    planned = config.get("epochs")
+    if planned is not None and epoch < planned:
+        state = f"after epoch {epoch} of {planned}: its run is unfinished (interrupted, or still running)"
+    else:
+        state = f"after epoch {epoch}, its run's last (the same weights as the model.pt beside it)"
+    warnings.warn(f"--checkpoint {path} is a training checkpoint; it holds the weights {state}", stacklevel=2)
+
+
 def load_state_dict_file(path: str) -> dict[str, Tensor]:
     """A state dict from a checkpoint: bare, or under ``"model"`` (our training checkpoints) or ``"state_dict"``.
 
@@ -179,6 +193,7 @@ def load_state_dict_file(path: str) -> dict[str, Tensor]:
     """
     expected = f"a state dict written by rs-plugins train (model.pt) or torch.save; {STATE_DICT_HINT}"
     found = load_weights_only(path, "--checkpoint", expected)
+    note_training_checkpoint(path, found)
     for key in ("model", "state_dict"):
         if isinstance(found, dict) and isinstance(found.get(key), dict):
             found = found[key]

@@ -48,6 +48,7 @@ from ..schemas import DnCNNFile, check_record
 from ..validation import MAX_SEED, CheckedNoise, check_integer, check_labels, check_number
 from .checkpoints import CHECKPOINT, derived_seed, one_writer_per_folder, read_log, resume, save_checkpoint, write_log
 from .config import AUGMENTATIONS, PRECISIONS, check_schedule, crop_flip
+from .estimate import EpochClock
 from .held_out import VAL_IMAGES, spread_indices
 from .schedules import build_scheduler
 
@@ -321,6 +322,8 @@ def train_denoiser(
         total, images, started = torch.zeros((), device=device), 0, time.perf_counter()
         denoiser.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
+        if epoch == start_epoch:  # the cost line, printed with or without bars
+            clock = EpochClock("train-denoiser", len(loader), config.epochs - start_epoch, device, evaluates=bool(val))
         for step, (x, y) in enumerate(bar):
             x = x.to(device)
             if epoch == start_epoch and step == 0:
@@ -344,6 +347,7 @@ def train_denoiser(
             scaler.update()
             total += loss.detach().float() * len(x)  # summed on the device: reading it every step would stall a GPU
             images += len(x)
+            clock.batch_done()
             if progress and step % 10 == 0:
                 bar.set_postfix({config.objective: f"{float(total) / images:.4f}"}, refresh=False)
         entry: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}

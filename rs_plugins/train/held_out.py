@@ -54,7 +54,7 @@ def spread_indices(length: int, count: int) -> list[int]:
 def held_out_accuracy(
     model: nn.Module,
     dataset: Dataset,
-    noise: NoiseSampler,
+    noise: NoiseSampler | None,
     indices: list[int],
     *,
     batch_size: int,
@@ -77,7 +77,8 @@ def held_out_accuracy(
             y = torch.as_tensor([int(item[1]) for item in items], device=device)
             x = x.contiguous(memory_format=memory_format)
             counts["clean"] += float((model(x).argmax(1) == y).sum())
-            noisy = noise.sample(x, generator=generator).contiguous(memory_format=memory_format)
-            counts["noisy"] += float((model(noisy).argmax(1) == y).sum())
+            if noise is not None:  # None: a run without noise (--loss standard without --sigma)
+                noisy = noise.sample(x, generator=generator).contiguous(memory_format=memory_format)
+                counts["noisy"] += float((model(noisy).argmax(1) == y).sum())
             counts["images"] += len(items)
     return counts

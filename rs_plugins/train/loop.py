@@ -50,6 +50,7 @@ from .checkpoints import (
     write_log,
 )
 from .config import FINAL_MODEL, PRECISIONS, TrainConfig, crop_flip
+from .estimate import EpochClock
 from .held_out import VAL_IMAGES, held_out_accuracy, spread_indices
 from .schedules import build_scheduler
 
@@ -112,7 +113,7 @@ def train(
     model: nn.Module,
     dataset: Dataset,
     loss: TrainingLoss,
-    noise: NoiseSampler,
+    noise: NoiseSampler | None,
     *,
     config: TrainConfig,
     checkpoint_dir: str | os.PathLike,
@@ -133,7 +134,8 @@ def train(
 
     With ``val_data``, each epoch ends by measuring accuracy on ``val_images`` held-out images spread over it,
     clean and under one draw of ``noise`` (``clean_acc``, ``noisy_acc`` in the log), printed on the main process
-    whether or not ``progress`` shows bars. Returns the per-epoch log (also written to ``train_log.csv``).
+    whether or not ``progress`` shows bars. ``noise`` may be None for a loss with ``uses_noise = False`` (e.g.
+    ``standard``): no ``noisy_acc`` then. Returns the per-epoch log (also written to ``train_log.csv``).
     """
     val = None if val_data is None or val_images < 1 else (val_data, spread_indices(len(val_data), val_images))
     if not config.deterministic:
@@ -152,7 +154,11 @@ def train(
 def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress, world, settings, val):
     world = world or World()
     device = torch.device(device)
-    noise = CheckedNoise(noise)  # a loss plugin calls the sampler; a broken one is named, not crashed on
+    if noise is None and getattr(loss, "uses_noise", True):
+        name = describe(loss, f"training loss {type(loss).__name__}")
+        raise ValueError(f"{name} trains under noise; give a noise sampler (only a loss with uses_noise = False "
+                         "trains without one)")  # fmt: skip
+    noise = None if noise is None else CheckedNoise(noise)  # a broken sampler is named, not crashed on
     directory = Path(checkpoint_dir)
     if world.main:
         directory.mkdir(parents=True, exist_ok=True)
@@ -205,6 +211,9 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
         started = time.perf_counter()
         model.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not show, leave=False)
+        if epoch == start_epoch:  # the cost line, printed with or without bars (--no-progress)
+            clock = EpochClock("train", len(loader), config.epochs - start_epoch, device, evaluates=val is not None,
+                               say=tqdm.write if world.main else None)  # fmt: skip
         for step, (x, y, index) in enumerate(bar):
             if len(x) < world.size * chunks:
                 continue  # a tail batch too small to give every process and chunk an image, on every process alike
@@ -234,6 +243,7 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
                 for name, value in out.parts.items():  # prefixed: a part never shares a column with clean_acc
                     sums[f"loss_{name}"] += (value.detach() if torch.is_tensor(value) else float(value)) * len(cx)
                 sums["images"] += len(cx)
+            clock.batch_done()
             if show and sums["images"] and (step % 10 == 0 or step == len(loader) - 1):
                 means = {k: f"{float(v) / sums['images']:.3f}" for k, v in sums.items() if k != "images"}
                 bar.set_postfix(means, refresh=False)
@@ -252,7 +262,8 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
             )  # fmt: skip
             counts = sum_over_processes(counts, world)
             entry["clean_acc"] = counts["clean"] / max(counts["images"], 1)
-            entry["noisy_acc"] = counts["noisy"] / max(counts["images"], 1)
+            if noise is not None:
+                entry["noisy_acc"] = counts["noisy"] / max(counts["images"], 1)
         if not math.isfinite(entry["loss"]):
             name = describe(loss, f"training loss {type(loss).__name__}")
             msg = f"{name} became {entry['loss']} in epoch {epoch + 1}; "

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..validation import MAX_SEED, check_integer, check_number
 from .checkpoints import CHECKPOINT, derived_seed, one_writer_per_folder, read_log, resume, save_checkpoint, write_log
 from .config import PRECISIONS
+from .estimate import EpochClock
 from .smoothed_pgd import import_torchattacks
 
 if TYPE_CHECKING:
@@ -222,6 +223,8 @@ def train_mixer(
         sums: dict[str, float] = defaultdict(float)
         started = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
+        if epoch == start_epoch:  # the cost line, printed with or without bars
+            clock = EpochClock("train-mixer", len(loader), config.epochs - start_epoch, device)
         for x, y in bar:
             x, y = x.to(device), y.to(device)
             adversarial = training_attacks(mixer, x, y, config, num_classes)
@@ -249,6 +252,7 @@ def train_mixer(
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
                     scheduler.step()
+            clock.batch_done()
             if progress:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in _means(sums).items()}, refresh=False)
         entry: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]} | _means(sums)
@@ -256,8 +260,8 @@ def train_mixer(
         log.append(entry)
         save_checkpoint(directory, epoch + 1, recorded, trainable, optimizer, scheduler, scaler)
         write_log(directory, log)
-        if progress:
-            tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
+        # one line per epoch, with or without bars (--no-progress)
+        tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
     mixer.eval()
     torch.save(trainable.state_dict(), directory / MIXING_WEIGHTS)
     return log

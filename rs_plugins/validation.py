@@ -265,6 +265,27 @@ class CheckedNoise:
         return repr(self._noise)
 
 
+def check_images(x: Tensor, what: str = "x") -> None:
+    """Raise ``ValueError`` unless ``x`` is a batch of float images in [0, 1], the range noise is added in.
+
+    Args:
+        x: the images to check.
+        what: how the message names their origin, e.g. ``"--data"`` or ``"x"``.
+    """
+    expected = "expected float images (N, C, H, W) with values in [0, 1]; scale uint8 images by 1/255"
+    check_tensor(what, x)
+    if not x.dtype.is_floating_point or x.dim() != 4:
+        msg = f"{what}: got images of shape {tuple(x.shape)} and dtype {x.dtype}; {expected}"
+        raise ValueError(msg)
+    if x.numel() == 0:
+        msg = f"{what}: got no images (shape {tuple(x.shape)}); {expected}"
+        raise ValueError(msg)
+    lo, hi = x.min().item(), x.max().item()
+    if not (lo >= 0 and hi <= 1):  # also rejects NaN
+        msg = f"{what}: got values in [{lo:g}, {hi:g}] (shape {tuple(x.shape)}, dtype {x.dtype}); {expected}"
+        raise ValueError(msg)
+
+
 # -- options -------------------------------------------------------------------------------------------------
 
 

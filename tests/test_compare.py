@@ -9,7 +9,10 @@ import json
 import pytest
 
 from rs_plugins.cli import main
+from rs_plugins.host import Host
 from rs_plugins.results import compare
+
+NOISES = Host().noise  # how the results layer learns a noise's norm: from the installed plugins, as report does
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\n"
 
@@ -84,21 +87,22 @@ def test_different_norms_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "different norms" in err and "l1.tsv: l1" in err and "paper.tsv: l2" in err and "one norm" in err
     with pytest.raises(ValueError, match="different norms"):
-        compare.load_runs([l1, foreign])
+        compare.load_runs([l1, foreign], build_noise=NOISES)
 
 
 def test_notes_flag_different_n_alpha_images_and_missing_settings(tmp_path):
     a = _write(tmp_path / "a.tsv", A, **GAUSS)
     b = _write(tmp_path / "b.tsv", B[:3], **(GAUSS | {"n": 100000, "alpha": 0.01}))
     c = _write(tmp_path / "c.tsv", A)
-    notes = compare.comparison_notes(compare.load_runs([a, b, c], ["a", "b", "c"]))
+    notes = compare.comparison_notes(compare.load_runs([a, b, c], ["a", "b", "c"], build_noise=NOISES))
     text = "\n".join(notes)
     assert "different N: a 1000, b 100000" in text and "different alpha: a 0.001, b 0.01" in text
     assert "different images certified (counts: a 4, b 3, c 4)" in text
     assert "c: no settings file" in text
-    same = compare.comparison_notes(compare.load_runs([a, _write(tmp_path / "d.tsv", B, **GAUSS)], ["a", "d"]))
+    d = _write(tmp_path / "d.tsv", B, **GAUSS)
+    same = compare.comparison_notes(compare.load_runs([a, d], ["a", "d"], build_noise=NOISES))
     assert same == []
-    table = compare.format_comparison(compare.load_runs([a, b], ["a", "b"]), "text", notes=notes)
+    table = compare.format_comparison(compare.load_runs([a, b], ["a", "b"], build_noise=NOISES), "text", notes=notes)
     assert "note: different N" in table
 
 
@@ -124,7 +128,7 @@ def test_plot_text_names_labels_sigma_norm_and_n(files, tmp_path, monkeypatch):
 
     monkeypatch.setitem(matplotlib.rcParams, "svg.fonttype", "none")  # text stays text, so it can be read here
     plot = tmp_path / "compare.svg"
-    compare.plot_comparison(compare.load_runs(files, ["Cohen", "Ours"]), plot)
+    compare.plot_comparison(compare.load_runs(files, ["Cohen", "Ours"], build_noise=NOISES), plot)
     svg = plot.read_text()
     for text in ("Cohen, σ = 0.25", "Ours, σ = 0.5", "l2 radius", "N = 1,000, α = 0.001, 4 images"):
         assert text in svg, text
@@ -197,7 +201,7 @@ def test_a_run_short_of_its_planned_images_is_flagged(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "short: 3 of the 4 images its run planned" in out and "resumed: 4 of the 9 images" in out
     assert "done: " not in out
-    notes = compare.comparison_notes(compare.load_runs([done, short]))
+    notes = compare.comparison_notes(compare.load_runs([done, short], build_noise=NOISES))
     assert any("short: 3 of the 4 images its run planned (stopped early, or still running)" in n for n in notes)
 
 
@@ -220,7 +224,7 @@ def test_the_sidecar_norm_is_read_first_when_the_plugin_is_not_installed(tmp_pat
     assert "(l1 radius)" in out and "Certified accuracy (%) at l1 radius r" in out and "unknown" not in out + err
     # a file from before the norm was recorded, plugin missing: unknown, and so not comparable
     old = _write(tmp_path / "old.tsv", A, **(GAUSS | {"noise": "my_uniform"}))
-    assert compare.load_runs([old])[0].norm == "unknown (my_uniform)"
+    assert compare.load_runs([old], build_noise=NOISES)[0].norm == "unknown (my_uniform)"
 
 
 def test_plot_title_names_data_and_model_and_marks_the_largest_radius(tmp_path, monkeypatch):
@@ -232,7 +236,7 @@ def test_plot_title_names_data_and_model_and_marks_the_largest_radius(tmp_path, 
     a = _write(tmp_path / "a.tsv", A, **model)
     b = _write(tmp_path / "b.tsv", B, **(model | {"sigma": 0.5}))
     plot = tmp_path / "compare.svg"
-    compare.plot_comparison(compare.load_runs([a, b], ["Cohen", "Ours"]), plot)
+    compare.plot_comparison(compare.load_runs([a, b], ["Cohen", "Ours"], build_noise=NOISES), plot)
     svg = plot.read_text()
     assert "digits test, rs_plugins.nets:SmallCNN" in svg
     largest = [s * norm.ppf(0.001 ** (1 / 1000)) for s in (0.25, 0.5)]  # σ Φ⁻¹(α^(1/N)), N = 1000
@@ -245,7 +249,7 @@ def test_no_largest_radius_mark_where_the_certifier_has_its_own_radius(tmp_path)
     a = _write(tmp_path / "a.tsv", A, **(GAUSS | {"provenance": gaussian}))
     b = _write(tmp_path / "b.tsv", B, **(GAUSS | {"sigma": 0.5, "provenance": own}))
     c = _write(tmp_path / "c.tsv", B)  # no sidecar: no N, no mark
-    assert set(compare.largest_radii(compare.load_runs([a, b, c], ["a", "b", "c"]))) == {"a"}
+    assert set(compare.largest_radii(compare.load_runs([a, b, c], ["a", "b", "c"], build_noise=NOISES))) == {"a"}
 
 
 # -- PREDICT files: accuracy and abstentions, never radii -----------------------------------------------------------
@@ -322,7 +326,7 @@ def test_every_setting_that_differs_is_noted(tmp_path):
                      "provenance": {"norm": "l2",
                                     "radius": "rs_plugins.builtin.adaptive.certificate.mixed_radius"}}  # fmt: skip
     a, b = _write(tmp_path / "a.tsv", A, **cohen), _write(tmp_path / "b.tsv", A, **mixed)
-    notes = compare.comparison_notes(compare.load_runs([a, b], ["a", "b"]))
+    notes = compare.comparison_notes(compare.load_runs([a, b], ["a", "b"], build_noise=NOISES))
     assert notes == [
         "different certifier: a cohen, b mixed",
         'different noise options: a {}, b {"scale": 2}',
@@ -344,3 +348,11 @@ def test_runs_of_models_with_other_numbers_of_classes_are_refused(tmp_path, caps
     assert main(["report", str(a), str(b)]) == 2
     err = capsys.readouterr().err
     assert "different numbers of classes" in err and "a.tsv: 10 classes" in err and "b.tsv: 100 classes" in err
+
+
+def test_without_a_noise_builder_an_unrecorded_norm_is_unknown(tmp_path):
+    """The results layer sits below the plugin host: a file whose sidecar names its noise but not the norm gets
+    that norm only from the builder it is given, and without one it is unknown, never guessed."""
+    old = _write(tmp_path / "old.tsv", A, noise="gaussian", sigma=0.25)
+    assert compare.load_runs([old])[0].norm == "unknown (gaussian)"
+    assert compare.load_runs([old], build_noise=NOISES)[0].norm == "l2"

@@ -17,6 +17,7 @@ from torch import nn
 
 from rs_plugins import cli
 from rs_plugins.builtin.denoisers.dncnn import DnCNNDenoiser
+from rs_plugins.host import Host
 from rs_plugins.nets import SmallCNN
 from rs_plugins.results.provenance import weights_sha256
 from rs_plugins.testing import check_denoiser
@@ -248,7 +249,7 @@ def test_compared_runs_with_different_denoisers_are_labelled_and_noted(tmp_path)
         (tmp_path / f"{name}.tsv").write_text("\t".join(CERTIFY_COLUMNS) + "\n0\t3\t3\t0.5\t1\t0:00:01\t100\n")
         sidecar = settings | ({"denoiser": denoiser} if denoiser else {})
         (tmp_path / f"{name}.tsv.json").write_text(json.dumps(sidecar))
-    runs = compare.load_runs([str(tmp_path / "plain.tsv"), str(tmp_path / "denoised.tsv")])
+    runs = compare.load_runs([str(tmp_path / "plain.tsv"), str(tmp_path / "denoised.tsv")], build_noise=Host().noise)
     assert [run.label for run in runs] == ["gaussian σ=0.25", "gaussian σ=0.25 + dncnn"]
     notes = compare.comparison_notes(runs)
     assert "different denoiser: gaussian σ=0.25 none, gaussian σ=0.25 + dncnn dncnn:d.pt (sha256 abababab)" in notes

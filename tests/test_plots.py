@@ -17,6 +17,7 @@ from rs_plugins.attacks import summary
 from rs_plugins.attacks.tradeoff import tradeoff_figure
 from rs_plugins.cli import certify as certify_cli
 from rs_plugins.cli import main
+from rs_plugins.host import Host
 from rs_plugins.nets import SmallCNN
 from rs_plugins.results import compare
 from rs_plugins.results.files import Row
@@ -82,7 +83,8 @@ def test_six_crowded_curves_keep_their_legend_off_the_data(tmp_path):
                         data="digits", split="test", model=["rs_plugins.nets:SmallCNN"], mixer=None)  # fmt: skip
         path.with_name(path.name + ".json").write_text(json.dumps(settings))
         runs.append(path)
-    fig = compare.plot_comparison(compare.load_runs(runs, [f"technique {k}" for k in range(6)]), tmp_path / "c.png")
+    labels = [f"technique {k}" for k in range(6)]
+    fig = compare.plot_comparison(compare.load_runs(runs, labels, build_noise=Host().noise), tmp_path / "c.png")
     ax = fig.axes[0]
     assert covered_points(fig) == []
     assert len(ax.get_legend().get_texts()) == 7  # six runs and the dotted marks' entry

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from ..results.provenance import describe, remember
-from ..train.config import PRECISIONS
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""``--precision`` choices and the dtype each runs the model in (None: the model's own, float32)."""
 CPU_AUTO_BATCH = 400
 """``--batch-size auto`` on a CPU: the reference repositories' batch (Cohen et al.'s ``--batch 400``). A CPU's
 throughput barely depends on the batch size, and 400 ImageNet-sized samples fit in a few GB."""

@@ -14,7 +14,7 @@ from ..results.published import format_published, published_for
 from ..results.report import format_provenance, format_table, write_summary
 from ..sources import zoo
 from ..sources.zoo.compare import format_comparison
-from .shared import positive_float, radius_arg
+from .shared import Host, positive_float, radius_arg
 
 
 def add_report(sub) -> None:
@@ -57,7 +57,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         file_checks.check_output_file(getattr(args, option), f"--{option}")
     file_checks.check_plot_path(args.plot)
     fmt = compare.table_format(args.table, args.format)
-    runs = compare.load_runs(args.results, args.label, sigma=args.sigma, noise=args.noise)  # one norm only
+    runs = compare.load_runs(args.results, args.label, sigma=args.sigma, noise=args.noise,
+                             build_noise=Host().noise)  # one norm only
     for run in runs:
         if not run.rows:
             raise ResultsFileError(f"{run.path} has its header but no rows yet (a run that has not finished an "

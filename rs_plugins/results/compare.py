@@ -15,7 +15,7 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,10 @@ from .report import (
     summarize,
 )
 
+NoiseBuilder = Callable[..., Any]
+"""Builds a noise sampler by name, as ``Host().noise(name, sigma=..., **options)`` does: how the results layer,
+which sits below the plugin host, learns a noise's norm and radius formula from the installed plugins."""
+
 FORMATS = {"text": ".txt", "markdown": ".md", "latex": ".tex", "csv": ".csv"}
 """``--format`` choices and the ``--table`` file extension that selects each."""
 
@@ -52,29 +56,30 @@ class Run:
     sigma: float | None = None
     noise: str | None = None
     kind: str = "certify"  # or "predict": a PREDICT file, accuracy and abstentions, no radii (``predictions``)
+    build_noise: NoiseBuilder | None = None  # as given to ``load_runs``: the installed noise plugins, if any
 
 
-def _build_noise(name: str, sigma: float, options: dict[str, Any]) -> Any:
-    """The noise sampler ``name`` from the plugins installed now."""
-    from ..host import Host
-
-    return Host().noise(name, sigma=sigma, **options)
-
-
-def radius_norm(settings: dict[str, Any], noise: str | None = None, sigma: float | None = None) -> str:
+def radius_norm(
+    settings: dict[str, Any],
+    noise: str | None = None,
+    sigma: float | None = None,
+    build_noise: NoiseBuilder | None = None,
+) -> str:
     """The norm of a results file's radii: the one its sidecar records, else its noise's (the sidecar's, or
-    ``noise`` for a file without one, built from its installed plugin), else l2 (the paper repos' logs are
-    Gaussian)."""
+    ``noise`` for a file without one, built by ``build_noise`` from its installed plugin; ``unknown (NAME)``
+    without a builder), else l2 (the paper repos' logs are Gaussian)."""
     norm = recorded(settings, "norm")
     if isinstance(norm, str):
         return norm
     name = settings.get("noise", noise)
     if name is None:
         return "l2"
+    if build_noise is None:
+        return f"unknown ({name})"
     from ..errors import RsPluginError
 
     try:
-        return _build_noise(name, settings.get("sigma", sigma or 1.0), settings.get("noise_option", {})).norm
+        return build_noise(name, sigma=settings.get("sigma", sigma or 1.0), **settings.get("noise_option", {})).norm
     except (RsPluginError, ValueError, KeyError, TypeError) as err:
         if "noise" not in settings:  # the user's --noise: a mistake to refuse, not a file to label
             raise ValueError(f"--noise {name!r}: {err}") from err
@@ -115,12 +120,15 @@ def load_runs(
     *,
     sigma: float | None = None,
     noise: str | None = None,
+    build_noise: NoiseBuilder | None = None,
 ) -> list[Run]:
     """Read the files, label them, and refuse files whose radii are in different norms.
 
     ``labels``: one per file; default ``default_label`` if those differ, else ``path_labels``. ``sigma`` and
     ``noise`` describe the files without a sidecar (e.g. another repository's logs): σ in the tables, the norm
-    of the radii. Such a file without ``noise`` is taken as Gaussian (l2), with a warning.
+    of the radii. Such a file without ``noise`` is taken as Gaussian (l2), with a warning. ``build_noise``
+    (e.g. ``rs.Host().noise``) tells the norm of a noise a file does not record and marks the largest radius each
+    run's N can certify; without it such norms are ``unknown (NAME)`` and no radius is marked.
 
     Raises:
         ValueError: a wrong number of labels, a file given twice, an unknown ``noise``, radii in more than one norm.
@@ -142,13 +150,13 @@ def load_runs(
         raise ValueError(f"--label: each run needs its own label; got {list(labels)}")
     runs = []
     for label, path, sidecar, seen in zip(labels, paths, sidecars, described):
-        norm = radius_norm(sidecar, noise, sigma)
+        norm = radius_norm(sidecar, noise, sigma, build_noise)
         if not sidecar and noise is None:
             print(f"rs-plugins: warning: {path} has no settings file ({Path(path).name}.json) and no --noise was "
                   f"given: its radii are taken as {norm} (Gaussian noise); give --noise NAME if they are not",
                   file=sys.stderr)  # fmt: skip
         runs.append(Run(label, path, read_results(path), sidecar, norm, seen.get("sigma"), seen.get("noise"),
-                        results_kind(path)))  # fmt: skip
+                        results_kind(path), build_noise))  # fmt: skip
     check_comparable(runs)
     norms = {run.norm for run in runs}
     if len(norms) > 1:
@@ -169,17 +177,17 @@ def shortfall(run: Run) -> str | None:
 
 def largest_radii(runs: Sequence[Run]) -> dict[str, float]:
     """Label -> the largest radius each run's N could certify (``report.largest_radius``), for the runs whose
-    sidecar gives N and alpha, whose noise plugin is installed, and whose radii are the noise's (not a
-    certifier's own formula, e.g. the mixed certificate's)."""
+    sidecar gives N and alpha, whose noise ``load_runs`` could build (its plugin installed), and whose radii are
+    the noise's (not a certifier's own formula, e.g. the mixed certificate's)."""
     from ..errors import RsPluginError
 
     found = {}
     for run in runs:
         n, alpha, options = run.settings.get("n"), run.settings.get("alpha"), run.settings.get("noise_option", {})
-        if n is None or alpha is None or run.noise is None or run.sigma is None:
+        if n is None or alpha is None or run.noise is None or run.sigma is None or run.build_noise is None:
             continue
         try:
-            noise = _build_noise(run.noise, run.sigma, options)
+            noise = run.build_noise(run.noise, sigma=run.sigma, **options)
         except (RsPluginError, ValueError, KeyError, TypeError):
             continue  # the plugin is not installed here: no mark, the curve is all the same
         if recorded(run.settings, "radius") in (None, radius_formula(noise)):

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from rs_plugins.certify.smoothing import check_images
 from rs_plugins.errors import MissingDependencyError, SourceError
 from rs_plugins.file_checks import load_weights_only
 from rs_plugins.sources import downloads, fetch, locations
+from rs_plugins.validation import check_images
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset

@@ -5,24 +5,14 @@ precisions and augmentations the loop knows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-from ..validation import (
-    MAX_SEED,
-    check_integer,
-    check_number,
-)
+from ..certify.execution import PRECISIONS  # the trainers and their CLI import it from here too
+from ..validation import MAX_SEED, check_integer, check_number
 from .schedules import LR_SCHEDULES
 
-if TYPE_CHECKING:
-
-    pass
-
-
 FINAL_MODEL = "model.pt"  # the trained model's state dict alone, for --checkpoint
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUGMENTATIONS = ("none", "crop-flip")
 
 

@@ -75,6 +75,30 @@ def check_output_dir(path: str | os.PathLike, option: str) -> None:
     _creatable(path, option)
 
 
+def state_dict_diff(model: torch.nn.Module, state: dict[str, Any], show: int = 3) -> str:
+    """Which keys and shapes of ``state`` differ from ``model``'s, a few of each, instead of torch's full dump."""
+    own = model.state_dict()
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:show]) + (f" and {len(keys) - show} more" if len(keys) > show else "")
+
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    parts = [f"{len(missing)} keys missing ({some(missing)})"] if missing else []
+    parts += [f"{len(unexpected)} unexpected keys ({some(unexpected)})"] if unexpected else []
+    parts += [f"{len(shapes)} shapes differ (checkpoint vs model: {some(shapes)})"] if shapes else []
+    return "; ".join(parts) or "the values do not load"
+
+
+class PickledObjectsError(SourceError):
+    """A checkpoint holding pickled Python objects, which loads only with full unpickling (a trust flag)."""
+
+
 def load_weights_only(path: str | os.PathLike, what: str, expected: str) -> Any:
     """``torch.load(path, weights_only=True)`` with a message for an empty, truncated or pickled-object file.
 
@@ -102,7 +126,7 @@ def load_weights_only(path: str | os.PathLike, what: str, expected: str) -> Any:
             f"{what}: {path} holds pickled Python objects ({found[1]}), which are never unpickled because that can "
             f"run code; expected {expected}"
         )
-        raise SourceError(msg) from err
+        raise PickledObjectsError(msg) from err
     except LOAD_ERRORS as err:
         msg = f"{what}: cannot read {path}; it is truncated, damaged or not a torch.save file ({_first_line(err)});"
         msg += f" expected {expected}"

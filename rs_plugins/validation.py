@@ -209,16 +209,22 @@ def check_certificates(certificates: object, count: int, num_classes: int, certi
 
 
 def _counts_fit(counts: object, num_classes: int) -> bool:
-    """None, or a ``Counts`` whose vote vectors have one entry per class."""
+    """None, or a ``Counts`` whose vote vectors have one whole count >= 0 per class and whose looks are
+    (samples, votes) pairs: what the counts log can write and read back."""
     from .types import Counts
 
     if counts is None:
         return True
     if not isinstance(counts, Counts):
         return False
-    vectors = [counts.estimation, *([counts.selection] if counts.selection is not None else [])]
-    vectors += [votes for _, votes in counts.looks]
-    return all(len(v) == num_classes for v in vectors)
+    try:
+        vectors = [counts.estimation, *([counts.selection] if counts.selection is not None else [])]
+        vectors += [votes for _, votes in counts.looks]
+        return all(
+            len(v) == num_classes and all(isinstance(k, numbers.Integral) and k >= 0 for k in v) for v in vectors
+        )
+    except (TypeError, ValueError):  # a look that is not a (samples, votes) pair, votes that are not a sequence
+        return False
 
 
 def check_noise_output(noisy: object, x: Tensor, noise: object, *, values: bool) -> None:
@@ -287,6 +293,15 @@ def check_images(x: Tensor, what: str = "x") -> None:
 
 
 # -- options -------------------------------------------------------------------------------------------------
+
+
+def accepts_keyword(function: Any, keyword: str) -> bool:
+    """Whether ``function`` names ``keyword`` as a parameter (``**kwargs`` alone does not count: it may forward), so
+    an optional argument of a hook's method (e.g. a certifier's ``labels``) is passed only where it is taken."""
+    try:
+        return keyword in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def accepted_options(build: Any, skip: tuple[str, ...] = ()) -> list[str] | None:

@@ -182,3 +182,17 @@ def test_counts_that_do_not_fit_the_model_are_refused_naming_the_certifier(tmp_p
             certify_dataset(SmallCNN(), load_digits("test"), GaussianNoise(0.5), WrongCounts(), results, indices=[0],
                             n0=2, n=4, alpha=0.1, batch_size=8, progress=False, counts_log=log)  # fmt: skip
     assert read_counts(counts_path(out)) == [] and read_results(out) == []
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [Counts((1.5, 2) + (0,) * 8), Counts((-3, 5) + (0,) * 8), Counts((1,) * 10, looks=((1, 2),))],
+    ids=["fractional-votes", "negative-votes", "look-not-a-pair"],
+)
+def test_counts_the_log_could_not_read_back_break_the_certifier_contract(counts):
+    """Votes that are not whole counts >= 0, or looks that are not (samples, votes): refused as the plugin's fault
+    when certified, not written to a log that recertify would later fail to read."""
+    from rs_plugins.validation import check_certificates
+
+    with pytest.raises(PluginBuildError, match="returned counts that are not a Counts of 10 votes per pass"):
+        check_certificates([Certificate(0, 0.1, 0.9, counts=counts)], 1, 10, WrongCounts())

@@ -122,3 +122,25 @@ def test_a_killed_download_leaves_no_file_that_loads_and_a_rerun_starts_again(lo
     local_server.routes["/model.pt"] = checkpoint
     fetch.download(local_server.url("/model.pt"), dest, what="test", progress=False)
     assert torch.equal(load_weights_only(dest, "--checkpoint", "x")["w"], torch.arange(300_000, dtype=torch.float32))
+
+
+def test_processes_asking_for_one_missing_file_together_download_it_once(local_server, tmp_path):
+    """torchrun's ranks reach a missing checkpoint at the same moment: one downloads it, the others wait for it and
+    find it in place (each thread opens the folder's lock on its own, as separate processes do)."""
+    import threading
+
+    local_server.routes["/f.bin"] = DATA
+    dest = tmp_path / "d" / "f.bin"
+    records = []
+
+    def fetch_it():
+        records.append(fetch.download(local_server.url("/f.bin"), dest, what="test"))
+
+    fetchers = [threading.Thread(target=fetch_it) for _ in range(3)]
+    for thread in fetchers:
+        thread.start()
+    for thread in fetchers:
+        thread.join()
+    assert local_server.requests.count("/f.bin") == 1
+    assert dest.read_bytes() == DATA and [r["sha256"] for r in records] == [sha(DATA)] * 3
+    assert leftovers(dest.parent) == ["f.bin", "f.bin.json"]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from rs_plugins import cli
 from rs_plugins.errors import SourceError
 from rs_plugins.results.provenance import weights_sha256
-from rs_plugins.sources import hubs
+from rs_plugins.sources import fetch, hubs
 
 FAST = ["--device", "cpu", "--no-progress"]
 
@@ -39,10 +39,10 @@ def certify(capsys, tmp_path, *model_args: str) -> dict:
 
 
 def test_offline_is_one_decision(monkeypatch):
-    for name in hubs.OFFLINE_VARIABLES:
+    for name in fetch.OFFLINE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     assert not hubs.offline()
-    for name in hubs.OFFLINE_VARIABLES:
+    for name in fetch.OFFLINE_VARIABLES:
         monkeypatch.setenv(name, "1")
         assert hubs.offline()
         monkeypatch.setenv(name, "0")

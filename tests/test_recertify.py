@@ -200,3 +200,25 @@ def test_the_command_prints_the_table_and_writes_plot_and_summary(root, monkeypa
     summary = json.loads((tmp_path / "s.json").read_text())
     assert list(summary)[0] == "certified_accuracy" and summary["p_a_lower"]["images"] == 10
     assert (tmp_path / "feng.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda cells: cells[:3] + ["5:1000000"] + cells[4:], "do not add up to the run's draws"),
+        (lambda cells: cells[:1] + ["-1"] + cells[2:], "label -1 of image 0 is outside 0..9"),
+        (lambda cells: cells[:1] + ["12"] + cells[2:], "label 12 of image 0 is outside 0..9"),
+        (lambda cells: cells[:3] + [cells[3] + "," + cells[3].split(",")[0]] + cells[4:], "named once"),
+        (lambda cells: cells[:5] + ["[1]"], "not a JSON object"),
+    ],
+    ids=["votes-beyond-n", "label-abstain", "label-beyond-classes", "class-twice", "extra-not-object"],
+)
+def test_an_edited_counts_log_is_refused_not_certified(root, monkeypatch, tmp_path, edit, match):
+    """Votes the run never drew, labels that are no class, a class given twice: refused naming the log, never
+    certified (a label of -1 would score an abstention as correct)."""
+    out = certify(root, monkeypatch, tmp_path / "run.tsv")
+    log = counts_path(out)
+    header, first, *rest = log.read_text().splitlines()
+    log.write_text("\n".join([header, "\t".join(edit(first.split("\t"))), *rest]) + "\n")
+    with pytest.raises((ResultsFileError, ValueError), match=match):
+        rs.recertify(out, "cohen")

@@ -311,3 +311,16 @@ def test_the_authors_diffusion_checkpoint_loads_through_diffusion_zoo(local_serv
     argv = certify_argv(entry, args)
     assert argv[argv.index("--model") + 1] == "hf:aaraki/vit-base-patch16-224-in21k-finetuned-cifar10"
     assert "--denoiser-option" in argv and argv[argv.index("--denoiser-option") + 1] == "classifier_size=224"
+
+
+def test_zoo_dir_finds_an_entry_published_as_a_single_file(local_server, tmp_path, monkeypatch):
+    """An entry downloaded from a URL (the diffusion checkpoints) is found in --zoo-dir under its file name."""
+    from rs_plugins.sources.zoo import files
+
+    found = zoo.entry("carlini2023-diffusion-cifar10", kind="denoiser")
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    (folder / "cifar10_uncond_50M_500K.pt").write_bytes(b"weights")
+    monkeypatch.setenv(files.ZOO_DIR_ENV, str(folder))
+    assert files.checkpoint(found, what="test") == folder / "cifar10_uncond_50M_500K.pt"
+    assert local_server.requests == []

@@ -124,7 +124,7 @@ def read_certified(path: str | Path, sigma: float, noise: str) -> tuple[list[Row
     written by ``rs-plugins certify``) has another sigma or noise."""
     from ..results.files import read_results, read_sidecar
 
-    rows = read_results(path)  # one row per image: a file with an image twice is refused (files.unique_rows)
+    rows = read_results(path)  # one row per image (files.unique_rows: identical repeats once, differing ones refused)
     stored = read_sidecar(path) or {}
     for key, value in (("sigma", sigma), ("noise", noise)):
         if key in stored and stored[key] != value:

@@ -197,10 +197,12 @@ class SequentialCertifier:
             )
         top = choose_classes(counts_n0, self.class_selection, labels, len(counts_n))
         spent = selection_spent(counts_n0, self.class_selection, len(counts_n))
-        lowers, drawn = [], []
+        lowers, drawn, found = [], [], {}  # found: the thresholds per (n_max, looks), one run's for every image
         for c, image_looks, record in zip(top.tolist(), looks, extra):
             planned, n_max = int(record["looks_planned"]), int(record["n_max"])
-            targets = self._targets(noise, n_max, planned, alpha)
+            if (n_max, planned) not in found:
+                found[n_max, planned] = self._targets(noise, n_max, planned, alpha)
+            targets = found[n_max, planned]
             lower, upper = 0.0, 1.0
             for k, (size, votes) in enumerate(image_looks):
                 lower, upper, stop = self._look(

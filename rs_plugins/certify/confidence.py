@@ -53,7 +53,7 @@ def read_confidence_targets(path: str | os.PathLike, dataset: Dataset, num_class
     classes, n = sidecar["num_classes"], sidecar["n"]
     if classes != num_classes:
         raise ValueError(f"{option}: {path} holds votes over {classes} classes, but the model has {num_classes}")
-    rows = read_confidence(path)  # one row per index (a file with an index twice is refused there)
+    rows = read_confidence(path)  # one row per index (identical repeats kept once, differing ones refused)
     labels = labels_of(dataset)
     votes = torch.zeros(len(dataset), num_classes, dtype=torch.float64)
     for row in rows:

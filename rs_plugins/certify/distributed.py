@@ -122,7 +122,7 @@ def main_decides(world: World, check: Callable[[], T]) -> T | None:
     if world.main:
         try:
             result = check()
-        except (RsPluginError, ValueError, OSError) as err:
+        except Exception as err:  # any failure: the others must not wait for a broadcast that never comes
             message = [f"{type(err).__name__}: {err}"]
             dist.broadcast_object_list(message, src=0)
             raise

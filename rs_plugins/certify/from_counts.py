@@ -26,17 +26,6 @@ NO_SELECTION = (
 )
 
 
-def as_counts(counts: Any, what: str) -> Tensor:
-    """``counts`` as a (B, K) int64 CPU tensor of non-negative votes, or ValueError naming ``what``."""
-    tensor = torch.as_tensor(counts)
-    if tensor.dim() != 2 or tensor.dtype.is_floating_point or tensor.dtype == torch.bool:
-        raise ValueError(f"{what} must be (B, K) integer vote counts; got {tuple(tensor.shape)} {tensor.dtype}")
-    tensor = tensor.to(torch.int64).cpu()
-    if tensor.numel() and int(tensor.min()) < 0:
-        raise ValueError(f"{what} must be non-negative vote counts; got {int(tensor.min())}")
-    return tensor
-
-
 def choose_classes(counts_n0: Tensor | None, class_selection: str, labels: Tensor | None, images: int) -> Tensor:
     """The class to certify per image: the top of the n0 counts (first on ties), or the label (evaluation only).
 

@@ -9,7 +9,6 @@ alpha, and records which counts it was recertified from.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 import time
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from ..results import provenance
 from ..results.counts import COUNTS_SUFFIX, CountsRow, counts_path, read_counts, results_path
 from ..results.files import CERTIFY_COLUMNS, RECORD_KEYS, ResultsFile, Row, read_sidecar, recorded, sidecar_path
 from ..results.report import radius_formula
-from ..validation import check_certificates, check_number
+from ..validation import accepts_keyword, check_certificates, check_labels, check_number
 from .smoothing import LABEL_CLAIM
 
 if TYPE_CHECKING:
@@ -59,11 +58,25 @@ def run_settings(results: Path) -> dict[str, Any]:
     return sidecar
 
 
-def _accepts(method: Any, keyword: str) -> bool:
-    try:
-        return keyword in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
+
+def check_totals(path: Path, rows: Sequence[CountsRow], settings: dict[str, Any]) -> None:
+    """Each image's votes add up to the run's draws: n in the estimation pass (at most n, and equal to its last
+    look, for a certifier that stopped early) and n0 in the selection pass. An edited log, or one beside another
+    run's results, would otherwise be certified from draws never made."""
+    n, n0 = settings.get("n"), settings.get("n0")
+    for row in rows:
+        counts, total = row.counts, sum(row.counts.estimation)
+        if counts.looks:
+            fits = counts.looks[-1] == (total, counts.estimation) and (n is None or total <= n)
+        else:
+            fits = n is None or total == n
+        if counts.selection is not None and n0 is not None:
+            fits = fits and sum(counts.selection) == n0
+        if not fits:
+            raise ResultsFileError(
+                f"{path}: the votes of image {row.idx} do not add up to the run's draws (n = {n}, n0 = {n0} in its "
+                "settings file): the log was edited, or sits beside another run's results"
+            )
 
 
 def check_can_recertify(certifier: Any, rows: Sequence[CountsRow], name: str) -> None:
@@ -74,13 +87,13 @@ def check_can_recertify(certifier: Any, rows: Sequence[CountsRow], name: str) ->
             f"{name} has no certify_counts(): it needs fresh samples and cannot be recertified from counts; "
             "certify anew with it (rs-plugins plugins lists each certifier)"
         )
-    if any(row.counts.looks for row in rows) and not _accepts(method, "looks"):
+    if any(row.counts.looks for row in rows) and not accepts_keyword(method, "looks"):
         raise NeedsFreshSamplesError(
             f"these counts were drawn by a sequential certifier that stopped each image on its votes; {name}'s bound "
             "assumes a fixed number of samples and would not be valid on them (optional stopping): recertify them "
             "with sequential"
         )
-    if any(row.counts.extra.get("member") for row in rows) and not _accepts(method, "extra"):
+    if any(row.counts.extra.get("member") for row in rows) and not accepts_keyword(method, "extra"):
         member = next(row.counts.extra["member"] for row in rows if row.counts.extra.get("member"))
         raise NeedsFreshSamplesError(
             f"these counts are the votes of the mixture's {member} member alone (a --certifier mixed run); {name} "
@@ -109,7 +122,7 @@ def certify_rows(
         labels = torch.tensor([row.label for row in batch], dtype=torch.int64)
         keywords = {"labels": labels, "looks": [row.counts.looks for row in batch]}
         keywords["extra"] = [row.counts.extra for row in batch]
-        keywords = {k: v for k, v in keywords.items() if _accepts(method, k)}
+        keywords = {k: v for k, v in keywords.items() if accepts_keyword(method, k)}
         begin = time.perf_counter()
         certificates = method(selection, estimation, noise, alpha=alpha, **keywords)
         seconds = (time.perf_counter() - begin) / len(batch)
@@ -169,9 +182,11 @@ def recertify(
     rows = read_counts(path, num_classes if isinstance(num_classes, int) else None)
     if not rows:
         raise ResultsFileError(f"{path} holds no image yet")
+    check_totals(path, rows, settings)
+    num_classes = num_classes if isinstance(num_classes, int) else len(rows[0].counts.estimation)
+    check_labels([row.label for row in rows], num_classes, str(path), indices=[row.idx for row in rows])
     check_can_recertify(built, rows, label)
     noise = host.noise(settings["noise"], sigma=settings["sigma"], **(settings.get("noise_option") or {}))
-    num_classes = num_classes if isinstance(num_classes, int) else len(rows[0].counts.estimation)
     if out is None:
         return certify_rows(built, rows, noise, alpha, num_classes, label)
     certify_rows(built, rows[:1], noise, alpha, num_classes, label)  # a refusal comes before --out is written

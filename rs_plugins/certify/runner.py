@@ -7,10 +7,8 @@ machinery with rows keyed by (index, eps) and images sharded in whole attack gro
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -19,11 +17,18 @@ import torch
 from tqdm.auto import tqdm
 
 from ..results.files import ConfidenceRow, ResultsFile, Row
-from ..validation import MAX_SEED, check_certificates, check_input_shape, check_integer, check_labels, check_logits
+from ..validation import (
+    MAX_SEED,
+    accepts_keyword,
+    check_certificates,
+    check_input_shape,
+    check_integer,
+    check_labels,
+    check_logits,
+)
 from .from_counts import predict_from_counts, records
 from .sampling import call_model, count_pass, eval_mode, reporting_passes, sample_counts
-from .smoothing import check_images, check_sampling, check_smoothing
-from .stats import min_samples_to_predict
+from .smoothing import check_images, check_sampling, predict_counts
 
 if TYPE_CHECKING:
     from torch import nn
@@ -92,13 +97,6 @@ def check_dataset(model: nn.Module, dataset: Dataset, indices: Sequence[int], de
         check_labels(torch.as_tensor(labels)[list(indices)], num_classes, "--data", indices=indices)
     return num_classes
 
-
-def _accepts(function, keyword: str) -> bool:
-    """Whether ``function`` names ``keyword`` as a parameter (``**kwargs`` alone does not count: it may forward)."""
-    try:
-        return keyword in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _batches(indices: Sequence[int], size: int):
@@ -227,7 +225,7 @@ def certify_dataset(
     """
     device = torch.device(device)
     model = model.to(device)
-    takes_labels = _accepts(certifier.certify, "labels")
+    takes_labels = accepts_keyword(certifier.certify, "labels")
 
     check_sampling(n0=n0, n=n, alpha=alpha, batch_size=batch_size)  # a plugin certifier may not check them
 
@@ -271,12 +269,7 @@ def predict_dataset(
     model = model.to(device)
 
     def decide(x, generators, labels, num_classes):
-        check_smoothing(model, noise)
-        check_sampling(n=n, alpha=alpha, batch_size=batch_size)
-        if n < min_samples_to_predict(alpha):
-            warnings.warn(f"n={n} is too small for alpha={alpha}: every input will abstain", stacklevel=2)
-        with eval_mode(model):
-            counts = sample_counts(model, x, noise, n, batch_size=batch_size, generator=generators)
+        counts = predict_counts(model, x, noise, n=n, alpha=alpha, batch_size=batch_size, generator=generators)
         predictions = predict_from_counts(counts, alpha)
         return [(p, 0.0, n, record) for p, record in zip(predictions, records(counts))]
 

@@ -116,12 +116,10 @@ def select_classes(
     Shape:
         x: (B, C, H, W); labels: (B,) or None. returns: (B,) int64 classes on the CPU, and an int.
     """
-    if check_class_selection(class_selection) == "label":
-        return choose_classes(None, class_selection, labels, len(x)), 0
     counts = selection_counts(
         model, x, noise, n0=n0, batch_size=batch_size, generators=generators, class_selection=class_selection
     )
-    return choose_classes(counts, class_selection, labels, len(x)), n0
+    return choose_classes(counts, class_selection, labels, len(x)), 0 if counts is None else n0
 
 
 def cohen_certify(
@@ -169,14 +167,22 @@ def cohen_predict(
     generator=None,
 ) -> list[int]:
     """PREDICT of Cohen et al.: the top class where a binomial test tells it from the runner-up, else ABSTAIN."""
+    counts = predict_counts(model, x, noise, n=n, alpha=alpha, batch_size=batch_size, generator=generator)
+    return predict_from_counts(counts, alpha)
+
+
+def predict_counts(
+    model: nn.Module, x: Tensor, noise: NoiseSampler, *, n: int, alpha: float, batch_size: int, generator=None
+) -> Tensor:
+    """PREDICT's votes: (B, K) int64 counts of n draws per image, after its checks (and a warning where n is too
+    small for any answer at alpha); ``predict_from_counts`` decides from them."""
     check_smoothing(model, noise)
     check_images(x)
     check_sampling(n=n, alpha=alpha, batch_size=batch_size)
     if n < min_samples_to_predict(alpha):
-        warnings.warn(f"n={n} is too small for alpha={alpha}: every input will abstain", stacklevel=2)
+        warnings.warn(f"n={n} is too small for alpha={alpha}: every input will abstain", stacklevel=3)
     with eval_mode(model):
-        counts = sample_counts(model, x, noise, n, batch_size=batch_size, generator=generator)
-    return predict_from_counts(counts, alpha)
+        return sample_counts(model, x, noise, n, batch_size=batch_size, generator=generator)
 
 
 class SmoothedClassifier:

@@ -12,7 +12,6 @@ near-tie, one-pixel thresholds for the l1 noises, and a mixture for the mixed ce
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 
 from ..testing import CoordinateClassifier
 from ..types import ABSTAIN, CertifierSpec
+from ..validation import accepts_keyword
 from .stats import clopper_pearson_lower, clopper_pearson_upper
 
 SIGMA = 0.5
@@ -193,12 +193,6 @@ class SoundnessReport:
         return "\n".join(lines)
 
 
-def _accepts(method: Any, keyword: str) -> bool:
-    try:
-        return keyword in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
-
 
 def _usable(certifier: Any, case: SoundnessCase) -> bool:
     """A certifier with ``check_model`` gets the cases whose model it accepts; one without, the plain ones."""
@@ -217,7 +211,7 @@ def run_case(certifier: Any, case: SoundnessCase, noise: Any, *, trials: int, al
     """Certify ``trials`` independent copies of the case's image and count the wrong certificates."""
     x = case.x.expand(trials, *case.x.shape).clone()
     generators = [torch.Generator().manual_seed(seed * 1_000_003 + t) for t in range(trials)]
-    extra = {"labels": torch.full((trials,), case.prediction)} if _accepts(certifier.certify, "labels") else {}
+    extra = {"labels": torch.full((trials,), case.prediction)} if accepts_keyword(certifier.certify, "labels") else {}
     with torch.no_grad():
         certificates = certifier.certify(case.model, x, noise, n0=n0, n=n, alpha=alpha, batch_size=4096,
                                          generator=generators, **extra)  # fmt: skip

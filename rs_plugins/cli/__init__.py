@@ -66,7 +66,7 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
     return _PYTHON_FORMAT(message, category, filename, lineno, line)
 
 
-SWITCHES = (fetch.OFFLINE_ENV, "HF_HUB_OFFLINE", ZOO_DIR_ENV)
+SWITCHES = (*fetch.OFFLINE_VARIABLES, ZOO_DIR_ENV)
 """The environment variables through which --offline and --zoo-dir reach every loader, plugins' included."""
 
 
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = one_line_warning  # how a warning shows, not whether: recording (pytest.warns) still works
     fetch.forget()  # the downloads this command records in its results' provenance
     saved = {name: os.environ.get(name) for name in SWITCHES}  # --offline and --zoo-dir hold for this command only
-    if getattr(args, "offline", False):
-        fetch.go_offline()
+    if getattr(args, "offline", False) or fetch.offline():  # either switch: the Hugging Face libraries' own too,
+        fetch.go_offline()  # set before they are imported (they make requests of their own that only it stops)
     if getattr(args, "zoo_dir", None):
         os.environ[ZOO_DIR_ENV] = args.zoo_dir
     try:

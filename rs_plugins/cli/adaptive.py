@@ -113,7 +113,6 @@ def cmd_train_mixer(args: argparse.Namespace) -> int:
     schedule += ("attack_steps", "attack_weight", "targets", "extra_clean", "bce_weight", "ce_weight", "prod_weight")
     config = MixerTrainConfig(**{k: getattr(args, k) for k in schedule}, eps_low=low, eps_high=high,
                               precision=args.precision, seed=args.seed)  # fmt: skip
-    file_checks.check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
     device = resolve_device(args.device)
     host = Host()
     options = shared.parse_options(args.mixer_option, "--mixer-option")

@@ -65,8 +65,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     eps = adversaries.check_eps(args.eps)
     if args.certified and args.sigma is None:
         raise ValueError("--certified cross-checks a smoothed classifier: give the --sigma it was certified with")
-    for option in ("out", "summary"):  # before any work: a bad path must not cost a finished run
-        file_checks.check_output_file(getattr(args, option), f"--{option}")
+    file_checks.check_output_file(args.summary, "--summary")  # before any work (--out: shared.writes)
     file_checks.check_plot_path(args.plot)
     # Everything that changes a row is stored with --out; more --eps values on a rerun only add rows.
     settings = {k: getattr(args, k) for k in ("model", "mixer", "checkpoint", "data", "split", "seed", "batch_size")}

@@ -11,7 +11,7 @@ from ..certify.smoothing import LABEL_CLAIM
 from ..results import provenance
 from ..results.counts import COUNTS_LOG_CHOICES
 from ..results.figures import describe_classifier
-from ..results.files import CERTIFY_COLUMNS, PREDICT_COLUMNS, read_sidecar, recorded
+from ..results.files import CERTIFY_COLUMNS, PREDICT_COLUMNS, RECORD_KEYS, read_sidecar, recorded
 from ..results.metrics import format_quantiles, p_lower_bounds, quantiles
 from ..results.report import format_table, largest_radius, plot_certified_accuracy, radius_formula, write_summary
 from ..sources.data import select_indices
@@ -66,8 +66,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     certify = args.command == "certify"
     if certify and args.n0 > args.n:
         raise ValueError(f"--n0 ({args.n0}) must not exceed --n ({args.n})")
-    for option in ("out", "summary"):  # before any work: a bad path must not cost a finished run
-        file_checks.check_output_file(getattr(args, option), f"--{option}")
+    file_checks.check_output_file(args.summary, "--summary")  # before any work (--out: shared.writes)
     file_checks.check_plot_path(args.plot)
     # Everything that changes the rows is stored with --out, so a resumed file never mixes configurations.
     settings = {
@@ -172,7 +171,7 @@ def finish_report(args, rows, sidecar: dict, *, title: str, extra: dict | None =
     """What certify and recertify print and write after a run: the table (certified accuracy at the table radii,
     ACR, the p_A lower bounds' quantiles from the counts log), then ``--plot`` (with the p_A histogram) and
     ``--summary``. ``largest``: the largest radius the run's N can certify, a dotted line in the plot."""
-    settings = {k: v for k, v in sidecar.items() if k not in ("provenance", "resumed")}
+    settings = {k: v for k, v in sidecar.items() if k not in RECORD_KEYS}
     extra = {"norm": recorded(sidecar, "norm") or "l2"} | (extra or {})
     if "certifies" in settings:
         extra["certifies"] = settings["certifies"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from .. import file_checks
 from ..results import provenance
 from ..results.files import CONFIDENCE_COLUMNS
 from ..train.config import AUGMENTATIONS
@@ -41,7 +40,6 @@ def cmd_confidence(args: argparse.Namespace) -> int:
     from ..certify.sharding import run_sharded
     from ..sources.data import data_identity
 
-    file_checks.check_output_file(args.out, "--out")
     host = shared.Host()
     device = resolve_device(args.device)
     world = init_world("cpu", timeout=datetime.timedelta(days=365))  # as certify: gloo at two barriers only

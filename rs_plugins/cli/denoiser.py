@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import file_checks, validation
+from .. import validation
 from ..train.config import AUGMENTATIONS, PRECISIONS
 from ..train.denoiser import NEEDS_CLASSIFIER, OBJECTIVES, OPTIMIZERS, DenoiserTrainConfig
 from ..train.held_out import VAL_IMAGES
@@ -80,16 +80,14 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
         raise ValueError(f"--objective {config.objective} needs --model: the frozen classifier D is trained for")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("train-denoiser runs in one process; start it without torchrun (it uses one device)")
-    file_checks.check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
     device = resolve_device(args.device)
     host = shared.Host()
     noise_options = shared.noise_options_of(args)
     noise = host.noise(args.noise, sigma=args.sigma, **noise_options)
     classifier = shared.load_model(host, args, args.model) if args.model else None
     dataset = host.load_data(DataRequest(args.data, args.split))
-    if classifier is not None:  # classification trains on the labels: all are checked where the data holds them
-        every = list(range(len(dataset))) if config.objective == "classification" else [0]
-        check_dataset(classifier, dataset, every, device)
+    if classifier is not None:  # it takes these images (train_denoiser checks every label for classification)
+        check_dataset(classifier, dataset, [0], device)
     channels = torch.as_tensor(dataset[0][0]).shape[0]
     if args.init:
         denoiser, _ = load_dncnn(args.init, "--init")

@@ -87,13 +87,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"note: {ACR_CAVEAT}")
     if len(runs) > 1 or args.table or args.format:
         options = dict(percent=percent, provenance=args.provenance)
-        table = compare.format_comparison(runs, fmt, args.radii, notes, **options)
-        text = table if fmt == "text" else compare.format_comparison(runs, "text", args.radii, notes, **options)
-        print(text if args.table else table)
-        if args.table:
-            Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.table).write_text(table, encoding="utf-8")
-            print(f"table ({fmt}): {args.table}")
+        show_table(args, fmt, lambda form: compare.format_comparison(runs, form, args.radii, notes, **options))
     if args.plot:
         compare.plot_comparison(runs, args.plot, p_lower=p_lower)
         print(f"plot: {args.plot}")
@@ -127,13 +121,7 @@ def report_predictions(args: argparse.Namespace, runs, fmt: str, percent: bool) 
     notes = compare.comparison_notes(runs)
     if len(runs) > 1 or args.table or args.format:
         options = dict(percent=percent, provenance=args.provenance)
-        table = predictions.prediction_table(runs, fmt, notes, **options)
-        shown = table if fmt == "text" else predictions.prediction_table(runs, "text", notes, **options)
-        print(shown if args.table else table)
-        if args.table:
-            Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.table).write_text(table, encoding="utf-8")
-            print(f"table ({fmt}): {args.table}")
+        show_table(args, fmt, lambda form: predictions.prediction_table(runs, form, notes, **options))
     if args.summary:
         about = {run.label: {"file": run.path, "run": run.settings or None} for run in runs}
         found = {run.label: predictions.summarize_predictions(run.rows) | about[run.label] for run in runs}
@@ -144,10 +132,19 @@ def report_predictions(args: argparse.Namespace, runs, fmt: str, percent: bool) 
     return 0
 
 
+def show_table(args: argparse.Namespace, fmt: str, table_in) -> None:
+    """Print the comparison table in ``fmt`` (as text when it also goes to ``--table``) and write ``--table``.
+    ``table_in(form)`` formats it in one of ``compare.FORMATS``."""
+    table = table_in(fmt)
+    print((table if fmt == "text" else table_in("text")) if args.table else table)
+    if args.table:
+        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.table).write_text(table, encoding="utf-8")
+        print(f"table ({fmt}): {args.table}")
+
+
 def add_p_lower(path: str, p_lower: dict) -> None:
     """Add each run's p_A lower-bound quantiles (``p_a_lower``) to a comparison summary written at ``path``."""
-    import json
-
     found = json.loads(Path(path).read_text(encoding="utf-8"))
     for label, values in p_lower.items():
         found[label]["p_a_lower"] = quantiles(values)

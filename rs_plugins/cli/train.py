@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import file_checks, validation
+from .. import validation
 from ..train.config import AUGMENTATIONS, PRECISIONS, RECIPES, TrainConfig
 from ..train.held_out import VAL_IMAGES
 from ..train.schedules import LR_SCHEDULES
@@ -104,7 +104,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..train.loop import train
 
     config = train_config(args)
-    file_checks.check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
     device = resolve_device(args.device)
     world = init_world(device.type)
     if world.size > 1 and device.type == "cuda":

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ResultsFileError
 from .differences import check_comparable, denoiser_sigma_note, setting_differences
 from .figures import describe_classifier
 from .files import Row, StrPath, planned_images, read_results, read_sidecar, recorded
@@ -137,7 +138,10 @@ def load_runs(
     if labels and len(labels) != len(paths):
         raise ValueError(f"--label: give one per results file; got {len(labels)} labels for {len(paths)} files")
     given = {k: v for k, v in (("noise", noise), ("sigma", sigma)) if v is not None}
-    sidecars = [read_sidecar(p, unreadable_ok=bool(given)) or {} for p in paths]  # unreadable: refused unless given
+    try:  # an unreadable sidecar is refused unless the settings were given
+        sidecars = [read_sidecar(p, unreadable_ok=bool(given)) or {} for p in paths]
+    except ResultsFileError as err:
+        raise ResultsFileError(f"{err}; report reads the rows without it when given --sigma and --noise") from None
     described = [s or given for s in sidecars]  # what each file's σ and noise are taken to be
     if not labels:
         labels = [default_label(p, s) for p, s in zip(paths, described)]
@@ -341,9 +345,8 @@ def shared_setup(runs: Sequence[Run]) -> str:
     classifiers = {describe_classifier(run.settings) for run in runs}
     if model and len(classifiers) == 1:
         parts.append(classifiers.pop())
-    elif model:
-        models = " + ".join(model) if isinstance(model, list) else str(model)
-        parts.append(f"{mixer} of {models}" if mixer else models)
+    elif model:  # the model and mixer the runs share, without the options that differ
+        parts.append(describe_classifier({"model": model, "mixer": mixer}))
     return ", ".join(parts)
 
 

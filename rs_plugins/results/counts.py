@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rs_plugins.errors import ResultsFileError
+from rs_plugins.results.writer_lock import WriterLock
 from rs_plugins.types import Counts
 
 StrPath = str | os.PathLike[str]
@@ -66,12 +67,13 @@ def format_counts(idx: int, label: int, counts: Counts) -> str:
 
 
 def _dense(text: str, num_classes: int) -> tuple[int, ...]:
-    votes = [0] * num_classes
+    votes, named = [0] * num_classes, set()
     for pair in filter(None, text.split(",")):
         c, v = (int(part) for part in pair.split(":", 1))
-        if not 0 <= c < num_classes or v < 0:
-            raise ValueError(f"class:votes {pair!r} is not a class 0..{num_classes - 1} with votes >= 0")
+        if not 0 <= c < num_classes or v < 0 or c in named:
+            raise ValueError(f"class:votes {pair!r} is not a class 0..{num_classes - 1}, named once, with votes >= 0")
         votes[c] = v
+        named.add(c)
     return tuple(votes)
 
 
@@ -90,6 +92,8 @@ def parse_counts(line: str, num_classes: int) -> CountsRow:
         size, _, votes = look.partition("@")
         looks.append((int(size), _dense(votes, num_classes)))
     extra = json.loads(cells["extra"]) if cells["extra"] else {}
+    if not isinstance(extra, dict):
+        raise ValueError(f"extra {cells['extra'][:40]!r} is not a JSON object")
     counts = Counts(_dense(cells["estimation"], num_classes), selection, tuple(looks), extra)
     return CountsRow(int(cells["idx"]), int(cells["label"]), counts)
 
@@ -99,7 +103,10 @@ def _lines(path: Path) -> tuple[list[str], int]:
     the byte length of the finished part. Each line starts with its image index."""
     data = path.read_bytes()
     cut = data.rfind(b"\n") + 1
-    lines = data[:cut].decode("utf-8").splitlines()
+    try:
+        lines = data[:cut].decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ResultsFileError(f"{path} is not a counts log: it is not text") from None
     if lines and tuple(lines[0].split("\t")) != COUNTS_COLUMNS:
         raise ResultsFileError(f"{path} is not a counts log: header {lines[0]!r}; expected {COUNTS_COLUMNS!r}")
     found = [line for line in lines[1:] if line.strip()]
@@ -154,18 +161,22 @@ class CountsLog:
 
     def __init__(self, path: StrPath, keep: Iterable[int]) -> None:
         self.path = Path(path)
-        keep = set(keep)
-        lines, cut = _lines(self.path) if self.path.is_file() else ([], 0)
-        kept = [line for line in lines if int(line.split("\t", 1)[0]) in keep]
-        self.done = {int(line.split("\t", 1)[0]) for line in kept}
-        if len(kept) < len(lines) or (self.path.is_file() and (cut == 0 or self.path.stat().st_size > cut)):
-            _write_atomic(self.path, (line + "\n" for line in kept))  # also drops an unfinished last line
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.is_file()
-        # The one place the log is opened for writing: the results files' one-writer lock belongs here.
-        self._file = self.path.open("a", encoding="utf-8", newline="")
-        if new:
-            self._write("\t".join(COUNTS_COLUMNS) + "\n")
+        self._lock = WriterLock(results_path(self.path), "--out")  # its results file's: re-entered inside a run
+        try:
+            keep = set(keep)
+            lines, cut = _lines(self.path) if self.path.is_file() else ([], 0)
+            kept = [line for line in lines if int(line.split("\t", 1)[0]) in keep]
+            self.done = {int(line.split("\t", 1)[0]) for line in kept}
+            if len(kept) < len(lines) or (self.path.is_file() and (cut == 0 or self.path.stat().st_size > cut)):
+                _write_atomic(self.path, (line + "\n" for line in kept))  # also drops an unfinished last line
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.is_file()
+            self._file = self.path.open("a", encoding="utf-8", newline="")
+            if new:
+                self._write("\t".join(COUNTS_COLUMNS) + "\n")
+        except BaseException:  # a refused or unreadable log: let the next run in
+            self._lock.release()
+            raise
 
     def append(self, idx: int, label: int, counts: Counts) -> None:
         """Write one image's counts and force them to disk (before its results row)."""
@@ -179,6 +190,7 @@ class CountsLog:
 
     def close(self) -> None:
         self._file.close()
+        self._lock.release()
 
     def __enter__(self) -> CountsLog:
         return self

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..types import ABSTAIN
-from .files import PREDICT_COLUMNS, Row, StrPath, load_rows
+from .files import PREDICT_COLUMNS, Row, StrPath
 from .metrics import PROVENANCE_COLUMNS, provenance_cells
 
 PREDICT_KIND = "predict"
@@ -22,7 +22,8 @@ CERTIFY_KIND = "certify"
 
 def results_kind(path: StrPath) -> str:
     """``"predict"`` for a file ``rs-plugins predict`` wrote (no radius column), else ``"certify"``."""
-    header, _, _ = load_rows(Path(path))
+    with Path(path).open(encoding="utf-8", errors="replace") as f:  # the header alone: the rows are read elsewhere
+        header = tuple(f.readline().rstrip("\n").split("\t"))
     return PREDICT_KIND if header == PREDICT_COLUMNS else CERTIFY_KIND
 
 

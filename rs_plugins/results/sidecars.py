@@ -54,7 +54,7 @@ def read_sidecar(path: StrPath, *, unreadable_ok: bool = False) -> dict[str, Any
               file=sys.stderr)  # fmt: skip
         return None
     msg = f"{problem}. It holds the settings of {path}, which say what its rows mean (sigma, noise, radius norm): "
-    raise ResultsFileError(msg + "restore it (report reads the rows without it when given --sigma and --noise)")
+    raise ResultsFileError(msg + "restore it, or move the results file away with it")
 
 
 def _records(sidecar: dict[str, Any]) -> list[dict[str, Any]]:

@@ -75,7 +75,7 @@ class WriterLock:
                 os.close(fd)
                 print(f"rs-plugins: warning: cannot lock {self.path} ({err.strerror}): this file system does not "
                       f"support flock, so a second process writing {self.option} {self.target} would not be "
-                      "refused; start one run per output (report refuses a file whose images appear twice)",
+                      "refused; start one run per output (report refuses an image written twice with other results)",
                       file=sys.stderr)  # fmt: skip
                 self.path.unlink(missing_ok=True)
                 return None

@@ -3,6 +3,7 @@ checkpoints (RobustBench's Google Drive ids, fetched by ``fetch``), each put in 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -46,23 +47,28 @@ def download_dataset(name: str, root: str | os.PathLike) -> None:
     if fetch.offline():
         raise fetch.DownloadError(f"{what}: the data set is missing and downloads are off ({fetch.OFFLINE_HOW})")
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".rs-plugins-download-*"):  # a killed run's staging folder, never read
-        if time.time() - stale.stat().st_mtime > fetch.STALE_PART:
-            shutil.rmtree(stale, ignore_errors=True)
     folder = TORCHVISION[name][1]
-    staging = root / f".rs-plugins-download-{os.getpid()}"
-    try:
-        torchvision_class(name)(str(staging), train=False, download=True)
-        os.replace(staging / folder, root / folder)
-    except (urllib.error.URLError, OSError, RuntimeError) as err:
-        raise fetch.DownloadError(f"{what}: downloading it into {root} failed ({err}); nothing was kept") from err
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    fetch.record_file(root / folder, what, downloaded=True)
+    with fetch.one_fetcher(root / folder):  # torchrun's ranks: one downloads, the others wait and find it
+        if (root / folder).is_dir():
+            fetch.record_file(root / folder, what)
+            return
+        for stale in root.glob(".rs-plugins-download-*"):  # a killed run's staging folder, never read
+            with contextlib.suppress(OSError):
+                if time.time() - stale.stat().st_mtime > fetch.STALE_PART:
+                    shutil.rmtree(stale, ignore_errors=True)
+        staging = root / f".rs-plugins-download-{os.getpid()}"
+        try:
+            torchvision_class(name)(str(staging), train=False, download=True)
+            os.replace(staging / folder, root / folder)
+        except (urllib.error.URLError, OSError, RuntimeError) as err:
+            msg = f"{what}: downloading it into {root} failed ({err}); nothing was kept"
+            raise fetch.DownloadError(msg) from err
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        fetch.record_file(root / folder, what, downloaded=True)
 
 
-def download_robustbench(name: str, gdrive_ids: list[str], files: list[Path], *, what: str) -> None:
+def download_robustbench(gdrive_ids: list[str], files: list[Path], *, what: str) -> None:
     """Fetch a RobustBench checkpoint (or an ensemble's parts) from Google Drive by RobustBench's own ids.
 
     RobustBench's ``load_model`` would write straight into ``model_dir`` and unpickle what it fetched; here each

@@ -11,7 +11,9 @@ The addresses live in ``rs_plugins.sources.locations``; the cache in ``home()``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import hashlib
 import html.parser
 import http.client
@@ -33,6 +35,7 @@ from . import locations
 
 OFFLINE_ENV = "RS_PLUGINS_OFFLINE"
 HOME_ENV = "RS_PLUGINS_HOME"
+OFFLINE_VARIABLES = (OFFLINE_ENV, "HF_HUB_OFFLINE")  # either switches downloads off; --offline sets both
 OFFLINE_HOW = f"--offline, {OFFLINE_ENV}=1 or HF_HUB_OFFLINE=1"
 CHUNK = 1 << 20
 TIMEOUT = 60  # seconds without a byte before a download is given up
@@ -55,14 +58,13 @@ def offline() -> bool:
     Every loader that can download asks this one function, so that a run without network behaves exactly as
     before fetching existed: files already on disk (or in a cache) load, missing ones are reported.
     """
-    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-               for name in (OFFLINE_ENV, "HF_HUB_OFFLINE"))  # fmt: skip
+    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in OFFLINE_VARIABLES)
 
 
 def go_offline() -> None:
     """Switch downloads off for this process and what it starts (``--offline``), Hugging Face's included."""
-    os.environ[OFFLINE_ENV] = "1"
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    for name in OFFLINE_VARIABLES:
+        os.environ[name] = "1"
 
 
 def home() -> Path:
@@ -187,6 +189,23 @@ def _clean_stale_parts(dest: Path) -> None:
             pass
 
 
+@contextlib.contextmanager
+def one_fetcher(dest: str | os.PathLike):
+    """Hold a blocking lock on the folder of ``dest`` while fetching it: processes started together (torchrun's
+    ranks) fetch it once, the others wait and then find it in place. The lock is the folder's own (no lock file is
+    left beside the data), released when it closes or by the OS if the process dies. Where the file system has no
+    flock each process fetches its own copy, and the atomic rename keeps the result whole."""
+    folder = Path(dest).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def download(
     url: str, dest: str | os.PathLike, *, what: str, sha256: str | None = None, size: int | None = None,
     progress: bool = True,
@@ -211,7 +230,13 @@ def download(
     dest = Path(dest)
     if offline():
         raise DownloadError(f"{what}: {dest} is missing and downloads are off ({OFFLINE_HOW})")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    with one_fetcher(dest):
+        if dest.is_file() and Path(f"{dest}.json").is_file():  # fetched meanwhile by a process this one waited for
+            return record_file(dest, what)
+        return _download(url, dest, what=what, sha256=sha256, size=size, progress=progress)
+
+
+def _download(url: str, dest: Path, *, what: str, sha256: str | None, size: int | None, progress: bool) -> dict:
     _clean_stale_parts(dest)
     part = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     digest, received = hashlib.sha256(), 0

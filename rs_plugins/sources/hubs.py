@@ -18,12 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rs_plugins.errors import MissingDependencyError, SourceError
-from rs_plugins.file_checks import untrusted
+from rs_plugins.file_checks import state_dict_diff, untrusted
 from rs_plugins.sources.fetch import offline  # the one offline switch: --offline, RS_PLUGINS_OFFLINE, HF_HUB_OFFLINE
 
-HUB_FORMS = ("timm:<name>", "hf:<owner>/<name>")
 HUB_PREFIXES = ("timm:", "hf:")
-OFFLINE_VARIABLES = ("RS_PLUGINS_OFFLINE", "HF_HUB_OFFLINE")
 INTERPOLATIONS = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic", "area": "area"}
 PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic", 4: "area"}  # PIL.Image.Resampling values (BOX ~ area)
 
@@ -115,8 +113,8 @@ def load_timm(name: str, *, checkpoint: str | None = None, kwargs: dict[str, Any
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            first = str(err).splitlines()[0]
-            raise SourceError(f"--checkpoint {checkpoint} does not fit --model timm:{name}: {first}") from err
+            diff = state_dict_diff(model, state)
+            raise SourceError(f"--checkpoint {checkpoint} does not fit --model timm:{name}: {diff}") from err
     config = resolve_data_config({}, model=model)
     size = kwargs.get("img_size") or tuple(config["input_size"][1:])  # timm keeps its cfg's size under img_size=
     size = (size, size) if isinstance(size, int) else tuple(size)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from rs_plugins.errors import MissingDependencyError, SourceError
-from rs_plugins.file_checks import STATE_DICT_HINT, load_weights_only, untrusted
+from rs_plugins.file_checks import STATE_DICT_HINT, load_weights_only, state_dict_diff, untrusted
 from rs_plugins.sources import downloads, fetch
 from rs_plugins.validation import check_option_keys
 
@@ -129,7 +129,7 @@ def load_robustbench(name: str, *, dataset: str, threat_model: str, model_dir: s
     missing = [str(f) for f in files if not f.is_file()] if gdrive_id is not None else []
     ids = gdrive_id if isinstance(gdrive_id, list) else [gdrive_id]
     if missing and all(ids) and not fetch.offline():  # RobustBench's own Drive ids, each file complete or absent
-        downloads.download_robustbench(name, ids, files, what=f"--model robustbench:{name}")
+        downloads.download_robustbench(ids, files, what=f"--model robustbench:{name}")
         missing = []
     if missing:
         msg = (
@@ -243,27 +243,11 @@ def load_factory(target: str, *, checkpoint: str | None, kwargs: dict[str, Any])
     return model
 
 
-def _state_dict_diff(model: nn.Module, state: dict[str, Tensor], show: int = 3) -> str:
-    """Which keys and shapes of ``state`` differ from ``model``'s, a few of each, instead of torch's full dump."""
-    own = model.state_dict()
-
-    def some(keys: list[str]) -> str:
-        return ", ".join(keys[:show]) + (f" and {len(keys) - show} more" if len(keys) > show else "")
-
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    parts = [f"{len(missing)} keys missing ({some(missing)})"] if missing else []
-    parts += [f"{len(unexpected)} unexpected keys ({some(unexpected)})"] if unexpected else []
-    parts += [f"{len(shapes)} shapes differ (checkpoint vs model: {some(shapes)})"] if shapes else []
-    what = "; ".join(parts) or "the values do not load"
+def _state_dict_diff(model: nn.Module, state: dict[str, Tensor]) -> str:
+    """``file_checks.state_dict_diff`` and what to do about it."""
     return (
-        f"{what}. The checkpoint was probably saved from another architecture or other --model-kwargs; give the "
-        "--model and --model-kwargs it was trained with"
+        f"{state_dict_diff(model, state)}. The checkpoint was probably saved from another architecture or other "
+        "--model-kwargs; give the --model and --model-kwargs it was trained with"
     )
 
 

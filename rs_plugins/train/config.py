@@ -10,7 +10,7 @@ import torch
 
 from ..certify.execution import PRECISIONS  # the trainers and their CLI import it from here too
 from ..validation import MAX_SEED, check_integer, check_number
-from .schedules import LR_SCHEDULES
+from .schedules import check_schedule
 
 FINAL_MODEL = "model.pt"  # the trained model's state dict alone, for --checkpoint
 AUGMENTATIONS = ("none", "crop-flip")
@@ -31,14 +31,6 @@ def crop_flip(x: torch.Tensor, padding: int = 4, generator: torch.Generator | No
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
     return padded[batch, channel, rows, cols]
-
-
-def check_schedule(schedule: str, drop_once: int | None) -> None:
-    """``lr_schedule`` is a known schedule and ``lr_drop_once`` a number of finished epochs (or None)."""
-    if schedule not in LR_SCHEDULES:
-        raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}; got {schedule!r}")
-    if drop_once is not None:
-        check_integer("lr_drop_once", drop_once, minimum=0)
 
 
 @dataclass(frozen=True)

@@ -40,17 +40,17 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..certify.runner import check_dataset
 from ..certify.sampling import eval_mode
-from ..certify.smoothing import check_images
 from ..errors import TrainingDivergedError
 from ..file_checks import load_weights_only
 from ..schemas import DnCNNFile, check_record
-from ..validation import MAX_SEED, CheckedNoise, check_integer, check_labels, check_number
+from ..validation import MAX_SEED, CheckedNoise, check_images, check_integer, check_labels, check_number
 from .checkpoints import CHECKPOINT, derived_seed, one_writer_per_folder, read_log, resume, save_checkpoint, write_log
-from .config import AUGMENTATIONS, PRECISIONS, check_schedule, crop_flip
+from .config import AUGMENTATIONS, PRECISIONS, crop_flip
 from .estimate import EpochClock
 from .held_out import VAL_IMAGES, spread_indices
-from .schedules import build_scheduler
+from .schedules import build_scheduler, check_schedule
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -311,8 +311,7 @@ def train_denoiser(
     log = read_log(directory)[:start_epoch]
     val = None if val_data is None or val_images < 1 else spread_indices(len(val_data), val_images)
     if config.objective == "classification":  # labels outside the classifier's classes are refused, not crashed on
-        with torch.no_grad():
-            classes = classifier(torch.as_tensor(dataset[0][0])[None].to(device)).shape[1]
+        classes = check_dataset(classifier, dataset, range(len(dataset)), device)
 
     for epoch in range(start_epoch, config.epochs):
         shuffle = torch.Generator().manual_seed(derived_seed(config.seed, epoch))

@@ -216,6 +216,7 @@ def _train(model, dataset, loss, noise, config, checkpoint_dir, device, progress
                                say=tqdm.write if world.main else None)  # fmt: skip
         for step, (x, y, index) in enumerate(bar):
             if len(x) < world.size * chunks:
+                clock.batch_done()  # counted, so the cost line still comes for an epoch of a few batches
                 continue  # a tail batch too small to give every process and chunk an image, on every process alike
             check_labels(y, num_classes, "--data")  # on the CPU, before the copy: no synchronisation
             x, y = x[world.rank :: world.size].to(device), y[world.rank :: world.size].to(device)

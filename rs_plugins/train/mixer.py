@@ -281,7 +281,7 @@ def _mini_batch(mixer, inputs, labels, attacked, size: int, config: MixerTrainCo
     if not torch.isfinite(loss):
         raise ValueError(f"the mixing-network loss became {loss.item()}; try a lower --lr")
     scaler.scale(loss * (len(inputs) / size) / config.accumulate).backward()
-    alpha = torch.sigmoid(gamma.detach())
+    alpha = mixer.alpha(gamma.detach())  # training mode: the sigmoid, as the loss sees it
     correct = (log_probs.detach().argmax(1) == labels).float()
     n = len(inputs)
     sums["loss"] += float(loss.detach()) * n

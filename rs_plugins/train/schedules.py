@@ -21,7 +21,17 @@ from collections.abc import Sequence
 
 import torch
 
+from ..validation import check_integer
+
 LR_SCHEDULES = ("standard", "step-epoch")
+
+
+def check_schedule(schedule: str, drop_once: int | None) -> None:
+    """``lr_schedule`` is a known schedule and ``lr_drop_once`` a number of finished epochs (or None)."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}; got {schedule!r}")
+    if drop_once is not None:
+        check_integer("lr_drop_once", drop_once, minimum=0)
 
 
 def lr_factor(
@@ -34,8 +44,6 @@ def lr_factor(
     drop_once: int | None = None,
 ) -> float:
     """The factor on the initial rate for the epoch that follows ``finished`` epochs (its 0-based index)."""
-    if schedule not in LR_SCHEDULES:
-        raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}; got {schedule!r}")
     done = max(finished - 1, 0) if schedule == "step-epoch" else finished
     decays = bisect.bisect_right(list(milestones), done) if milestones else done // step
     return gamma**decays * (gamma if finished == drop_once else 1.0)
@@ -56,6 +64,7 @@ def build_scheduler(
     the others are a ``LambdaLR`` of ``lr_factor``, whose rate is ``lr * gamma ** k``, the closed form
     ``step(epoch)`` computes.
     """
+    check_schedule(schedule, drop_once)
     if schedule == "standard" and drop_once is None:
         if milestones:
             return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rs_plugins.file_checks import load_weights_only
+from rs_plugins.file_checks import load_weights_only, state_dict_diff
 
 from .adm import AdmConfig, AdmUNet
 
@@ -171,9 +171,9 @@ def load_adm(path: str, options: dict[str, Any]) -> tuple[AdmUNet, Tensor, float
     unet = AdmUNet(config)
     try:
         unet.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise ValueError(f"{OPTION}: {path} does not load into the ADM UNet read from it ({first})") from None
+    except RuntimeError:
+        diff = state_dict_diff(unet, state)
+        raise ValueError(f"{OPTION}: {path} does not load into the ADM UNet read from it ({diff})") from None
     steps = settings["steps"]
     scale = 1000.0 / steps if settings["rescale_timesteps"] else 1.0
     record = {"format": "adm", "preset": preset, **settings, "architecture": asdict(config)}

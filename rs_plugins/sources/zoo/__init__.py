@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...errors import SourceError
-from ...file_checks import load_weights_only, untrusted
+from ...file_checks import PickledObjectsError, load_weights_only, untrusted
 from .entries import ENTRIES
 from .entry import Protocol, Published, ZooEntry
 from .files import ZOO_DIR_ENV, cache_path, cached_entry, checkpoint, zoo_dir
@@ -93,9 +93,7 @@ def load_entry(found: ZooEntry, request: ModelRequest | None = None) -> nn.Modul
     path = request.checkpoint if request is not None and request.checkpoint else checkpoint_file(found, what=what)
     try:
         state = load_weights_only(path, what, EXPECTED)
-    except SourceError as err:
-        if "pickled Python objects" not in str(err):
-            raise
+    except PickledObjectsError as err:
         if request is None or not request.trust:
             raise untrusted(f"zoo:{found.name}", f"{err}; loading it fully would unpickle it") from err
         import torch

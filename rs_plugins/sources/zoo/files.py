@@ -65,9 +65,9 @@ def checkpoint(entry: ZooEntry, *, what: str, progress: bool = True, siblings: t
     source = entry.source
     given = zoo_dir()
     if given is not None:
-        found = in_folder(given, entry.member) if entry.member else None
+        wanted = entry.member or Path(source.get("url", "")).name  # a member of an archive, or the file at a URL
+        found = in_folder(given, wanted) if wanted else None
         if found is None:
-            wanted = entry.member or Path(source.get("url", "")).name
             raise SourceError(f"{what}: --zoo-dir {given} has no {wanted} (nor any tail of that path); point it at "
                               f"the unpacked archive ({source.get('holds', 'see docs/zoo.md')})")  # fmt: skip
         fetch.record_file(found, what)

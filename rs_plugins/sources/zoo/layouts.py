@@ -21,6 +21,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ...errors import MissingDependencyError, SourceError
+from ...file_checks import state_dict_diff
 from ...nets import CifarResNet, Normalize
 
 STEM = {"conv1": "stem.0", "bn1": "stem.1", "fc": "head.2"}
@@ -86,16 +87,10 @@ def build(entry: Any, found: Any, what: str, path: str) -> nn.Module:
         net.input_shape = (3, 224, 224)
     else:
         raise SourceError(f"{what} is a {entry.architecture} ({entry.kind}), not a classifier --model can load")
-    own = net.state_dict()
-    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
-    if missing or unexpected:
-        raise SourceError(
-            f"{what}: {path} does not hold the authors' {entry.architecture}: {len(missing)} weights missing "
-            f"({', '.join(missing[:3])}), {len(unexpected)} unexpected ({', '.join(unexpected[:3])})"
-        )
     try:
         net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise SourceError(f"{what}: {path} does not fit the authors' {entry.architecture}: {err}") from None
+    except RuntimeError:
+        diff = state_dict_diff(net, state)
+        raise SourceError(f"{what}: {path} does not fit the authors' {entry.architecture}: {diff}") from None
     layer = first_layer(entry.normalization)
     return (net if layer is None else nn.Sequential(layer, net)).eval()
